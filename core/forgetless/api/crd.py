@@ -1,0 +1,206 @@
+"""Generate the FineTuneJob CustomResourceDefinition from the pydantic models.
+
+Pydantic emits JSON Schema 2020-12; Kubernetes wants a *structural* OpenAPI v3.0 schema. This
+module converts one into the other: `$ref`s are inlined, `Optional[X]` becomes `X`, `Any` maps
+become `x-kubernetes-preserve-unknown-fields`, exclusive bounds become v3.0 booleans, and the CEL
+rules declared on the models (`x-kubernetes-validations`) are carried over unchanged.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from forgetless.api import schema
+
+CRD_FILE_NAME = f"{schema.PLURAL}.{schema.GROUP}.yaml"
+
+_DROP_KEYS = {"title", "additionalProperties", "propertyNames", "$defs", "discriminator"}
+_COPY_KEYS = {
+    "type",
+    "description",
+    "enum",
+    "format",
+    "pattern",
+    "minLength",
+    "maxLength",
+    "minItems",
+    "maxItems",
+    "minimum",
+    "maximum",
+    "default",
+    "required",
+    schema.CEL,
+}
+
+
+def _resolve(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
+    if "$ref" in node:
+        target = defs[node["$ref"].split("/")[-1]]
+        merged = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
+        return _resolve(merged, defs)
+    return node
+
+
+def _convert(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
+    node = _resolve(node, defs)
+    if "anyOf" in node:
+        options = [o for o in node["anyOf"] if o.get("type") != "null"]
+        if len(options) != 1:
+            raise ValueError(f"cannot express union {node['anyOf']} structurally")
+        outer = {k: v for k, v in node.items() if k != "anyOf"}
+        if outer.get("default", 0) is None:
+            outer.pop("default")
+        inner = _resolve(options[0], defs)
+        # the outer description wins; constraints come from the inner schema
+        node = {**inner, **outer}
+    if "const" in node:
+        node = {**node, "enum": [node.pop("const")]}
+
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key in _COPY_KEYS:
+            out[key] = value
+    if "exclusiveMinimum" in node:
+        out["minimum"], out["exclusiveMinimum"] = node["exclusiveMinimum"], True
+    if "exclusiveMaximum" in node:
+        out["maximum"], out["exclusiveMaximum"] = node["exclusiveMaximum"], True
+    if out.get("default", 0) is None:
+        out.pop("default")
+
+    kind = node.get("type")
+    if kind == "object" or "properties" in node:
+        out["type"] = "object"
+        if "properties" in node:
+            out["properties"] = {name: _convert(sub, defs) for name, sub in node["properties"].items()}
+            extra = node.get("additionalProperties")
+            if extra not in (None, False) and not out["properties"]:
+                out.pop("properties")
+        else:
+            extra = node.get("additionalProperties", True)
+            if extra is True or extra == {}:
+                out["x-kubernetes-preserve-unknown-fields"] = True
+            else:
+                out["additionalProperties"] = _convert(extra, defs)
+                allowed = node.get("propertyNames", {}).get("enum")
+                if allowed:
+                    out["maxProperties"] = len(allowed)
+                    keys = ", ".join(f"'{k}'" for k in allowed)
+                    out.setdefault(schema.CEL, []).append(
+                        {"rule": f"self.all(k, k in [{keys}])", "message": f"keys must be one of {', '.join(allowed)}"}
+                    )
+    elif kind == "array":
+        out["items"] = _convert(node.get("items", {}), defs)
+    elif kind is None and not out.get("enum"):
+        out["x-kubernetes-preserve-unknown-fields"] = True
+    return out
+
+
+def openapi_schema() -> dict[str, Any]:
+    """The structural `openAPIV3Schema` for the FineTuneJob kind."""
+    spec_js = schema.FineTuneJobSpec.model_json_schema(by_alias=True, mode="validation")
+    status_js = schema.FineTuneJobStatus.model_json_schema(by_alias=True, mode="validation")
+    spec = _convert(spec_js, spec_js.get("$defs", {}))
+    status = _convert(status_js, status_js.get("$defs", {}))
+    status.pop("x-kubernetes-preserve-unknown-fields", None)
+    status["properties"]["kopf"] = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+    status["properties"]["kopf"]["description"] = "kopf handler progress (operator internal)."
+    return {
+        "type": "object",
+        "description": "A fine-tuning job that measures and gates catastrophic forgetting.",
+        "required": ["spec"],
+        "properties": {
+            "apiVersion": {"type": "string"},
+            "kind": {"type": "string"},
+            "metadata": {"type": "object"},
+            "spec": spec,
+            "status": status,
+        },
+        schema.CEL: [
+            {
+                "rule": f"self.metadata.name.size() <= {schema.MAX_JOB_NAME_LENGTH}",
+                "message": f"metadata.name must be at most {schema.MAX_JOB_NAME_LENGTH} characters "
+                "(stage Jobs and Pods append suffixes)",
+            }
+        ],
+    }
+
+
+def _mark_immutable_model(root: dict[str, Any]) -> None:
+    model = root["properties"]["spec"]["properties"]["model"]
+    model.setdefault(schema.CEL, []).append(
+        {"rule": "self == oldSelf", "message": "spec.model is immutable: create a new FineTuneJob for another base model"}
+    )
+
+
+def render_crd() -> dict[str, Any]:
+    root = openapi_schema()
+    _mark_immutable_model(root)
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{schema.PLURAL}.{schema.GROUP}"},
+        "spec": {
+            "group": schema.GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": schema.KIND,
+                "listKind": f"{schema.KIND}List",
+                "plural": schema.PLURAL,
+                "singular": schema.SINGULAR,
+                "shortNames": schema.SHORT_NAMES,
+                "categories": ["forgetless", "all"],
+            },
+            "versions": [
+                {
+                    "name": schema.VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": [
+                        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+                        {"name": "Method", "type": "string", "jsonPath": ".spec.method.type"},
+                        {"name": "Gate", "type": "string", "jsonPath": ".status.gate.verdict"},
+                        {
+                            "name": "Forgetting",
+                            "type": "number",
+                            "format": "float",
+                            "description": "Mean drop of the general score (0-1)",
+                            "jsonPath": ".status.gate.meanDrop",
+                        },
+                        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+                    ],
+                    "schema": {"openAPIV3Schema": root},
+                }
+            ],
+        },
+    }
+
+
+class _NoAliasDumper(yaml.SafeDumper):
+    """Kubernetes tooling copes with YAML anchors, but humans reading the CRD should not have to."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def render_crd_yaml() -> str:
+    header = "# Generated by `forgetless crd` from core/forgetless/api/schema.py. Do not edit.\n"
+    body = yaml.dump(render_crd(), Dumper=_NoAliasDumper, sort_keys=False, width=100, allow_unicode=True)
+    return header + body
+
+
+def crd_targets(repo_root: Path) -> list[Path]:
+    return [repo_root / "crds" / CRD_FILE_NAME, repo_root / "charts" / "forgetless" / "crds" / CRD_FILE_NAME]
+
+
+def write_crds(repo_root: Path) -> list[Path]:
+    text = render_crd_yaml()
+    written = []
+    for target in crd_targets(repo_root):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text, encoding="utf-8")
+        written.append(target)
+    return written

@@ -1,0 +1,577 @@
+"""The FineTuneJob API: the single source of truth.
+
+Pydantic v2 models for `forgetless.dev/v1alpha1` `FineTuneJob`. The CRD in `crds/` and in the
+chart is generated from these models (`forgetless crd`), and the same models validate manifests
+for `forgetless validate` / `forgetless run` and inside the operator and trainer.
+
+Cross-field rules live twice, on purpose and side by side: as a pydantic validator (clear error
+messages for the CLI) and as a CEL rule in `x-kubernetes-validations` (rejected at
+`kubectl apply`). `tests/unit/test_schema.py` checks both agree on the bad-manifest corpus.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+GROUP = "forgetless.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "FineTuneJob"
+PLURAL = "finetunejobs"
+SINGULAR = "finetunejob"
+SHORT_NAMES = ["ftj"]
+
+CATEGORIES = ("instruction_following", "format", "knowledge", "reasoning", "safety")
+"""General-capability categories measured for forgetting (the target task is category `task`)."""
+
+DEFAULT_LEARNING_RATE = {"lora": 2e-4, "full": 2e-5}
+"""Seed rule: LoRA 1e-4..2e-4, full fine-tuning 1e-5..5e-5."""
+
+MAX_JOB_NAME_LENGTH = 40
+"""Children are named `<job>-train-workers` etc.; labels and Job names must stay ≤ 63 chars."""
+
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+Name = Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")]
+ShortText = Annotated[str, Field(min_length=1, max_length=1024)]
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+
+CEL = "x-kubernetes-validations"
+
+
+def cel(rule: str, message: str, field_path: str | None = None) -> dict[str, Any]:
+    entry: dict[str, Any] = {"rule": rule, "message": message}
+    if field_path:
+        entry["fieldPath"] = field_path
+    return entry
+
+
+class ApiModel(BaseModel):
+    """Base: camelCase on the wire, unknown fields rejected, values validated on assignment."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        validate_assignment=True,
+    )
+
+    def to_wire(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+# --------------------------------------------------------------------------- references
+
+
+class PvcRef(ApiModel):
+    """A PersistentVolumeClaim in the job's namespace, optionally a sub-path inside it."""
+
+    claim_name: Name = Field(description="Name of the PersistentVolumeClaim.")
+    sub_path: Optional[Annotated[str, Field(max_length=1024)]] = Field(
+        default=None, description="Path inside the volume."
+    )
+    read_only: bool = Field(default=True, description="Mount the claim read-only.")
+
+
+class SecretKeyRef(ApiModel):
+    name: Name = Field(description="Secret name.")
+    key: Annotated[str, Field(min_length=1, max_length=253)] = Field(
+        default="token", description="Key inside the Secret."
+    )
+
+
+class ConfigMapKeyRef(ApiModel):
+    name: Name = Field(description="ConfigMap name.")
+    key: Optional[Annotated[str, Field(min_length=1, max_length=253)]] = Field(
+        default=None, description="Key inside the ConfigMap; all keys when omitted."
+    )
+
+
+class DataSource(ApiModel):
+    """Where a dataset lives: `bundled:<name>`, a local or in-volume path, or a ConfigMap."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            CEL: [
+                cel(
+                    "has(self.path) != has(self.configMap)",
+                    "set exactly one of path or configMap",
+                ),
+                cel("!has(self.pvc) || has(self.path)", "pvc needs a path inside the volume"),
+            ]
+        }
+    )
+
+    path: Optional[ShortText] = Field(
+        default=None,
+        description="`bundled:<name>`, a local path, or a path inside `pvc` (a JSONL file or a directory of JSONL files).",
+    )
+    pvc: Optional[PvcRef] = Field(default=None, description="Volume that holds `path`.")
+    config_map: Optional[ConfigMapKeyRef] = Field(default=None, description="ConfigMap holding JSONL.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "DataSource":
+        if (self.path is None) == (self.config_map is None):
+            raise ValueError("set exactly one of path or configMap")
+        if self.pvc is not None and self.path is None:
+            raise ValueError("pvc needs a path inside the volume")
+        return self
+
+
+# --------------------------------------------------------------------------- spec sections
+
+
+class ModelSpec(ApiModel):
+    """The base model to fine-tune."""
+
+    name: ShortText = Field(
+        description="`bundled:<name>` (shipped with forgetless), a Hugging Face id (`org/model`), or a path (local, or inside `pvc`)."
+    )
+    revision: Optional[Annotated[str, Field(min_length=1, max_length=255)]] = Field(
+        default=None, description="Hugging Face revision (branch, tag or commit)."
+    )
+    pvc: Optional[PvcRef] = Field(default=None, description="Volume holding the model at `name`.")
+    token_secret_ref: Optional[SecretKeyRef] = Field(
+        default=None, description="Secret with a Hugging Face token, exposed to stage pods as HF_TOKEN."
+    )
+
+
+class DatasetSpec(ApiModel):
+    task: DataSource = Field(description="The narrow task data to fine-tune on.")
+    format: Literal["chat", "instruction", "text"] = Field(
+        default="instruction",
+        description="`instruction`: {prompt, response}; `chat`: {messages:[{role, content}]}; `text`: {text}.",
+    )
+    validation_fraction: Annotated[float, Field(ge=0.0, le=0.5)] = Field(
+        default=0.1, description="Share of task data held out for validation loss (early stopping)."
+    )
+    general: DataSource = Field(
+        default_factory=lambda: DataSource(path="bundled:general"),
+        description="General instruction data used for mixing (and as the Fisher sample for EWC).",
+    )
+
+
+class LoraSpec(ApiModel):
+    r: Annotated[int, Field(ge=1, le=1024)] = Field(default=16, description="LoRA rank.")
+    alpha: Annotated[float, Field(gt=0, le=4096)] = Field(default=32, description="LoRA alpha.")
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = Field(default=0.05, description="LoRA dropout.")
+    target_modules: Annotated[
+        list[Annotated[str, Field(min_length=1, max_length=128)]], Field(min_length=1, max_length=64)
+    ] = Field(
+        default_factory=lambda: ["all-linear"],
+        description="Module names to adapt (e.g. q_proj, v_proj) or `all-linear`.",
+    )
+
+
+class MethodSpec(ApiModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            CEL: [cel("!has(self.lora) || self.type == 'lora'", "a lora block is only allowed with type lora", ".lora")]
+        }
+    )
+
+    type: Literal["lora", "full"] = Field(default="lora", description="`lora` (frozen base) or `full` fine-tuning.")
+    lora: Optional[LoraSpec] = Field(default=None, description="LoRA settings; only with type `lora`.")
+
+    @model_validator(mode="after")
+    def _lora_only_with_lora(self) -> "MethodSpec":
+        if self.lora is not None and self.type != "lora":
+            raise ValueError("a lora block is only allowed with type lora (remove `lora` or set type: lora)")
+        return self
+
+    def lora_or_default(self) -> LoraSpec:
+        return self.lora or LoraSpec()
+
+
+class DataMixingSpec(ApiModel):
+    general_fraction: Annotated[float, Field(ge=0.0, le=0.9)] = Field(
+        default=0.2, description="Share of each epoch's examples drawn from general data (seed rule: 0.2–0.3)."
+    )
+
+
+class ReplaySource(ApiModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            CEL: [cel("has(self.fineTuneJob) != has(self.path)", "set exactly one of fineTuneJob or path")]
+        }
+    )
+
+    fine_tune_job: Optional[Name] = Field(default=None, description="An earlier FineTuneJob in this namespace.")
+    path: Optional[ShortText] = Field(default=None, description="A replay buffer file or an earlier job's output dir.")
+
+    @model_validator(mode="after")
+    def _one(self) -> "ReplaySource":
+        if (self.fine_tune_job is None) == (self.path is None):
+            raise ValueError("set exactly one of fineTuneJob or path")
+        return self
+
+
+class ReplaySpec(ApiModel):
+    buffer_size: Annotated[int, Field(ge=1, le=10_000_000)] = Field(
+        default=1000, description="Examples this job keeps in its reservoir buffer for later jobs."
+    )
+    fraction: Annotated[float, Field(ge=0.0, le=0.9)] = Field(
+        default=0.1, description="Share of each epoch drawn from earlier jobs' buffers."
+    )
+    sources: Annotated[list[ReplaySource], Field(max_length=32)] = Field(
+        default_factory=list, description="Earlier jobs whose buffers are replayed."
+    )
+
+
+class EwcSpec(ApiModel):
+    lambda_: Annotated[float, Field(ge=0.0, le=1e12)] = Field(
+        default=1000.0, alias="lambda", description="Penalty strength λ in λ/2·Σ F_i(θ_i−θ*_i)²."
+    )
+    fisher_samples: Annotated[int, Field(ge=1, le=1_000_000)] = Field(
+        default=256, description="General-data examples used to estimate the diagonal Fisher."
+    )
+    online: bool = Field(default=False, description="Online EWC: accumulate Fisher across a chain of jobs.")
+    decay: Annotated[float, Field(gt=0.0, le=1.0)] = Field(
+        default=0.9, description="Online EWC: weight γ of the previous Fisher (F = γ·F_prev + F_new)."
+    )
+    previous: Optional[ReplaySource] = Field(
+        default=None, description="Online EWC: the earlier job whose Fisher and anchor to accumulate."
+    )
+
+
+class EarlyStoppingSpec(ApiModel):
+    patience: Annotated[int, Field(ge=1, le=1000)] = Field(
+        default=3, description="Evaluations without improvement before stopping."
+    )
+    min_delta: Annotated[float, Field(ge=0.0)] = Field(
+        default=0.0, description="Smallest validation-loss decrease that counts as an improvement."
+    )
+    eval_interval_steps: Annotated[int, Field(ge=1)] = Field(default=50, description="Steps between validations.")
+
+
+class ForgettingBudgetSpec(ApiModel):
+    max_drop: Annotated[float, Field(ge=0.0, le=1.0)] = Field(
+        default=0.05, description="Largest drop of the probe's mean general score below baseline allowed while training."
+    )
+    probe_interval_steps: Annotated[int, Field(ge=1)] = Field(default=50, description="Steps between probes.")
+    probe_items: Annotated[int, Field(ge=1, le=100_000)] = Field(
+        default=16, description="Items per regression task in the probe subset."
+    )
+
+
+class MitigationSpec(ApiModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            CEL: [
+                cel(
+                    "(has(self.dataMixing) ? self.dataMixing.generalFraction : 0.2)"
+                    " + (has(self.replay) ? self.replay.fraction : 0.0) < 1.0",
+                    "dataMixing.generalFraction + replay.fraction must be below 1",
+                )
+            ]
+        }
+    )
+
+    data_mixing: DataMixingSpec = Field(default_factory=DataMixingSpec, description="General-data mixing.")
+    replay: Optional[ReplaySpec] = Field(default=None, description="Replay of earlier jobs' data.")
+    ewc: Optional[EwcSpec] = Field(default=None, description="Elastic weight consolidation.")
+    early_stopping: Optional[EarlyStoppingSpec] = Field(default=None, description="Early stopping on validation loss.")
+    forgetting_budget: Optional[ForgettingBudgetSpec] = Field(
+        default=None, description="Stop and roll back when a probe shows more forgetting than allowed."
+    )
+
+    @model_validator(mode="after")
+    def _fractions(self) -> "MitigationSpec":
+        replay = self.replay.fraction if self.replay else 0.0
+        if self.data_mixing.general_fraction + replay >= 1.0:
+            raise ValueError(
+                f"dataMixing.generalFraction ({self.data_mixing.general_fraction}) + replay.fraction ({replay}) "
+                "must be below 1 so some task data remains"
+            )
+        return self
+
+
+class TrainingSpec(ApiModel):
+    epochs: Annotated[float, Field(gt=0, le=1000)] = Field(default=3, description="Passes over the task data.")
+    learning_rate: Optional[Annotated[float, Field(gt=0.0, le=1.0)]] = Field(
+        default=None, description="Peak learning rate; default 2e-4 for lora, 2e-5 for full."
+    )
+    batch_size: Annotated[int, Field(ge=1, le=65536)] = Field(default=16, description="Per-worker micro-batch size.")
+    gradient_accumulation_steps: Annotated[int, Field(ge=1, le=4096)] = Field(default=1)
+    max_seq_length: Annotated[int, Field(ge=8, le=1_048_576)] = Field(default=256, description="Tokens per example.")
+    warmup_ratio: Annotated[float, Field(ge=0.0, le=0.5)] = Field(default=0.1, description="Share of steps warming up.")
+    lr_scheduler: Literal["cosine", "linear", "constant"] = Field(default="cosine")
+    weight_decay: Annotated[float, Field(ge=0.0, le=1.0)] = Field(default=0.0)
+    max_grad_norm: Annotated[float, Field(gt=0.0)] = Field(default=1.0)
+    max_steps: Optional[Annotated[int, Field(ge=1)]] = Field(default=None, description="Stop after this many steps.")
+    seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = Field(default=42)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        default="auto", description="`auto`: bf16 on GPUs that support it, fp32 on CPU."
+    )
+    checkpoint_interval_steps: Annotated[int, Field(ge=1)] = Field(default=100)
+    log_interval_steps: Annotated[int, Field(ge=1)] = Field(default=10)
+
+
+class DeepSpeedSpec(ApiModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            CEL: [cel("!self.offloadParams || self.zeroStage == 3", "offloadParams needs zeroStage 3", ".offloadParams")]
+        }
+    )
+
+    zero_stage: Annotated[int, Field(ge=0, le=3)] = Field(default=2, description="ZeRO stage 0–3.")
+    offload_optimizer: bool = Field(default=False, description="Offload optimizer state to CPU (ZeRO ≥ 1).")
+    offload_params: bool = Field(default=False, description="Offload parameters to CPU (ZeRO 3 only).")
+
+    @model_validator(mode="after")
+    def _offload(self) -> "DeepSpeedSpec":
+        if self.offload_params and self.zero_stage != 3:
+            raise ValueError("offloadParams needs zeroStage 3")
+        return self
+
+
+Quantity = Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+)?([eE][0-9]+|[numkKMGTPE]i?)?$", max_length=64)]
+
+
+class ContainerResources(ApiModel):
+    requests: dict[Annotated[str, Field(max_length=253)], Quantity] = Field(default_factory=dict)
+    limits: dict[Annotated[str, Field(max_length=253)], Quantity] = Field(default_factory=dict)
+
+
+class Toleration(ApiModel):
+    key: Optional[Annotated[str, Field(max_length=316)]] = None
+    operator: Optional[Literal["Exists", "Equal"]] = None
+    value: Optional[Annotated[str, Field(max_length=253)]] = None
+    effect: Optional[Literal["NoSchedule", "PreferNoSchedule", "NoExecute"]] = None
+    toleration_seconds: Optional[int] = None
+
+
+class ResourcesSpec(ApiModel):
+    workers: Annotated[int, Field(ge=1, le=1024)] = Field(default=1, description="Trainer pods (ranks).")
+    gpus_per_worker: Annotated[int, Field(ge=0, le=16)] = Field(default=0, description="nvidia.com/gpu per pod.")
+    trainer_image: Optional[Annotated[str, Field(min_length=1, max_length=512)]] = Field(
+        default=None, description="Trainer image; the operator's default when omitted."
+    )
+    container: ContainerResources = Field(default_factory=ContainerResources, description="Container requests/limits.")
+    node_selector: dict[Annotated[str, Field(max_length=316)], Annotated[str, Field(max_length=63)]] = Field(
+        default_factory=dict
+    )
+    tolerations: Annotated[list[Toleration], Field(max_length=64)] = Field(default_factory=list)
+    priority_class_name: Optional[Name] = None
+
+
+class SuiteSpec(ApiModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            CEL: [
+                cel(
+                    "[has(self.path), has(self.configMap), has(self.lmEvalTasks) && size(self.lmEvalTasks) > 0]"
+                    ".filter(x, x).size() == 1",
+                    "set exactly one of path, configMap or lmEvalTasks",
+                )
+            ]
+        }
+    )
+
+    path: Optional[ShortText] = Field(default=None, description="`bundled:<name>` or a suite directory (local or in `pvc`).")
+    pvc: Optional[PvcRef] = None
+    config_map: Optional[ConfigMapKeyRef] = Field(default=None, description="ConfigMap holding suite.json + task JSONL.")
+    lm_eval_tasks: Optional[Annotated[list[Annotated[str, Field(min_length=1, max_length=128)]], Field(max_length=64)]] = (
+        Field(default=None, description="lm-evaluation-harness task names (hellaswag, arc_easy, mmlu, …).")
+    )
+
+    @model_validator(mode="after")
+    def _one(self) -> "SuiteSpec":
+        chosen = [self.path is not None, self.config_map is not None, bool(self.lm_eval_tasks)]
+        if sum(chosen) != 1:
+            raise ValueError("set exactly one of path, configMap or lmEvalTasks")
+        return self
+
+
+class ThresholdsSpec(ApiModel):
+    max_category_drop: Annotated[float, Field(ge=0.0, le=1.0)] = Field(
+        default=0.05, description="Largest allowed drop of any category's score (absolute, 0–1)."
+    )
+    max_mean_drop: Annotated[float, Field(ge=0.0, le=1.0)] = Field(
+        default=0.02, description="Largest allowed drop of the mean general score."
+    )
+    per_category: dict[Literal[CATEGORIES], Annotated[float, Field(ge=0.0, le=1.0)]] = Field(  # type: ignore[valid-type]
+        default_factory=dict, description="Overrides of maxCategoryDrop per category."
+    )
+    min_task_gain: Annotated[float, Field(ge=-1.0, le=1.0)] = Field(
+        default=0.0, description="Smallest target-task improvement required to promote."
+    )
+
+
+class RegressionSpec(ApiModel):
+    suite: SuiteSpec = Field(default_factory=lambda: SuiteSpec(path="bundled:world-v1"))
+    thresholds: ThresholdsSpec = Field(default_factory=ThresholdsSpec)
+    confidence: Annotated[float, Field(ge=0.5, le=0.999)] = Field(
+        default=0.95, description="A category fails only when its drop exceeds the threshold at this confidence."
+    )
+    bootstrap_samples: Annotated[int, Field(ge=100, le=100_000)] = Field(default=2000)
+    on_regression: Literal["Block", "Warn"] = Field(default="Block", description="Block promotion or only warn.")
+    limit: Optional[Annotated[int, Field(ge=1)]] = Field(default=None, description="Items per task (for quick runs).")
+
+
+class OutputSpec(ApiModel):
+    path: Optional[ShortText] = Field(
+        default=None, description="Where the adapter/model and reports go (local dir, or a path in `pvc`)."
+    )
+    pvc: Optional[PvcRef] = Field(default=None, description="Writable volume for outputs (and the baseline cache).")
+    promote: bool = Field(default=True, description="Promote the model when the gate passes.")
+    promote_path: Optional[ShortText] = Field(default=None, description="Copy the promoted model here.")
+
+
+class FineTuneJobSpec(ApiModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            CEL: [
+                cel(
+                    "!has(self.mitigation) || !has(self.mitigation.ewc) || !has(self.deepspeed)"
+                    " || self.deepspeed.zeroStage < 3",
+                    "mitigation.ewc is not supported with deepspeed.zeroStage 3 (use zeroStage 0-2)",
+                ),
+                cel(
+                    "has(self.output) && has(self.output.pvc) || !has(self.resources) || self.resources.workers == 1",
+                    "resources.workers > 1 needs output.pvc (a volume all workers share)",
+                ),
+            ]
+        }
+    )
+
+    model: ModelSpec = Field(description="The base model.")
+    dataset: DatasetSpec = Field(description="Task data and general data.")
+    method: MethodSpec = Field(default_factory=MethodSpec)
+    mitigation: MitigationSpec = Field(default_factory=MitigationSpec)
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    deepspeed: DeepSpeedSpec = Field(default_factory=DeepSpeedSpec)
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    regression: RegressionSpec = Field(default_factory=RegressionSpec)
+    output: OutputSpec = Field(default_factory=OutputSpec)
+    suspend: bool = Field(default=False, description="Hold the job (Kueue admits by setting this to false).")
+    active_deadline_seconds: Optional[Annotated[int, Field(ge=1)]] = Field(
+        default=None, description="Fail the whole job (DeadlineExceeded) after this many seconds."
+    )
+    backoff_limit: Annotated[int, Field(ge=0, le=100)] = Field(default=2, description="Retries per stage.")
+    ttl_seconds_after_finished: Optional[Annotated[int, Field(ge=0)]] = Field(
+        default=None, description="Delete the FineTuneJob this long after it finished."
+    )
+
+    @model_validator(mode="after")
+    def _cross(self) -> "FineTuneJobSpec":
+        if self.mitigation.ewc is not None and self.deepspeed.zero_stage == 3:
+            raise ValueError(
+                "mitigation.ewc is not supported with deepspeed.zeroStage 3 (use zeroStage 0-2): "
+                "the Fisher and anchor need whole parameters"
+            )
+        if self.resources.workers > 1 and self.output.pvc is None:
+            raise ValueError("resources.workers > 1 needs output.pvc (a volume all workers share)")
+        return self
+
+    def learning_rate(self) -> float:
+        return self.training.learning_rate or DEFAULT_LEARNING_RATE[self.method.type]
+
+
+# --------------------------------------------------------------------------- status
+
+
+class Condition(ApiModel):
+    type: Annotated[str, Field(max_length=316)]
+    status: Literal["True", "False", "Unknown"]
+    reason: Annotated[str, Field(max_length=1024, pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")]
+    message: Annotated[str, Field(max_length=32768)] = ""
+    last_transition_time: str
+    observed_generation: Optional[int] = None
+
+
+class StageStatus(ApiModel):
+    phase: Literal["Pending", "Running", "Succeeded", "Failed", "Skipped"] = "Pending"
+    job_name: Optional[str] = None
+    start_time: Optional[str] = None
+    completion_time: Optional[str] = None
+    attempts: int = 0
+    message: Optional[str] = None
+    result: Optional[dict[str, Any]] = Field(default=None, description="The stage's compact JSON summary.")
+
+
+class CategoryVerdict(ApiModel):
+    category: str
+    baseline: float
+    final: float
+    drop: float
+    drop_upper: float = Field(description="Upper end of the drop's confidence interval.")
+    drop_lower: float
+    threshold: float
+    passed: bool
+
+
+class GateStatus(ApiModel):
+    verdict: Literal["Passed", "Failed", "Warned"]
+    reasons: list[str] = Field(default_factory=list)
+    mean_drop: float
+    task_gain: Optional[float] = None
+    categories: list[CategoryVerdict] = Field(default_factory=list)
+
+
+class ProgressStatus(ApiModel):
+    step: int = 0
+    total_steps: Optional[int] = None
+    epoch: Optional[float] = None
+    loss: Optional[float] = None
+    stopped_reason: Optional[str] = None
+
+
+PHASES = ("Pending", "Suspended", "Baseline", "Training", "Evaluating", "Succeeded", "Blocked", "Failed")
+
+
+class FineTuneJobStatus(ApiModel):
+    model_config = ConfigDict(extra="allow")
+
+    phase: Optional[Literal[PHASES]] = None  # type: ignore[valid-type]
+    conditions: list[Condition] = Field(default_factory=list)
+    observed_generation: Optional[int] = None
+    spec_hash: Optional[str] = Field(default=None, description="Hash of the spec the job started with.")
+    stages: dict[Literal["baseline", "train", "evaluate"], StageStatus] = Field(default_factory=dict)  # type: ignore[valid-type]
+    baseline_scores: dict[str, float] = Field(default_factory=dict)
+    final_scores: dict[str, float] = Field(default_factory=dict)
+    forgetting: dict[str, float] = Field(default_factory=dict, description="Drop per category (baseline − final).")
+    gate: Optional[GateStatus] = None
+    progress: Optional[ProgressStatus] = None
+    promoted: Optional[bool] = None
+    start_time: Optional[str] = None
+    completion_time: Optional[str] = None
+    message: Optional[str] = None
+    kopf: Optional[dict[str, Any]] = Field(default=None, description="kopf handler progress (operator internal).")
+
+
+class ObjectMeta(ApiModel):
+    model_config = ConfigDict(extra="allow")
+
+    name: Annotated[str, Field(min_length=1, max_length=MAX_JOB_NAME_LENGTH, pattern=DNS_LABEL)] = Field(
+        description=f"DNS label, at most {MAX_JOB_NAME_LENGTH} characters (children add suffixes)."
+    )
+    namespace: Optional[str] = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
+class FineTuneJob(ApiModel):
+    """A whole manifest: what `kubectl apply` and `forgetless run` take."""
+
+    api_version: Literal["forgetless.dev/v1alpha1"] = Field(alias="apiVersion")
+    kind: Literal["FineTuneJob"]
+    metadata: ObjectMeta
+    spec: FineTuneJobSpec
+    status: Optional[FineTuneJobStatus] = None
+
+    @field_validator("api_version", mode="before")
+    @classmethod
+    def _api_version(cls, value: Any) -> Any:
+        if isinstance(value, str) and value != API_VERSION and value.startswith(GROUP):
+            raise ValueError(f"unsupported version {value!r}; this release serves {API_VERSION}")
+        return value
+
+
+def parse_job(document: Any) -> FineTuneJob:
+    """Validate one manifest (already parsed from YAML/JSON); raises pydantic.ValidationError."""
+    return FineTuneJob.model_validate(document)
+
+

@@ -1,0 +1,42 @@
+"""`forgetless crd`: regenerate the FineTuneJob CRD from the pydantic models."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from forgetless import exit_codes
+
+NAME = "crd"
+HELP = "render the FineTuneJob CRD (to stdout, or into crds/ and the chart with --write)"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--write",
+        metavar="REPO_ROOT",
+        type=Path,
+        nargs="?",
+        const=Path("."),
+        help="write crds/ and charts/forgetless/crds/ under REPO_ROOT (default: current directory)",
+    )
+    parser.add_argument("--check", metavar="REPO_ROOT", type=Path, nargs="?", const=Path("."),
+                        help="exit 1 when the committed CRD files differ from the models")
+
+
+def main(args: argparse.Namespace) -> int:
+    from forgetless.api.crd import crd_targets, render_crd_yaml, write_crds
+
+    if args.check is not None:
+        expected = render_crd_yaml()
+        stale = [p for p in crd_targets(args.check) if not p.exists() or p.read_text(encoding="utf-8") != expected]
+        for path in stale:
+            print(f"{path}: out of date; run `forgetless crd --write`", file=sys.stderr)
+        return exit_codes.INVALID if stale else exit_codes.OK
+    if args.write is not None:
+        for path in write_crds(args.write):
+            print(f"wrote {path}")
+        return exit_codes.OK
+    sys.stdout.write(render_crd_yaml())
+    return exit_codes.OK

@@ -1,0 +1,13 @@
+"""Exit codes of the `forgetless` CLI (documented in README.md)."""
+
+OK = 0
+INVALID = 1
+"""A manifest or argument was rejected; nothing ran."""
+USAGE = 2
+"""Wrong command-line usage (argparse's own code)."""
+GATE_BLOCKED = 3
+"""`forgetless run`: the pipeline finished but the regression gate blocked promotion."""
+FAILED = 4
+"""A stage failed at run time (missing data, training error, ...); see the message."""
+INTERRUPTED = 130
+"""Ctrl-C; the work dir keeps everything finished so far and `run` resumes from it."""
