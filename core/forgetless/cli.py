@@ -17,6 +17,7 @@ from forgetless import __version__, exit_codes
 COMMAND_MODULES = [
     "forgetless.commands.validate",
     "forgetless.commands.crd",
+    "forgetless.commands.stage",
 ]
 
 
