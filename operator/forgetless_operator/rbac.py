@@ -1,0 +1,48 @@
+"""The RBAC rules the operator needs, in Kubernetes PolicyRule form.
+
+The Helm chart renders its ClusterRole (``--all-namespaces``) or Role (``--namespace``) from these
+lists; nothing else grants the operator rights. Stage pods get no rights at all (they mount no
+service-account token).
+
+- ``NAMESPACED_RULES``: what the operator does inside a watched namespace (usable in a Role).
+- ``CLUSTER_RULES``: cluster-scoped reads kopf needs when it watches all namespaces or a
+  namespace glob (CRD and namespace observation, ClusterKopfPeering). Only in a ClusterRole.
+- ``RULES``: both together, for a single ClusterRole.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+READ = ["get", "list", "watch"]
+
+NAMESPACED_RULES: list[dict[str, Any]] = [
+    # The custom resource: read, delete after ttlSecondsAfterFinished, kopf finalizer/annotations.
+    {"apiGroups": ["forgetless.dev"], "resources": ["finetunejobs"], "verbs": READ + ["patch", "update", "delete"]},
+    {"apiGroups": ["forgetless.dev"], "resources": ["finetunejobs/status"], "verbs": ["get", "patch", "update"]},
+    # Stage Jobs: create, mirror spec.suspend (patch), delete on deadline / spec reset.
+    {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": READ + ["create", "patch", "delete"]},
+    # Stage results are read from the pods' termination messages; failures from waiting reasons.
+    {"apiGroups": [""], "resources": ["pods"], "verbs": READ},
+    # <job>-spec and the forgetless-baseline-cache ConfigMap.
+    {"apiGroups": [""], "resources": ["configmaps"], "verbs": READ + ["create", "patch", "update", "delete"]},
+    # Headless Service of multi-worker training.
+    {"apiGroups": [""], "resources": ["services"], "verbs": READ + ["create", "delete"]},
+    # Operator-side check that the volumes a job names exist (reported as a condition).
+    {"apiGroups": [""], "resources": ["persistentvolumeclaims"], "verbs": ["get"]},
+    # Events at every transition and rejection (core/v1 Events; kopf posts the same kind).
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
+    {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
+    # kopf peering inside a namespace (--namespace mode, not --standalone).
+    {"apiGroups": ["kopf.dev"], "resources": ["kopfpeerings"], "verbs": READ + ["patch"]},
+]
+
+CLUSTER_RULES: list[dict[str, Any]] = [
+    # kopf observes CRDs and namespaces at run time (cluster-wide or namespace-glob watching).
+    {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": ["list", "watch"]},
+    {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]},
+    # kopf peering across the cluster (--all-namespaces mode, not --standalone).
+    {"apiGroups": ["kopf.dev"], "resources": ["clusterkopfpeerings"], "verbs": READ + ["patch"]},
+]
+
+RULES: list[dict[str, Any]] = NAMESPACED_RULES + CLUSTER_RULES
