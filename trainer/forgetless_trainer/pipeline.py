@@ -14,6 +14,7 @@ import shutil
 import sys
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -178,9 +179,79 @@ def _promote(job: FineTuneJob, workdir: Path) -> Path | None:
     return destination
 
 
+@dataclass
+class PipelineResult:
+    workdir: Path
+    summaries: dict[str, dict[str, Any]]
+    gate: Any
+    baseline: dict[str, float]
+    final: dict[str, float]
+    seconds: float
+
+    @property
+    def status(self) -> dict[str, Any]:
+        return self.gate.to_status()
+
+    @property
+    def passed(self) -> bool:
+        return self.status["verdict"] in ("Passed", "Warned")
+
+
+class StageFailed(Exception):
+    def __init__(self, stage: str, message: str) -> None:
+        super().__init__(f"stage {stage} failed: {message}")
+        self.stage = stage
+
+
+def execute(
+    job: FineTuneJob, workdir: Path, *, metrics_port: int | None = None, log: Any = None
+) -> PipelineResult:
+    """Run (or resume) the stages of a validated, preflighted job in `workdir`; then the gate."""
+    from forgetless.gate import evaluate_gate
+    from forgetless.metrics import ForgettingMetrics
+    from forgetless_trainer.stages import StageError, run_stage
+
+    log = log or (lambda message: print(message, file=sys.stderr))
+    forgetting = ForgettingMetrics()
+    namespace, name = "local", job.metadata.name
+    summaries: dict[str, dict[str, Any]] = {}
+    began = time.monotonic()
+    with _metrics_server(metrics_port, forgetting):
+        for index, stage in enumerate(STAGE_ORDER, start=1):
+            done = _stage_done(workdir, stage)
+            if done is not None:
+                log(f"[{index}/3] {stage}: already finished, reusing {workdir / stage}")
+                summaries[stage] = done
+                continue
+            phase = {"baseline": "Baseline", "train": "Training", "evaluate": "Evaluating"}[stage]
+            forgetting.set_phase_counts({(namespace, phase): 1}, [namespace])
+            log(f"[{index}/3] {stage} …")
+            started = time.monotonic()
+            try:
+                summaries[stage] = run_stage(stage, job, workdir)
+            except StageError as exc:
+                forgetting.set_phase_counts({(namespace, "Failed"): 1}, [namespace])
+                raise StageFailed(stage, str(exc)) from exc
+            elapsed = time.monotonic() - started
+            forgetting.stage_duration.labels(namespace, stage).observe(elapsed)
+            log(f"[{index}/3] {stage}: done in {elapsed:.1f} s")
+
+        baseline = summaries["baseline"].get("scores", {})
+        final = summaries["evaluate"].get("scores", {})
+        gate = evaluate_gate(summaries["evaluate"]["paired"], job.spec.regression)
+        status = gate.to_status()
+        forgetting.record_scores(namespace, name, baseline, final, status.get("taskGain"))
+        forgetting.forgetting.labels(namespace, name, "mean").set(status["meanDrop"])
+        forgetting.record_verdict(namespace, name, status["verdict"])
+        passed = status["verdict"] in ("Passed", "Warned")
+        forgetting.set_phase_counts({(namespace, "Succeeded" if passed else "Blocked"): 1}, [namespace])
+    return PipelineResult(workdir, summaries, gate, baseline, final, time.monotonic() - began)
+
+
 def run_pipeline(
     manifest: Path, *, workdir: Path | None = None, metrics_port: int | None = None, restart: bool = False
 ) -> int:
+    """The `forgetless run` command: validate, preflight, execute, print the table, promote."""
     try:
         job = load_job(manifest)
         preflight(job)
@@ -194,52 +265,19 @@ def run_pipeline(
             print(f"{manifest}: {line}", file=sys.stderr)
         return exit_codes.INVALID
 
-    from forgetless.gate import evaluate_gate
-    from forgetless.metrics import ForgettingMetrics
-    from forgetless_trainer.stages import StageError, run_stage
+    print(f"forgetless run {job.metadata.name}: work dir {workdir}", file=sys.stderr)
+    try:
+        result = execute(job, workdir, metrics_port=metrics_port)
+    except StageFailed as exc:
+        print(str(exc), file=sys.stderr)
+        print(f"fix the problem and run the same command again to resume from {workdir}", file=sys.stderr)
+        return exit_codes.FAILED
 
-    forgetting = ForgettingMetrics()
-    namespace, name = "local", job.metadata.name
-    summaries: dict[str, dict[str, Any]] = {}
-    print(f"forgetless run {name}: work dir {workdir}", file=sys.stderr)
-    with _metrics_server(metrics_port, forgetting):
-        forgetting.set_phase_counts({(namespace, "Baseline"): 1}, [namespace])
-        for index, stage in enumerate(STAGE_ORDER, start=1):
-            done = _stage_done(workdir, stage)
-            if done is not None:
-                print(f"[{index}/3] {stage}: already finished, reusing {workdir / stage}", file=sys.stderr)
-                summaries[stage] = done
-                continue
-            phase = {"baseline": "Baseline", "train": "Training", "evaluate": "Evaluating"}[stage]
-            forgetting.set_phase_counts({(namespace, phase): 1}, [namespace])
-            print(f"[{index}/3] {stage} …", file=sys.stderr)
-            started = time.monotonic()
-            try:
-                summaries[stage] = run_stage(stage, job, workdir)
-            except StageError as exc:
-                forgetting.set_phase_counts({(namespace, "Failed"): 1}, [namespace])
-                print(f"stage {stage} failed: {exc}", file=sys.stderr)
-                print(f"fix the problem and run the same command again to resume from {workdir}", file=sys.stderr)
-                return exit_codes.FAILED
-            elapsed = time.monotonic() - started
-            forgetting.stage_duration.labels(namespace, stage).observe(elapsed)
-            print(f"[{index}/3] {stage}: done in {elapsed:.1f} s", file=sys.stderr)
-
-        baseline = summaries["baseline"].get("scores", {})
-        final = summaries["evaluate"].get("scores", {})
-        gate = evaluate_gate(summaries["evaluate"]["paired"], job.spec.regression)
-        status = gate.to_status()
-        forgetting.record_scores(namespace, name, baseline, final, status.get("taskGain"))
-        forgetting.forgetting.labels(namespace, name, "mean").set(status["meanDrop"])
-        forgetting.record_verdict(namespace, name, status["verdict"])
-        passed = status["verdict"] in ("Passed", "Warned")
-        forgetting.set_phase_counts({(namespace, "Succeeded" if passed else "Blocked"): 1}, [namespace])
-
-    print(render_table(gate, baseline, final))
+    print(render_table(result.gate, result.baseline, result.final))
     report_dir = workdir / "report"
     for report in sorted(report_dir.glob("*")) if report_dir.exists() else []:
         print(f"report: {report}")
-    if passed:
+    if result.passed:
         promoted = _promote(job, workdir)
         if promoted is not None:
             print(f"promoted: {promoted}")
