@@ -1,0 +1,149 @@
+"""The forgetting matrix: every mitigation policy on the same narrow task, side by side, in one run.
+
+    python benchmarks/forgetting_matrix.py [--out runs/matrix] [--only naive,recommended]
+
+Runs the full local pipeline (baseline → train → evaluate → gate, the code `forgetless run`
+uses) for each policy on the bundled world, with one shared baseline cache, then prints one table:
+task score, general score retained per category, gate verdict and wall time; then checks the
+goals of the demo (recommended keeps ≥ 98 % and reaches ≥ 95 % of naive's task score; naive keeps
+≤ 85 % and is blocked; LoRA forgets less than full fine-tuning).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+GENERAL = ("instruction_following", "format", "knowledge", "reasoning", "safety")
+SHORT = {"instruction_following": "instr", "format": "format", "knowledge": "know", "reasoning": "reason", "safety": "safety"}
+
+
+def _example(name: str) -> dict[str, Any]:
+    return yaml.safe_load((REPO / "examples" / f"{name}.yaml").read_text())
+
+
+def _variant(base: str, name: str, **spec_patch: Any) -> dict[str, Any]:
+    doc = copy.deepcopy(_example(base))
+    doc["metadata"]["name"] = name
+    for dotted, value in spec_patch.items():
+        node = doc["spec"]
+        keys = dotted.split("__")
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+        if value is None:
+            node.pop(keys[-1], None)
+        else:
+            node[keys[-1]] = value
+    doc["spec"].get("output", {}).pop("path", None)
+    return doc
+
+
+def policies() -> dict[str, list[dict[str, Any]]]:
+    """name -> the job(s) it runs (a sequential pair has two)."""
+    return {
+        "naive full FT": [_variant("naive", "m-naive")],
+        "full + low LR + early stop": [_variant("low-lr-early-stop", "m-lowlr")],
+        "full + EWC": [_variant("ewc", "m-ewc")],
+        "LoRA": [_variant("recommended", "m-lora", mitigation__dataMixing={"generalFraction": 0.0}, mitigation__earlyStopping=None)],
+        "LoRA + 20% mix (recommended)": [_variant("recommended", "m-recommended")],
+        "LoRA + mix + replay (pair)": [
+            _variant("replay-1", "m-replay-1"),
+            _variant("replay-2", "m-replay-2"),
+        ],
+    }
+
+
+def _run(document: dict[str, Any], workdir: Path) -> Any:
+    from forgetless.api.manifests import validate_document
+    from forgetless_trainer.pipeline import _prepare_workdir, execute, preflight
+
+    job = validate_document(document)
+    preflight(job)
+    _prepare_workdir(job, workdir, restart=False)
+    return execute(job, workdir, log=lambda message: print(f"    {message}", file=sys.stderr))
+
+
+def _mean(scores: dict[str, float]) -> float:
+    present = [scores[c] for c in GENERAL if c in scores]
+    return sum(present) / len(present)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=REPO / "runs" / "matrix")
+    parser.add_argument("--only", help="comma-separated policy names (substring match)")
+    parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    args = parser.parse_args()
+    os.environ.setdefault("FORGETLESS_CACHE_DIR", str(args.out / "baseline-cache"))
+
+    rows = []
+    for policy, documents in policies().items():
+        if args.only and not any(part in policy for part in args.only.split(",")):
+            continue
+        print(f"== {policy}", file=sys.stderr)
+        started = time.monotonic()
+        chain = []
+        for document in documents:
+            # a pair's second job replays from the first job's work dir
+            for source in document["spec"].get("mitigation", {}).get("replay", {}).get("sources", []):
+                if "path" in source and chain:
+                    source["path"] = str(chain[-1].workdir)
+            chain.append(_run(document, args.out / document["metadata"]["name"]))
+        result = chain[-1]
+        status = result.status
+        rows.append(
+            {
+                "policy": policy,
+                "task": result.final.get("task"),
+                "task_baseline": result.baseline.get("task"),
+                "retained": {c: result.final[c] / result.baseline[c] for c in GENERAL if result.baseline.get(c)},
+                "mean_retained": _mean(result.final) / _mean(result.baseline),
+                "verdict": status["verdict"],
+                "reasons": status.get("reasons", []),
+                "seconds": time.monotonic() - started,
+                "first_job_task": chain[0].final.get("task") if len(chain) > 1 else None,
+            }
+        )
+
+    header = f"{'policy':<30} {'task':>5} " + " ".join(f"{SHORT[c]:>7}" for c in GENERAL) + f" {'mean':>6} {'gate':>7} {'time':>6}"
+    print(header)
+    for row in rows:
+        cells = " ".join(f"{row['retained'].get(c, float('nan')) * 100:6.1f}%" for c in GENERAL)
+        print(
+            f"{row['policy']:<30} {row['task']:5.2f} {cells} {row['mean_retained'] * 100:5.1f}% "
+            f"{row['verdict']:>7} {row['seconds'] / 60:5.1f}m"
+        )
+    print("(task: exact match on held-out tickets; other columns: share of the base model's score kept)")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+
+    by_name = {row["policy"]: row for row in rows}
+    naive, recommended = by_name.get("naive full FT"), by_name.get("LoRA + 20% mix (recommended)")
+    checks = []
+    if recommended:
+        checks.append(("recommended keeps >= 98% of the mean general score", recommended["mean_retained"] >= 0.98))
+        checks.append(("recommended gate passes", recommended["verdict"] == "Passed"))
+    if naive:
+        checks.append(("naive keeps <= 85% of the mean general score", naive["mean_retained"] <= 0.85))
+        checks.append(("naive gate blocks", naive["verdict"] == "Failed"))
+    if naive and recommended:
+        checks.append(("recommended reaches >= 95% of naive's task score", recommended["task"] >= 0.95 * naive["task"]))
+    lora, full = by_name.get("LoRA"), by_name.get("naive full FT")
+    if lora and full:
+        checks.append(("LoRA forgets less than full fine-tuning", lora["mean_retained"] > full["mean_retained"]))
+    for label, ok in checks:
+        print(f"{'PASS' if ok else 'MISS'}  {label}")
+    return 0 if all(ok for _, ok in checks) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
