@@ -1,0 +1,137 @@
+"""The forgetting report: gate verdict JSON, Markdown and a PNG chart (matplotlib, Agg backend).
+
+`write_report(gate_result, baseline_scores, final_scores, out_dir) -> {"json", "markdown", "png"}`
+Files: `gate.json` (the gate's full result, its status.gate form, and the scores),
+`report.md` (verdict, reasons, per-category table with the drop's bounds), `report.png`
+(baseline vs final per category, the final score's bounds as error bars, and the target task).
+Every file is written to a temporary name and renamed, so a crash leaves no half report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+from forgetless.gate import GateResult
+from forgetless.suites import GENERAL_CATEGORIES, TASK_CATEGORY
+
+JSON_NAME, MARKDOWN_NAME, PNG_NAME = "gate.json", "report.md", "report.png"
+
+
+def _atomic_write(path: Path, data: bytes) -> Path:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+    return path
+
+
+def report_document(gate: GateResult, baseline: Mapping[str, float], final: Mapping[str, float]) -> dict[str, Any]:
+    return {"gate": gate.to_dict(), "status": gate.to_status(), "baselineScores": dict(baseline), "finalScores": dict(final)}
+
+
+def render_markdown(gate: GateResult, baseline: Mapping[str, float], final: Mapping[str, float]) -> str:
+    pct = f"{gate.confidence:.1%}".replace(".0%", "%")
+    lines = [
+        "# Forgetting report",
+        "",
+        f"**Verdict: {gate.verdict}**" + ("" if gate.passed else f" (onRegression: {gate.on_regression})"),
+        "",
+    ]
+    if gate.reasons:
+        lines += ["Reasons:", ""] + [f"- {reason}" for reason in gate.reasons] + [""]
+    lines += [
+        f"Drops are baseline − final (absolute, 0–1); bounds are one-sided {pct} bounds from a paired "
+        f"bootstrap over items ({gate.bootstrap_samples} resamples, seed {gate.seed}). A category fails only "
+        "when its lower bound is above its threshold.",
+        "",
+        "| category | baseline | final | drop | lower bound | upper bound | threshold | result |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for c in gate.categories:
+        lines.append(
+            f"| {c.category} | {c.baseline:.3f} | {c.final:.3f} | {c.drop:+.3f} | {c.drop_lower:+.3f} | "
+            f"{c.drop_upper:+.3f} | {c.threshold:.3f} | {'pass' if c.passed else 'FAIL'} |"
+        )
+    mean_failed = gate.mean_drop_lower > gate.max_mean_drop
+    lines.append(
+        f"| **mean** | | | {gate.mean_drop:+.3f} | {gate.mean_drop_lower:+.3f} | {gate.mean_drop_upper:+.3f} | "
+        f"{gate.max_mean_drop:.3f} | {'FAIL' if mean_failed else 'pass'} |"
+    )
+    lines.append("")
+    if gate.task_gain is not None:
+        lines.append(
+            f"Target task: {baseline.get(TASK_CATEGORY, float('nan')):.3f} → {final.get(TASK_CATEGORY, float('nan')):.3f}, "
+            f"gain {gate.task_gain:+.3f} (bounds [{gate.task_gain_lower:+.3f}, {gate.task_gain_upper:+.3f}], "
+            f"required ≥ {gate.min_task_gain:+.3f})."
+        )
+    else:
+        lines.append("Target task: not in the suite (no task gain measured).")
+    lines += ["", f"![baseline vs final]({PNG_NAME})", ""]
+    return "\n".join(lines)
+
+
+def render_png(gate: GateResult, baseline: Mapping[str, float], final: Mapping[str, float], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    categories = [c for c in gate.categories] or []
+    names = [c.category for c in categories] or [c for c in GENERAL_CATEGORIES if c in baseline]
+    has_task = gate.task_gain is not None and TASK_CATEGORY in baseline and TASK_CATEGORY in final
+    fig, axes = plt.subplots(
+        1, 2 if has_task else 1, figsize=(10 if has_task else 8, 4.2),
+        gridspec_kw={"width_ratios": [len(names) or 1, 1.3]} if has_task else None, squeeze=False,
+    )
+    ax = axes[0][0]
+    positions = list(range(len(names)))
+    width = 0.38
+    base_values = [baseline.get(n, 0.0) for n in names]
+    final_values = [final.get(n, 0.0) for n in names]
+    ax.bar([p - width / 2 for p in positions], base_values, width, label="baseline", color="#8da0cb")
+    errors = None
+    if categories:
+        # final = baseline − drop, so the drop's bounds give the final score's bounds
+        low = [max(0.0, c.drop_upper - c.drop) for c in categories]
+        high = [max(0.0, c.drop - c.drop_lower) for c in categories]
+        errors = [low, high]
+    colours = ["#66c2a5" if c.passed else "#fc8d62" for c in categories] or "#66c2a5"
+    ax.bar([p + width / 2 for p in positions], final_values, width, yerr=errors, capsize=4, label="final", color=colours)
+    for c, p in zip(categories, positions):
+        ax.annotate(f"{-c.drop:+.2f}", (p + width / 2, min(1.02, final.get(c.category, 0.0) + 0.04)), ha="center", fontsize=8)
+    ax.set_xticks(positions)
+    ax.set_xticklabels([n.replace("_", "\n") for n in names], fontsize=8)
+    ax.set_ylim(0, 1.1)
+    ax.set_ylabel("score")
+    ax.set_title(f"General skills — gate {gate.verdict} (mean drop {gate.mean_drop:+.3f})", fontsize=10)
+    ax.legend(loc="lower left", fontsize=8)
+    if has_task:
+        tax = axes[0][1]
+        gain_errors = [[max(0.0, gate.task_gain - gate.task_gain_lower)], [max(0.0, gate.task_gain_upper - gate.task_gain)]]
+        tax.bar([0], [baseline[TASK_CATEGORY]], 0.6, color="#8da0cb")
+        tax.bar([1], [final[TASK_CATEGORY]], 0.6, yerr=gain_errors, capsize=4, color="#66c2a5")
+        tax.set_xticks([0, 1])
+        tax.set_xticklabels(["baseline", "final"], fontsize=8)
+        tax.set_ylim(0, 1.1)
+        tax.set_title(f"Target task (gain {gate.task_gain:+.3f})", fontsize=10)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def write_report(
+    gate_result: GateResult, baseline_scores: Mapping[str, float], final_scores: Mapping[str, float], out_dir: Path
+) -> dict[str, Path]:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    document = report_document(gate_result, baseline_scores, final_scores)
+    return {
+        "json": _atomic_write(out_dir / JSON_NAME, (json.dumps(document, indent=2, sort_keys=True) + "\n").encode()),
+        "markdown": _atomic_write(out_dir / MARKDOWN_NAME, render_markdown(gate_result, baseline_scores, final_scores).encode()),
+        "png": render_png(gate_result, baseline_scores, final_scores, out_dir / PNG_NAME),
+    }

@@ -1,0 +1,113 @@
+"""What the baseline and evaluate stages (and `forgetless evaluate`) share: resolving the job's
+suite (a suite directory or lm-eval tasks), identifying the base model for the cache, loading a
+model and evaluating it, and finding a baseline (work dir, cache, or a fresh evaluation)."""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from forgetless.api.schema import FineTuneJobSpec, ModelSpec, RegressionSpec
+from forgetless.baseline_cache import BaselineCache, directory_digest, spec_cache_key, weights_cache_key
+from forgetless.suites import Suite, SuiteError, load_suite
+from forgetless_trainer.evaluation.results import EvaluationResult
+from forgetless_trainer.stages import StageError
+
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+
+
+@dataclass(frozen=True)
+class EvalTarget:
+    """A loaded suite, or lm-eval task names; either way a name and a content digest."""
+
+    name: str
+    digest: str
+    suite: Suite | None = None
+    lm_eval_tasks: tuple[str, ...] = ()
+
+
+def resolve_target(regression: RegressionSpec, base_dir: Path | None = None) -> EvalTarget:
+    spec = regression.suite
+    if spec.lm_eval_tasks:
+        from forgetless_trainer.evaluation import lmeval
+
+        tasks = tuple(spec.lm_eval_tasks)
+        return EvalTarget(name="lm-eval", digest=lmeval.tasks_digest(tasks), lm_eval_tasks=tasks)
+    try:
+        suite = load_suite(spec, base_dir=base_dir)
+    except SuiteError as exc:
+        raise StageError(f"spec.regression.suite: {exc}") from exc
+    return EvalTarget(name=suite.name, digest=suite.digest, suite=suite)
+
+
+def model_identity(model_spec: ModelSpec, base_dir: Path | None = None) -> tuple[str, str]:
+    """(model id, model version) for the weights cache key: a digest of a local model directory,
+    the commit of a cached hub snapshot, else the requested revision."""
+    from forgetless_trainer.modeling import resolve_model_location
+
+    location = resolve_model_location(model_spec, base_dir)
+    path = Path(location)
+    if path.is_dir():
+        return model_spec.name, directory_digest(path)
+    revision = model_spec.revision or "main"
+    if _COMMIT.match(revision):
+        return location, revision
+    try:
+        from huggingface_hub import snapshot_download
+
+        snapshot = Path(snapshot_download(location, revision=revision, local_files_only=True))
+        return location, snapshot.name
+    except Exception:  # not cached yet (or no hub client): the revision name is all we know
+        return location, revision
+
+
+def cache_keys(spec: FineTuneJobSpec, target: EvalTarget, base_dir: Path | None = None) -> tuple[str, str]:
+    """(weights key, spec key) of the job's baseline."""
+    model_id, version = model_identity(spec.model, base_dir)
+    return weights_cache_key(model_id, version, target.digest, spec.regression.limit), spec_cache_key(spec)
+
+
+def evaluate_model(
+    model: Any, tokenizer: Any, target: EvalTarget, *, limit: int | None = None, batch_size: int = 32
+) -> EvaluationResult:
+    if target.lm_eval_tasks:
+        from forgetless_trainer.evaluation import lmeval
+
+        return lmeval.evaluate_lm_eval(model, tokenizer, target.lm_eval_tasks, limit=limit, batch_size=batch_size)
+    from forgetless_trainer.evaluation.evaluator import evaluate_suite
+
+    return evaluate_suite(model, tokenizer, target.suite, limit=limit, batch_size=batch_size)
+
+
+def load_and_evaluate(
+    model_spec: ModelSpec, target: EvalTarget, *, adapter_path: Path | None = None,
+    limit: int | None = None, batch_size: int = 32, base_dir: Path | None = None,
+) -> EvaluationResult:
+    from forgetless_trainer.modeling import load_model_and_tokenizer
+
+    model, tokenizer = load_model_and_tokenizer(model_spec, adapter_path=adapter_path, base_dir=base_dir)
+    result = evaluate_model(model, tokenizer, target, limit=limit, batch_size=batch_size)
+    result.meta.update({"model": model_spec.name, "adapter": str(adapter_path) if adapter_path else None})
+    return result
+
+
+def store_baseline(cache: BaselineCache, keys: tuple[str, ...], result: EvaluationResult, model: str) -> None:
+    """Cache failures (read-only or full volume) never fail a stage: the result is in the work dir."""
+    try:
+        cache.put(keys, result.to_dict(), model=model)
+    except OSError as exc:
+        print(f"warning: could not write the baseline cache in {cache.directory}: {exc}", file=sys.stderr)
+
+
+def cached_baseline(cache: BaselineCache, keys: tuple[str, ...], digest: str) -> EvaluationResult | None:
+    for key in keys:
+        entry = cache.get(key, suite_digest=digest)
+        if entry is not None:
+            try:
+                return EvaluationResult.from_json(entry)
+            except ValueError:
+                continue
+    return None

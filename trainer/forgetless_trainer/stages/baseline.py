@@ -1,0 +1,36 @@
+"""The baseline stage: the base model's item-level results on the regression suite.
+
+Looks the baseline up in the cache first (weights key, then spec key; both checked against the
+suite digest, see forgetless.baseline_cache); on a miss evaluates the base model and stores the
+result under both keys. Writes WORKDIR/baseline/results.json (item level) either way.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from forgetless.api.schema import FineTuneJob
+from forgetless.baseline_cache import BaselineCache
+from forgetless_trainer.evaluation.runner import (
+    cache_keys, cached_baseline, load_and_evaluate, resolve_target, store_baseline,
+)
+
+RESULTS = Path("baseline") / "results.json"
+
+
+def run(job: FineTuneJob, workdir: Path) -> dict[str, Any]:
+    spec = job.spec
+    target = resolve_target(spec.regression)
+    weights_key, spec_key = cache_keys(spec, target)
+    cache = BaselineCache()
+    result = cached_baseline(cache, (weights_key, spec_key), target.digest)
+    cached = result is not None
+    if result is None:
+        result = load_and_evaluate(spec.model, target, limit=spec.regression.limit)
+    # (re)store under both keys: a hit under one key fills in the other
+    store_baseline(cache, (weights_key, spec_key), result, spec.model.name)
+    result.save(Path(workdir) / RESULTS)
+    summary = result.summary("baseline")
+    summary.update({"cacheKey": spec_key, "cached": cached})
+    return summary

@@ -1,0 +1,88 @@
+"""The evaluate stage: the fine-tuned model on the same suite, paired with the baseline, + report.
+
+1. The fine-tuned model: base model + WORKDIR/train/output (a peft adapter, or a full model).
+2. The baseline: WORKDIR/baseline/results.json when it matches the suite digest and limit, else
+   the cache entry (weights key, then spec key — the operator skips the baseline stage on a spec
+   key hit), else the base model is evaluated here (and cached), so a stale or missing baseline
+   can cost time but never a comparison against other items.
+3. WORKDIR/evaluate/results.json (item level), the per-task 2x2 tables `paired`, and the report
+   (gate verdict JSON, report.md, report.png) in WORKDIR/report/ — the gate is the same pure
+   function (same seed) the operator runs on this stage's summary.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from forgetless.api.schema import FineTuneJob
+from forgetless.baseline_cache import BaselineCache
+from forgetless.gate import GateError, evaluate_gate, paired_counts
+from forgetless_trainer.evaluation.results import EvaluationResult
+from forgetless_trainer.evaluation.runner import (
+    EvalTarget, cache_keys, cached_baseline, load_and_evaluate, resolve_target, store_baseline,
+)
+from forgetless_trainer.stages import StageError
+
+TRAIN_OUTPUT = Path("train") / "output"
+BASELINE_RESULTS = Path("baseline") / "results.json"
+RESULTS = Path("evaluate") / "results.json"
+REPORT_DIR = Path("report")
+
+
+def _workdir_baseline(path: Path, target: EvalTarget, limit: int | None) -> EvaluationResult | None:
+    if not path.exists():
+        return None
+    try:
+        result = EvaluationResult.load(path)
+    except (OSError, ValueError) as exc:
+        print(f"warning: ignoring unreadable baseline {path}: {exc}", file=sys.stderr)
+        return None
+    if result.digest != target.digest or result.limit != limit:
+        print(f"warning: {path} was made for another suite or limit; looking further", file=sys.stderr)
+        return None
+    return result
+
+
+def find_baseline(job: FineTuneJob, workdir: Path, target: EvalTarget) -> tuple[EvaluationResult, str]:
+    """(baseline result, where it came from: workdir | cache | evaluated)."""
+    spec = job.spec
+    result = _workdir_baseline(workdir / BASELINE_RESULTS, target, spec.regression.limit)
+    if result is not None:
+        return result, "workdir"
+    keys = cache_keys(spec, target)
+    cache = BaselineCache()
+    result = cached_baseline(cache, keys, target.digest)
+    source = "cache"
+    if result is None:
+        result = load_and_evaluate(spec.model, target, limit=spec.regression.limit)
+        store_baseline(cache, keys, result, spec.model.name)
+        source = "evaluated"
+    result.save(workdir / BASELINE_RESULTS)
+    return result, source
+
+
+def run(job: FineTuneJob, workdir: Path) -> dict[str, Any]:
+    workdir = Path(workdir)
+    spec = job.spec
+    output = workdir / TRAIN_OUTPUT
+    if not output.is_dir() or not any(output.iterdir()):
+        raise StageError(f"no fine-tuned model in {output}: run the train stage first (it writes the adapter or model there)")
+    target = resolve_target(spec.regression)
+    baseline, source = find_baseline(job, workdir, target)
+    final = load_and_evaluate(spec.model, target, adapter_path=output, limit=spec.regression.limit)
+    final.save(workdir / RESULTS)
+    try:
+        paired = paired_counts(baseline.items, final.items)
+        gate = evaluate_gate(paired, spec.regression)
+    except GateError as exc:
+        raise StageError(f"cannot compare with the baseline: {exc}") from exc
+
+    from forgetless_trainer.evaluation.report import write_report
+
+    write_report(gate, baseline.category_scores(), final.category_scores(), workdir / REPORT_DIR)
+    summary = final.summary("evaluate")
+    summary["paired"] = paired
+    summary["baselineSource"] = source
+    return summary
