@@ -1,0 +1,365 @@
+"""Builders for the Kubernetes objects a FineTuneJob owns (pure: dicts in, dicts out).
+
+Names are deterministic (docs/contracts.md "Children in the cluster"): ConfigMap `<job>-spec`,
+Jobs `<job>-baseline`, `<job>-train` (one worker) or `<job>-train-workers` (Indexed Job + headless
+Service of the same name), `<job>-evaluate`. Every child carries the labels `forgetless.dev/job`,
+`forgetless.dev/stage` and a controller owner reference to the FineTuneJob, so deleting the
+FineTuneJob garbage-collects all of them.
+
+Stage pods meet Pod Security "restricted": non-root (uid 1000), read-only root filesystem with
+emptyDirs at /tmp and $HOME, no capabilities, no privilege escalation, RuntimeDefault seccomp,
+no service-account token.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from forgetless.api.schema import API_VERSION, KIND, FineTuneJobSpec
+from forgetless.locations import JOB_SPEC_MOUNT, configmap_mount_path, pvc_mount_path
+
+LABEL_JOB = "forgetless.dev/job"
+LABEL_STAGE = "forgetless.dev/stage"
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+MANAGED_BY = {"app.kubernetes.io/name": "forgetless", "app.kubernetes.io/managed-by": "forgetless-operator"}
+SUSPENDED_BY_OPERATOR = "forgetless.dev/suspended-by-operator"
+"""Annotation on a child Job the operator suspended (so only those are resumed, never Kueue's)."""
+COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
+
+STAGES = ("baseline", "train", "evaluate")
+SPEC_KEY = "job.json"
+CONTAINER = "stage"
+METRICS_PORT = 9400
+MASTER_PORT = 29500
+TERMINATION_LOG = "/dev/termination-log"
+HOME = "/home/forgetless"
+CACHE_SUBDIR = ".forgetless-cache"
+RUN_AS_USER = 1000
+DEFAULT_TRAINER_IMAGE = "ghcr.io/forgetless/trainer:latest"
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    """Operator-wide settings (from CLI flags / env)."""
+
+    trainer_image: str = DEFAULT_TRAINER_IMAGE
+    image_pull_policy: str = "IfNotPresent"
+    baseline_cache_configmap: str = "forgetless-baseline-cache"
+    baseline_cache_max_entries: int = 200
+
+
+# --------------------------------------------------------------------------- names
+
+
+def spec_configmap_name(job: str) -> str:
+    return f"{job}-spec"
+
+
+def stage_job_name(job: str, stage: str, workers: int = 1) -> str:
+    if stage == "train" and workers > 1:
+        return f"{job}-train-workers"
+    return f"{job}-{stage}"
+
+
+def workers_service_name(job: str) -> str:
+    return f"{job}-train-workers"
+
+
+# --------------------------------------------------------------------------- metadata
+
+
+def owner_reference(ftj: dict[str, Any]) -> dict[str, Any]:
+    meta = ftj["metadata"]
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def child_labels(ftj: dict[str, Any], stage: str | None = None) -> dict[str, str]:
+    meta = ftj["metadata"]
+    labels = {**MANAGED_BY, LABEL_JOB: meta["name"]}
+    if stage:
+        labels[LABEL_STAGE] = stage
+        labels["app.kubernetes.io/component"] = stage
+    queue = (meta.get("labels") or {}).get(QUEUE_LABEL)
+    if queue:
+        labels[QUEUE_LABEL] = queue
+    return labels
+
+
+def child_metadata(ftj: dict[str, Any], name: str, stage: str | None = None) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": ftj["metadata"]["namespace"],
+        "labels": child_labels(ftj, stage),
+        "ownerReferences": [owner_reference(ftj)],
+    }
+
+
+# --------------------------------------------------------------------------- spec ConfigMap
+
+
+def job_document(ftj: dict[str, Any], spec: FineTuneJobSpec) -> dict[str, Any]:
+    """The manifest stage pods read (`forgetless stage --job job.json` loads a whole FineTuneJob)."""
+    meta = ftj["metadata"]
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "metadata": {"name": meta["name"], "namespace": meta["namespace"]},
+        "spec": spec.to_wire(),
+    }
+
+
+def spec_configmap(ftj: dict[str, Any], spec: FineTuneJobSpec) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": child_metadata(ftj, spec_configmap_name(ftj["metadata"]["name"])),
+        "data": {SPEC_KEY: json.dumps(job_document(ftj, spec), sort_keys=True, indent=1)},
+    }
+
+
+def spec_from_configmap(configmap: dict[str, Any]) -> FineTuneJobSpec:
+    document = json.loads((configmap.get("data") or {})[SPEC_KEY])
+    return FineTuneJobSpec.model_validate(document["spec"])
+
+
+# --------------------------------------------------------------------------- volumes
+
+
+def output_claim(spec: FineTuneJobSpec) -> str | None:
+    return spec.output.pvc.claim_name if spec.output.pvc else None
+
+
+def workdir(ftj: dict[str, Any], spec: FineTuneJobSpec) -> str:
+    """The stages' shared work dir: `output.path` inside the output volume (default `<namespace>/<job>`)."""
+    meta = ftj["metadata"]
+    claim = output_claim(spec)
+    if claim is None:  # rejected before any stage starts (reconcile's preflight)
+        return f"/tmp/forgetless/{meta['name']}"
+    root = pvc_mount_path(claim)
+    if spec.output.pvc and spec.output.pvc.sub_path:
+        root = f"{root}/{spec.output.pvc.sub_path.strip('/')}"
+    path = (spec.output.path or f"forgetless/{meta['namespace']}/{meta['name']}").strip("/")
+    return f"{root}/{path}"
+
+
+def claims(spec: FineTuneJobSpec) -> dict[str, bool]:
+    """Every PVC the job names -> read-only? (read-write wins; the output volume is always writable)."""
+    refs = [spec.model.pvc, spec.dataset.task.pvc, spec.dataset.general.pvc, spec.regression.suite.pvc]
+    out: dict[str, bool] = {}
+    for ref in refs:
+        if ref is not None:
+            out[ref.claim_name] = out.get(ref.claim_name, True) and ref.read_only
+    if spec.output.pvc is not None:
+        out[spec.output.pvc.claim_name] = False
+    return out
+
+
+def configmaps(spec: FineTuneJobSpec) -> list[str]:
+    refs = [spec.dataset.task.config_map, spec.dataset.general.config_map, spec.regression.suite.config_map]
+    return sorted({ref.name for ref in refs if ref is not None})
+
+
+def _volumes(ftj: dict[str, Any], spec: FineTuneJobSpec, stage: str) -> tuple[list[dict], list[dict]]:
+    name = ftj["metadata"]["name"]
+    volumes: list[dict[str, Any]] = [
+        {"name": "job-spec", "configMap": {"name": spec_configmap_name(name)}},
+        {"name": "tmp", "emptyDir": {}},
+        {"name": "home", "emptyDir": {}},
+    ]
+    mounts: list[dict[str, Any]] = [
+        {"name": "job-spec", "mountPath": JOB_SPEC_MOUNT, "readOnly": True},
+        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "home", "mountPath": HOME},
+    ]
+    if stage == "train":  # NCCL / DataLoader workers need more than the default 64 MiB of /dev/shm
+        volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory"}})
+        mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
+    for index, (claim, read_only) in enumerate(sorted(claims(spec).items())):
+        volume = f"pvc-{index}"
+        volumes.append({"name": volume, "persistentVolumeClaim": {"claimName": claim, "readOnly": read_only}})
+        mounts.append({"name": volume, "mountPath": pvc_mount_path(claim), "readOnly": read_only})
+    for index, cm in enumerate(configmaps(spec)):
+        volume = f"cm-{index}"
+        volumes.append({"name": volume, "configMap": {"name": cm}})
+        mounts.append({"name": volume, "mountPath": configmap_mount_path(cm), "readOnly": True})
+    return volumes, mounts
+
+
+# --------------------------------------------------------------------------- stage Jobs
+
+
+def _env(ftj: dict[str, Any], spec: FineTuneJobSpec, stage: str) -> list[dict[str, Any]]:
+    meta = ftj["metadata"]
+    claim = output_claim(spec)
+    cache_root = f"{pvc_mount_path(claim)}/{CACHE_SUBDIR}" if claim else f"/tmp/{CACHE_SUBDIR}"
+    env: list[dict[str, Any]] = [
+        {"name": "FORGETLESS_TERMINATION_MESSAGE_PATH", "value": TERMINATION_LOG},
+        {"name": "FORGETLESS_METRICS_PORT", "value": str(METRICS_PORT)},
+        {"name": "FORGETLESS_NAMESPACE", "value": meta["namespace"]},
+        {"name": "FORGETLESS_JOB", "value": meta["name"]},
+        {"name": "FORGETLESS_STAGE", "value": stage},
+        {"name": "FORGETLESS_CACHE_DIR", "value": f"{cache_root}/baselines"},
+        {"name": "HF_HOME", "value": f"{cache_root}/huggingface"},
+        {"name": "HOME", "value": HOME},
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+    ]
+    token = spec.model.token_secret_ref
+    if token is not None:
+        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": token.name, "key": token.key}}})
+    workers = spec.resources.workers
+    if stage == "train" and workers > 1:
+        service = workers_service_name(meta["name"])
+        env += [
+            {
+                "name": "RANK",
+                "valueFrom": {
+                    "fieldRef": {"fieldPath": f"metadata.annotations['{COMPLETION_INDEX_ANNOTATION}']"}
+                },
+            },
+            {"name": "WORLD_SIZE", "value": str(workers)},
+            {"name": "MASTER_ADDR", "value": f"{stage_job_name(meta['name'], 'train', workers)}-0.{service}"},
+            {"name": "MASTER_PORT", "value": str(MASTER_PORT)},
+            {"name": "LOCAL_RANK", "value": "0"},
+        ]
+    return env
+
+
+def _resources(spec: FineTuneJobSpec) -> dict[str, Any]:
+    requests = dict(spec.resources.container.requests)
+    limits = dict(spec.resources.container.limits)
+    gpus = spec.resources.gpus_per_worker
+    if gpus:
+        limits["nvidia.com/gpu"] = str(gpus)
+        requests.pop("nvidia.com/gpu", None)  # extended resources: request defaults to the limit
+    out: dict[str, Any] = {}
+    if requests:
+        out["requests"] = requests
+    if limits:
+        out["limits"] = limits
+    return out
+
+
+POD_SECURITY_CONTEXT = {
+    "runAsNonRoot": True,
+    "runAsUser": RUN_AS_USER,
+    "runAsGroup": RUN_AS_USER,
+    "fsGroup": RUN_AS_USER,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+CONTAINER_SECURITY_CONTEXT = {
+    "runAsNonRoot": True,
+    "runAsUser": RUN_AS_USER,
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+def stage_job(ftj: dict[str, Any], spec: FineTuneJobSpec, stage: str, config: OperatorConfig) -> dict[str, Any]:
+    """The batch/v1 Job running `forgetless stage <stage>` (an Indexed Job for multi-worker training)."""
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
+    name = ftj["metadata"]["name"]
+    workers = spec.resources.workers if stage == "train" else 1
+    job_name = stage_job_name(name, stage, workers)
+    volumes, mounts = _volumes(ftj, spec, stage)
+    container: dict[str, Any] = {
+        "name": CONTAINER,
+        "image": spec.resources.trainer_image or config.trainer_image,
+        "imagePullPolicy": config.image_pull_policy,
+        "args": ["stage", stage, "--job", f"{JOB_SPEC_MOUNT}/{SPEC_KEY}", "--workdir", workdir(ftj, spec)],
+        "env": _env(ftj, spec, stage),
+        "resources": _resources(spec),
+        "securityContext": CONTAINER_SECURITY_CONTEXT,
+        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": mounts,
+    }
+    if stage == "train":
+        container["ports"] = [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}]
+        if workers > 1:
+            container["ports"].append({"name": "master", "containerPort": MASTER_PORT, "protocol": "TCP"})
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": POD_SECURITY_CONTEXT,
+        "containers": [container],
+        "volumes": volumes,
+    }
+    resources = spec.resources
+    if resources.node_selector:
+        pod_spec["nodeSelector"] = dict(resources.node_selector)
+    if resources.tolerations:
+        pod_spec["tolerations"] = [t.to_wire() for t in resources.tolerations]
+    if resources.priority_class_name:
+        pod_spec["priorityClassName"] = resources.priority_class_name
+    job_spec: dict[str, Any] = {
+        "suspend": False,
+        "backoffLimit": spec.backoff_limit,
+        "template": {"metadata": {"labels": child_labels(ftj, stage)}, "spec": pod_spec},
+    }
+    if workers > 1:
+        pod_spec["subdomain"] = workers_service_name(name)
+        job_spec.update({"completionMode": "Indexed", "completions": workers, "parallelism": workers})
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": child_metadata(ftj, job_name, stage),
+        "spec": job_spec,
+    }
+
+
+def workers_service(ftj: dict[str, Any]) -> dict[str, Any]:
+    """Headless Service giving Indexed-Job pods stable DNS names (`<job>-train-workers-<i>.<service>`)."""
+    name = ftj["metadata"]["name"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": child_metadata(ftj, workers_service_name(name), "train"),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": {LABEL_JOB: name, LABEL_STAGE: "train"},
+            "ports": [{"name": "master", "port": MASTER_PORT, "targetPort": MASTER_PORT, "protocol": "TCP"}],
+        },
+    }
+
+
+def event(ftj: dict[str, Any], reason: str, message: str, type_: str, now: str, instance: str) -> dict[str, Any]:
+    """A core/v1 Event about the FineTuneJob."""
+    meta = ftj["metadata"]
+    involved = {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "name": meta["name"],
+        "namespace": meta["namespace"],
+        "uid": meta["uid"],
+    }
+    if meta.get("resourceVersion"):
+        involved["resourceVersion"] = meta["resourceVersion"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+        "involvedObject": involved,
+        "reason": reason,
+        "message": message[:1024],
+        "type": type_,
+        "source": {"component": "forgetless-operator"},
+        "reportingComponent": "forgetless.dev/operator",
+        "reportingInstance": instance,
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "count": 1,
+    }

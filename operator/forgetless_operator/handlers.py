@@ -1,0 +1,318 @@
+"""The kopf edge: watch FineTuneJobs and their children, call `reconcile`, apply its Decision.
+
+Triggers (all level-triggered: each one re-reads everything and reconciles the owning job):
+- every watch event of a FineTuneJob (`@kopf.on.event`; DELETED drops the job's metric series),
+- every watch event of a batch/v1 Job or Pod labelled `forgetless.dev/job` (server-side label
+  selector, so the operator never lists unrelated pods),
+- a resync `@kopf.timer` per FineTuneJob (deadlines, TTL, retries after API errors).
+Triggers for the same job coalesce: while one reconcile runs, further triggers mark the job dirty
+and it runs once more afterwards. Nothing is kept in memory that matters for correctness; the
+state is the FineTuneJob status and the children (see reconcile.py).
+
+kopf storage: progress in `status.kopf.progress` (the CRD preserves unknown fields under
+status.kopf), the diff-base in the annotation `forgetless.dev/last-handled-configuration`, and the
+finalizer `forgetless.dev/finalizer` (kopf adds it because of the resync timer and removes it when
+the FineTuneJob is deleted; the children go through owner-reference garbage collection).
+Peering: `--standalone` for one replica; otherwise kopf peering with the given name (needs the
+KopfPeering / ClusterKopfPeering CRDs from the chart) so that only one replica acts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable, Optional
+
+import kopf
+
+from forgetless.api.schema import API_VERSION, GROUP, KIND, PLURAL, VERSION
+
+from forgetless_operator import children
+from forgetless_operator.children import LABEL_JOB, LABEL_STAGE, OperatorConfig
+from forgetless_operator.kube import ApiError, KubeClient
+from forgetless_operator.metrics import OperatorMetrics, make_app, start_server
+from forgetless_operator.reconcile import (
+    TERMINAL,
+    CreateObject,
+    Decision,
+    DeleteObject,
+    Observed,
+    PatchObject,
+    RecordBaselineCache,
+    reconcile,
+)
+
+log = logging.getLogger("forgetless.operator")
+FINALIZER = "forgetless.dev/finalizer"
+
+
+def merge_patch(old: Any, new: Any) -> dict:
+    """The RFC 7386 merge patch turning `old` into `new` (both dicts)."""
+    patch: dict[str, Any] = {key: None for key in old if key not in new}
+    for key, value in new.items():
+        before = old.get(key, _MISSING)
+        if isinstance(value, dict) and isinstance(before, dict):
+            sub = merge_patch(before, value)
+            if sub:
+                patch[key] = sub
+        elif value != before:
+            patch[key] = value
+    return patch
+
+
+_MISSING = object()
+
+
+def login(logger: Any = log, **kwargs: Any) -> Any:
+    """In-cluster service account, else the kubeconfig (via the kubernetes client, which handles exec
+    plugins), else kopf's own kubeconfig parser."""
+    info = kopf.login_with_service_account(logger=logger, **kwargs)
+    if info is None:
+        try:
+            info = kopf.login_via_client(logger=logger, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - fall back to kopf's parser
+            logger.debug("login via the kubernetes client failed: %s", exc)
+            info = None
+    return info or kopf.login_with_kubeconfig(logger=logger, **kwargs)
+
+
+@dataclass
+class _JobState:
+    running: bool = False
+    dirty: bool = False
+
+
+@dataclass
+class Runtime:
+    """Operator-wide state: the API client, settings and metrics (one per process or per test)."""
+
+    kube: KubeClient
+    config: OperatorConfig = field(default_factory=OperatorConfig)
+    metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
+    instance: str = "forgetless-operator"
+    gate: Optional[Callable[..., Any]] = None
+    cache_key: Optional[Callable[..., Any]] = None
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now(timezone.utc))
+    _jobs: dict[tuple[str, str], _JobState] = field(default_factory=dict)
+
+    async def trigger(self, namespace: str, name: str) -> None:
+        state = self._jobs.setdefault((namespace, name), _JobState())
+        if state.running:
+            state.dirty = True
+            return
+        state.running = True
+        try:
+            while True:
+                state.dirty = False
+                try:
+                    await self.reconcile_once(namespace, name)
+                except Exception as exc:  # noqa: BLE001 - counted, logged; the resync timer retries
+                    self.metrics.error(namespace)
+                    log.warning("reconcile %s/%s failed: %s", namespace, name, exc)
+                    return
+                if not state.dirty:
+                    return
+        finally:
+            state.running = False
+
+    def forget(self, namespace: str, name: str) -> None:
+        self.metrics.forget(namespace, name)
+        state = self._jobs.get((namespace, name))
+        if state is not None and not state.running:
+            del self._jobs[(namespace, name)]
+
+    async def observe(self, ftj: dict) -> Observed:
+        meta = ftj["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        status = ftj.get("status") or {}
+        if status.get("phase") in TERMINAL or meta.get("deletionTimestamp"):
+            return Observed()  # only the TTL is left to watch
+        selector = f"{LABEL_JOB}={name}"
+        jobs, pods, services, spec_cm = await asyncio.gather(
+            self.kube.list("batch/v1", "Job", namespace, selector),
+            self.kube.list("v1", "Pod", namespace, selector),
+            self.kube.list("v1", "Service", namespace, selector),
+            self.kube.get("v1", "ConfigMap", namespace, children.spec_configmap_name(name)),
+        )
+        observed = Observed(services={s["metadata"]["name"]: s for s in services})
+        for job in jobs:
+            stage = (job["metadata"].get("labels") or {}).get(LABEL_STAGE)
+            if stage:
+                observed.jobs[stage] = job
+        for pod in pods:
+            stage = (pod["metadata"].get("labels") or {}).get(LABEL_STAGE)
+            if stage:
+                observed.pods.setdefault(stage, []).append(pod)
+        if spec_cm is not None:
+            observed.configmaps[spec_cm["metadata"]["name"]] = spec_cm
+        baseline = (status.get("stages") or {}).get("baseline") or {}
+        if "baseline" not in observed.jobs and baseline.get("phase") not in ("Succeeded", "Skipped"):
+            cache = await self.kube.get("v1", "ConfigMap", namespace, self.config.baseline_cache_configmap)
+            observed.baseline_cache = dict((cache or {}).get("data") or {})
+        if not status.get("specHash"):
+            observed.missing_claims = frozenset(await self._missing_claims(ftj))
+        return observed
+
+    async def _missing_claims(self, ftj: dict) -> set[str]:
+        from forgetless.api.schema import FineTuneJobSpec
+
+        try:
+            spec = FineTuneJobSpec.model_validate(ftj.get("spec") or {})
+        except ValueError:
+            return set()
+        names = sorted(children.claims(spec))
+        found = await asyncio.gather(
+            *(self.kube.get("v1", "PersistentVolumeClaim", ftj["metadata"]["namespace"], c) for c in names)
+        )
+        return {c for c, obj in zip(names, found) if obj is None}
+
+    async def reconcile_once(self, namespace: str, name: str) -> Decision | None:
+        ftj = await self.kube.get(API_VERSION, KIND, namespace, name)
+        if ftj is None:
+            self.forget(namespace, name)
+            return None
+        observed = await self.observe(ftj)
+        decision = reconcile(ftj, observed, self.clock(), self.config, gate=self.gate, cache_key=self.cache_key)
+        for action in decision.actions:
+            await self.apply(action)
+        old = dict(ftj.get("status") or {})
+        old.pop("kopf", None)
+        patch = merge_patch(old, decision.status)
+        if patch:
+            await self.kube.patch(API_VERSION, KIND, namespace, name, {"status": patch}, subresource="status")
+        now = children_time(self.clock())
+        for event in decision.events:
+            body = children.event(ftj, event.reason, event.message, event.type, now, self.instance)
+            try:
+                await self.kube.create(body)
+            except ApiError as exc:  # an event is worth a log line, not a failed reconcile
+                log.warning("posting event %s for %s/%s failed: %s", event.reason, namespace, name, exc)
+        self.metrics.observe(namespace, name, old, decision.status)
+        return decision
+
+    async def apply(self, action: Any) -> None:
+        kube = self.kube
+        if isinstance(action, CreateObject):
+            await kube.create(action.obj)
+        elif isinstance(action, DeleteObject):
+            await kube.delete(action.api_version, action.kind, action.namespace, action.name, action.propagation_policy)
+        elif isinstance(action, PatchObject):
+            await kube.patch(action.api_version, action.kind, action.namespace, action.name, action.patch)
+        elif isinstance(action, RecordBaselineCache):
+            await self._record_cache(action)
+        else:  # pragma: no cover - a new Action type without an edge
+            raise TypeError(f"unknown action {action!r}")
+
+    async def _record_cache(self, action: RecordBaselineCache) -> None:
+        try:
+            await self.kube.patch("v1", "ConfigMap", action.namespace, action.name, {"data": action.data})
+            return
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+        body = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": action.name, "namespace": action.namespace, "labels": dict(children.MANAGED_BY)},
+            "data": {k: v for k, v in action.data.items() if v is not None},
+        }
+        if not await self.kube.create(body):  # created meanwhile by another job's reconcile
+            await self.kube.patch("v1", "ConfigMap", action.namespace, action.name, {"data": action.data})
+
+
+def children_time(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def build_registry(runtime: Runtime, resync_seconds: float = 30.0) -> kopf.OperatorRegistry:
+    """A kopf registry with the operator's handlers bound to `runtime`."""
+    registry = kopf.OperatorRegistry()
+    child = {LABEL_JOB: kopf.PRESENT}
+
+    @kopf.on.login(registry=registry)
+    def _login(**kwargs: Any) -> Any:
+        return login(**kwargs)
+
+    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
+    async def finetunejob_event(event: dict, namespace: str, name: str, **_: Any) -> None:
+        if event.get("type") == "DELETED":
+            runtime.forget(namespace, name)
+            return
+        await runtime.trigger(namespace, name)
+
+    @kopf.on.event("batch", "v1", "jobs", labels=child, registry=registry)
+    async def stage_job_event(namespace: str, labels: dict, **_: Any) -> None:
+        await runtime.trigger(namespace, labels[LABEL_JOB])
+
+    @kopf.on.event("v1", "pods", labels=child, registry=registry)
+    async def stage_pod_event(namespace: str, labels: dict, **_: Any) -> None:
+        await runtime.trigger(namespace, labels[LABEL_JOB])
+
+    @kopf.timer(GROUP, VERSION, PLURAL, interval=resync_seconds, initial_delay=resync_seconds, registry=registry)
+    async def resync(namespace: str, name: str, **_: Any) -> None:
+        await runtime.trigger(namespace, name)
+
+    return registry
+
+
+def build_settings(peering_name: str | None, clusterwide: bool) -> kopf.OperatorSettings:
+    settings = kopf.OperatorSettings()
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf.progress")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="forgetless.dev", key="last-handled-configuration"
+    )
+    settings.posting.level = logging.WARNING  # kopf's own events only for problems; ours are explicit
+    settings.watching.label_selectors[("batch", "v1", "jobs")] = LABEL_JOB
+    settings.watching.label_selectors[("v1", "pods")] = LABEL_JOB
+    settings.peering.standalone = peering_name is None
+    if peering_name is not None:
+        settings.peering.name = peering_name
+        settings.peering.mandatory = True
+        settings.peering.clusterwide = clusterwide
+    return settings
+
+
+@dataclass
+class Options:
+    namespaces: list[str]
+    all_namespaces: bool = False
+    metrics_port: int = 8080
+    metrics_host: str = "0.0.0.0"
+    peering: str | None = None  # None: standalone
+    resync_seconds: float = 30.0
+    config: OperatorConfig = field(default_factory=OperatorConfig)
+    instance: str = "forgetless-operator"
+
+
+async def run_operator(options: Options, stop_flag: Optional[asyncio.Event] = None) -> None:
+    """Run kopf with the forgetless handlers plus the /metrics, /healthz, /readyz server until stopped."""
+    settings = build_settings(options.peering, options.all_namespaces)
+    runtime = Runtime(kube=KubeClient(lambda: login(settings=settings)), config=options.config,
+                      instance=options.instance)
+    registry = build_registry(runtime, options.resync_seconds)
+    ready = asyncio.Event()
+    operator_task: Optional[asyncio.Task] = None
+    app = make_app(
+        runtime.metrics,
+        ready=ready.is_set,
+        alive=lambda: operator_task is None or not operator_task.done(),
+    )
+    server = await start_server(app, options.metrics_port, options.metrics_host)
+    try:
+        operator_task = asyncio.create_task(kopf.operator(
+            registry=registry,
+            settings=settings,
+            standalone=options.peering is None,
+            peering_name=options.peering,
+            clusterwide=options.all_namespaces,
+            namespaces=[] if options.all_namespaces else options.namespaces,
+            ready_flag=ready,
+            stop_flag=stop_flag,
+        ))
+        await operator_task
+    finally:
+        await server.cleanup()
+        await runtime.kube.close()

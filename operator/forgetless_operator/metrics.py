@@ -1,0 +1,104 @@
+"""Operator metrics and health: /metrics (Prometheus text), /healthz (liveness), /readyz (readiness).
+
+The metric names are those of `forgetless.metrics.ForgettingMetrics` (docs/contracts.md). Values
+are derived from the FineTuneJob status the operator writes, so a restarted operator serves the
+same gauges; counters and the stage-duration histogram count transitions this process saw.
+Per-job series are removed when the FineTuneJob is deleted.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from forgetless.api.schema import CATEGORIES
+from forgetless.metrics import ForgettingMetrics
+
+from forgetless_operator.reconcile import parse_time
+
+
+def _mean(scores: Mapping[str, float], categories: set[str]) -> float | None:
+    values = [scores[c] for c in categories]
+    return sum(values) / len(values) if values else None
+
+
+class OperatorMetrics:
+    def __init__(self, metrics: ForgettingMetrics | None = None) -> None:
+        self.metrics = metrics or ForgettingMetrics()
+        self._phases: dict[tuple[str, str], str] = {}
+        self._namespaces: set[str] = set()
+
+    def observe(self, namespace: str, name: str, old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
+        """Update the series of one job after a reconcile (old/new: its status before and after)."""
+        m = self.metrics
+        self._namespaces.add(namespace)
+        phase = new.get("phase")
+        if phase and self._phases.get((namespace, name)) != phase:
+            self._phases[(namespace, name)] = phase
+            self._publish_phases()
+        old_stages = old.get("stages") or {}
+        for stage, record in (new.get("stages") or {}).items():
+            before = old_stages.get(stage) or {}
+            if record.get("phase") in ("Succeeded", "Failed") and before.get("phase") != record.get("phase"):
+                start, end = parse_time(record.get("startTime")), parse_time(record.get("completionTime"))
+                if start and end and end >= start:
+                    m.stage_duration.labels(namespace, stage).observe((end - start).total_seconds())
+        baseline = dict(new.get("baselineScores") or {})
+        final = dict(new.get("finalScores") or {})
+        gate = new.get("gate") or {}
+        if baseline or final:
+            general = {c for c in CATEGORIES if c in baseline and c in final}
+            if general:
+                baseline["mean"] = _mean(baseline, general)  # type: ignore[assignment]
+                final["mean"] = _mean(final, general)  # type: ignore[assignment]
+            m.record_scores(namespace, name, baseline, final, gate.get("taskGain"))
+        if gate:
+            if not old.get("gate"):
+                m.record_verdict(namespace, name, gate["verdict"])
+            else:
+                m.gate_passed.labels(namespace, name).set(0 if gate["verdict"] == "Failed" else 1)
+
+    def forget(self, namespace: str, name: str) -> None:
+        self.metrics.forget_job(namespace, name)
+        if self._phases.pop((namespace, name), None) is not None:
+            self._publish_phases()
+
+    def error(self, namespace: str) -> None:
+        self.metrics.reconcile_errors.labels(namespace).inc()
+
+    def _publish_phases(self) -> None:
+        counts: dict[tuple[str, str], int] = {}
+        for (namespace, _), phase in self._phases.items():
+            counts[(namespace, phase)] = counts.get((namespace, phase), 0) + 1
+        self.metrics.set_phase_counts(counts, self._namespaces)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.metrics.registry)
+
+
+def make_app(metrics: OperatorMetrics, ready: Callable[[], bool], alive: Callable[[], bool] = lambda: True) -> web.Application:
+    async def metrics_view(_: web.Request) -> web.Response:
+        response = web.Response(body=metrics.exposition())
+        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        return response
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.Response(text="ok\n") if alive() else web.Response(status=503, text="operator stopped\n")
+
+    async def readyz(_: web.Request) -> web.Response:
+        return web.Response(text="ready\n") if ready() else web.Response(status=503, text="starting\n")
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics_view)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    return app
+
+
+async def start_server(app: web.Application, port: int, host: str = "0.0.0.0") -> web.AppRunner:
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner

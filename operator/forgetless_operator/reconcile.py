@@ -1,0 +1,711 @@
+"""Reconcile one FineTuneJob: a pure function from (object, observed children, now) to a Decision.
+
+`reconcile(job, observed, now, config)` reads nothing and writes nothing; the kopf edge
+(handlers.py) lists the children, calls it, applies `Decision.actions` idempotently, patches
+`Decision.status` onto the status subresource and posts `Decision.events`. Every step is derived
+from what is observed plus what `status` already records, so a restarted operator replays to the
+same place: children have deterministic names (creating one that exists is success), stage results
+are re-read from pod termination messages and kept in `status.stages.<stage>.result`, and events
+are emitted only for transitions between the old and the new status.
+
+Flow: Pending (preflight: an output volume, the volumes named exist) → [Suspended] →
+Baseline (skipped on a baseline-cache hit) → Training → Evaluating → gate → Succeeded | Blocked,
+or Failed (a stage Job failed after its backoffLimit, deadline exceeded, unreadable result).
+
+Decisions where the spec is silent (see docs in docker/README.md and the report):
+- The spec is frozen at start: `status.specHash` (sha256 of the spec without the run controls
+  suspend, activeDeadlineSeconds, ttlSecondsAfterFinished) and the `<job>-spec` ConfigMap hold the
+  started spec; later stages are built from the ConfigMap, so an edited spec is never applied
+  half-way (condition SpecChanged=True instead).
+- The deadline counts from `status.startTime`, suspended time included.
+- Suspending a started job suspends its running stage Job (annotated as suspended by the operator);
+  resuming un-suspends only those, never a Job that Kueue holds for admission.
+- Promotion: the evaluate stage writes the model; the operator records `promoted` = gate did not
+  block (Passed or Warned) and `spec.output.promote`.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable, Mapping, Optional, Union
+
+from pydantic import ValidationError
+
+from forgetless.api.schema import FineTuneJobSpec, GateStatus
+
+from forgetless_operator import children
+from forgetless_operator.children import CONTAINER, STAGES, OperatorConfig
+
+TERMINAL = ("Succeeded", "Blocked", "Failed")
+STAGE_PHASE = {"baseline": "Baseline", "train": "Training", "evaluate": "Evaluating"}
+STAGE_TITLE = {"baseline": "Baseline", "train": "Train", "evaluate": "Evaluate"}
+RUN_CONTROLS = ("suspend", "activeDeadlineSeconds", "ttlSecondsAfterFinished")
+WAITING_PROBLEMS = {
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "InvalidImageName",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "CrashLoopBackOff",
+}
+MESSAGE_LIMIT = 1024
+
+GateFn = Callable[[Mapping[str, Any], Any], Any]
+CacheKeyFn = Callable[[FineTuneJobSpec], str]
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass
+class Observed:
+    """What the edge read from the API for one FineTuneJob."""
+
+    jobs: dict[str, dict] = field(default_factory=dict)
+    """stage -> batch/v1 Job (by label forgetless.dev/stage)."""
+    pods: dict[str, list[dict]] = field(default_factory=dict)
+    """stage -> pods of that stage."""
+    configmaps: dict[str, dict] = field(default_factory=dict)
+    """name -> ConfigMap (the `<job>-spec` one)."""
+    services: dict[str, dict] = field(default_factory=dict)
+    baseline_cache: dict[str, str] = field(default_factory=dict)
+    """data of the `forgetless-baseline-cache` ConfigMap: cache key -> entry JSON."""
+    missing_claims: frozenset[str] = frozenset()
+    """PersistentVolumeClaims the spec names that do not exist."""
+
+
+@dataclass(frozen=True)
+class CreateObject:
+    obj: dict
+
+
+@dataclass(frozen=True)
+class DeleteObject:
+    api_version: str
+    kind: str
+    namespace: str
+    name: str
+    propagation_policy: str = "Background"
+
+
+@dataclass(frozen=True)
+class PatchObject:
+    """A JSON merge patch (application/merge-patch+json) of a child's main resource."""
+
+    api_version: str
+    kind: str
+    namespace: str
+    name: str
+    patch: dict
+
+
+@dataclass(frozen=True)
+class RecordBaselineCache:
+    """Merge `data` into the baseline-cache ConfigMap (created when missing; None values delete keys)."""
+
+    namespace: str
+    name: str
+    data: dict
+
+
+Action = Union[CreateObject, DeleteObject, PatchObject, RecordBaselineCache]
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclass
+class Decision:
+    actions: list[Action]
+    status: dict
+    events: list[Event]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def fmt_time(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def spec_hash(spec: Mapping[str, Any]) -> str:
+    """sha256 over the spec without the run controls (which may change after start)."""
+    body = {k: v for k, v in spec.items() if k not in RUN_CONTROLS}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:32]
+
+
+def _short(text: str) -> str:
+    text = text.strip()
+    return text if len(text) <= MESSAGE_LIMIT else text[: MESSAGE_LIMIT - 3] + "..."
+
+
+def owned_by(obj: Mapping[str, Any], uid: str) -> bool:
+    return any(ref.get("uid") == uid for ref in (obj.get("metadata") or {}).get("ownerReferences") or [])
+
+
+def _job_condition(job: Mapping[str, Any], type_: str) -> dict | None:
+    for cond in (job.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == type_ and cond.get("status") == "True":
+            return cond
+    return None
+
+
+def _container_state(pod: Mapping[str, Any]) -> dict:
+    for status in (pod.get("status") or {}).get("containerStatuses") or []:
+        if status.get("name") == CONTAINER:
+            return status.get("state") or {}
+    return {}
+
+
+def _rank(pod: Mapping[str, Any]) -> int:
+    meta = pod.get("metadata") or {}
+    for source in (meta.get("annotations") or {}, meta.get("labels") or {}):
+        value = source.get(children.COMPLETION_INDEX_ANNOTATION)
+        if value is not None:
+            try:
+                return int(value)
+            except ValueError:
+                return -1
+    return 0
+
+
+def _finished(terminated: Mapping[str, Any]) -> str:
+    return terminated.get("finishedAt") or ""
+
+
+@dataclass
+class StageObservation:
+    state: str  # Running | Succeeded | Failed
+    result: dict | None = None
+    message: str | None = None
+    failed_pods: int = 0
+    completion_time: str | None = None
+
+
+def observe_stage(stage: str, job: Mapping[str, Any], pods: list[dict], workers: int) -> StageObservation:
+    """The state of one stage Job from the Job's conditions and its pods' termination messages."""
+    status = job.get("status") or {}
+    failed_pods = int(status.get("failed") or 0)
+    ranked = [p for p in pods if workers == 1 or _rank(p) == 0]
+    ok = sorted(
+        (
+            (_finished(t), t)
+            for t in (_container_state(p).get("terminated") for p in ranked)
+            if t is not None and t.get("exitCode") == 0
+        ),
+        key=lambda pair: pair[0],
+    )
+    bad = sorted(
+        (
+            (_finished(t), t)
+            for t in (_container_state(p).get("terminated") for p in pods)
+            if t is not None and t.get("exitCode") not in (0, None)
+        ),
+        key=lambda pair: pair[0],
+    )
+    complete = _job_condition(job, "Complete")
+    failed = _job_condition(job, "Failed")
+    if failed is not None:
+        detail = bad[-1][1] if bad else {}
+        text = (detail.get("message") or detail.get("reason") or "").strip()
+        reason = failed.get("reason") or "Failed"
+        message = f"{reason}: {failed.get('message') or 'the stage Job failed'}"
+        if text:
+            message += f"; last pod: {text}"
+        return StageObservation("Failed", message=_short(message), failed_pods=failed_pods)
+    # Multi-worker: only the Job's Complete condition says all ranks finished; one worker: the pod suffices.
+    if ok and (complete is not None or workers == 1):
+        finished_at, terminated = ok[-1]
+        raw = terminated.get("message") or ""
+        try:
+            result = json.loads(raw)
+        except ValueError:
+            return StageObservation(
+                "Failed",
+                message=_short(f"ResultUnreadable: the {stage} pod's termination message is not JSON: {raw[:200]!r}"),
+                failed_pods=failed_pods,
+            )
+        if not isinstance(result, dict) or result.get("stage", stage) != stage:
+            return StageObservation(
+                "Failed",
+                message=f"ResultUnreadable: the {stage} pod's termination message is not a {stage} summary",
+                failed_pods=failed_pods,
+            )
+        completion = status.get("completionTime") or finished_at or None
+        return StageObservation("Succeeded", result=result, failed_pods=failed_pods, completion_time=completion)
+    if complete is not None:
+        return StageObservation(
+            "Failed",
+            message=f"ResultMissing: the {stage} Job completed but no pod holds its termination message",
+            failed_pods=failed_pods,
+        )
+    message = None
+    if _job_condition(job, "Suspended") is not None or (job.get("spec") or {}).get("suspend"):
+        message = f"the {stage} Job is suspended (waiting for admission or resume)"
+    for pod in pods:
+        waiting = _container_state(pod).get("waiting") or {}
+        if waiting.get("reason") in WAITING_PROBLEMS:
+            name = (pod.get("metadata") or {}).get("name", "?")
+            message = _short(f"pod {name}: {waiting['reason']}: {waiting.get('message') or ''}".rstrip(": "))
+            break
+        for cond in (pod.get("status") or {}).get("conditions") or []:
+            if cond.get("type") == "PodScheduled" and cond.get("status") == "False" and cond.get("reason"):
+                name = (pod.get("metadata") or {}).get("name", "?")
+                message = _short(f"pod {name}: {cond['reason']}: {cond.get('message') or ''}".rstrip(": "))
+    if bad and message is None:
+        message = _short(f"retrying after a failed pod: {(bad[-1][1].get('message') or bad[-1][1].get('reason') or '').strip()}")
+    return StageObservation("Running", message=message, failed_pods=failed_pods)
+
+
+def _default_gate(paired: Mapping[str, Any], regression: Any) -> Any:
+    from forgetless.gate import evaluate_gate
+
+    return evaluate_gate(paired, regression)
+
+
+def _default_cache_key(spec: FineTuneJobSpec) -> str | None:
+    try:
+        from forgetless.baseline_cache import spec_cache_key
+    except ImportError:  # the cache module is optional: without it every job runs its baseline
+        return None
+    try:
+        return spec_cache_key(spec)
+    except (ValueError, TypeError):  # a spec the cache cannot key: run the baseline
+        return None
+
+
+def cache_data_key(key: str) -> str:
+    """ConfigMap data keys allow [-._a-zA-Z0-9]; anything else becomes '_'."""
+    return "".join(ch if ch.isalnum() or ch in "-._" else "_" for ch in key)[:253]
+
+
+# --------------------------------------------------------------------------- the reconciler
+
+
+class _Run:
+    """One reconcile pass: mutable working state, so the steps stay short."""
+
+    def __init__(self, job: dict, observed: Observed, now: datetime, config: OperatorConfig,
+                 gate: GateFn, cache_key: CacheKeyFn) -> None:
+        self.job = job
+        self.meta = job["metadata"]
+        self.name = self.meta["name"]
+        self.namespace = self.meta["namespace"]
+        self.uid = self.meta["uid"]
+        self.observed = observed
+        self.now = now
+        self.now_s = fmt_time(now)
+        self.config = config
+        self.gate = gate
+        self.cache_key = cache_key
+        self.old = copy.deepcopy(job.get("status") or {})
+        self.old.pop("kopf", None)
+        self.status = copy.deepcopy(self.old)
+        self.status["observedGeneration"] = self.meta.get("generation")
+        self.status.setdefault("stages", {})
+        self.actions: list[Action] = []
+        self.events: list[Event] = []
+        self.reason: tuple[str, str] | None = None  # a blocking condition (reason, message) while Pending
+
+    # ------------------------------------------------------------ small tools
+
+    def event(self, reason: str, message: str, warning: bool = False) -> None:
+        self.events.append(Event("Warning" if warning else "Normal", reason, _short(message)))
+
+    def set_condition(self, type_: str, status: str, reason: str, message: str) -> None:
+        conditions = self.status.setdefault("conditions", [])
+        for cond in conditions:
+            if cond["type"] == type_:
+                if cond["status"] != status:
+                    cond["lastTransitionTime"] = self.now_s
+                cond.update(status=status, reason=reason, message=_short(message),
+                            observedGeneration=self.meta.get("generation"))
+                return
+        conditions.append({
+            "type": type_, "status": status, "reason": reason, "message": _short(message),
+            "lastTransitionTime": self.now_s, "observedGeneration": self.meta.get("generation"),
+        })
+
+    def condition(self, type_: str) -> dict | None:
+        for cond in self.status.get("conditions") or []:
+            if cond["type"] == type_:
+                return cond
+        return None
+
+    def stage(self, stage: str) -> dict:
+        return self.status["stages"].setdefault(stage, {"phase": "Pending", "attempts": 0})
+
+    def fail(self, reason: str, message: str) -> None:
+        self.status["phase"] = "Failed"
+        self.status["completionTime"] = self.now_s
+        self.status["message"] = _short(message)
+        self.set_condition("Failed", "True", reason, message)
+        self.event(reason, message, warning=True)
+
+    def reject(self, reason: str, message: str) -> None:
+        """Not started and cannot start yet: a condition and (once per distinct problem) an event."""
+        self.status["phase"] = "Pending"
+        self.status["message"] = _short(message)
+        self.reason = (reason, message)
+        ready = next((c for c in self.old.get("conditions") or [] if c["type"] == "Ready"), None)
+        if ready is None or ready.get("reason") != reason or ready.get("message") != _short(message):
+            self.event(reason, message, warning=True)
+
+    # ------------------------------------------------------------ main flow
+
+    def run(self) -> Decision:
+        if self.meta.get("deletionTimestamp"):
+            return Decision([], self.old, [])  # children go with the owner (garbage collection)
+        if self.status.get("phase") in TERMINAL:
+            self.expire()
+        else:
+            self.progress()
+        self.finish_conditions()
+        return Decision(self.actions, self.status, self.events)
+
+    def expire(self) -> None:
+        ttl = (self.job.get("spec") or {}).get("ttlSecondsAfterFinished")
+        done = parse_time(self.status.get("completionTime"))
+        if ttl is None or done is None or self.now < done + timedelta(seconds=ttl):
+            return
+        self.actions.append(DeleteObject("forgetless.dev/v1alpha1", "FineTuneJob", self.namespace, self.name))
+        self.event("Expired", f"deleting the FineTuneJob {ttl}s after it finished (ttlSecondsAfterFinished)")
+
+    def progress(self) -> None:
+        raw_spec = self.job.get("spec") or {}
+        try:
+            current: Optional[FineTuneJobSpec] = FineTuneJobSpec.model_validate(raw_spec)
+            problem = ""
+        except ValidationError as exc:
+            current = None
+            problem = "; ".join(
+                f"spec.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()[:5]
+            )
+        digest = spec_hash(current.to_wire() if current else raw_spec)
+        started = bool(self.status.get("specHash"))
+        if not started:
+            if current is None:
+                return self.reject("InvalidSpec", f"the spec is invalid ({problem}); fix it with kubectl edit")
+            if not self.preflight(current):
+                return
+            if raw_spec.get("suspend"):
+                return self.suspend(started=False)
+            self.status["specHash"] = digest
+            self.status["startTime"] = self.now_s
+            self.event("Started", "the spec passed preflight; starting the pipeline")
+            spec = current
+        else:
+            spec = self.started_spec(current, digest, problem)
+            if spec is None:
+                return
+        cm_name = children.spec_configmap_name(self.name)
+        if cm_name not in self.observed.configmaps:
+            self.actions.append(CreateObject(children.spec_configmap(self.job, spec)))
+        if self.deadline(spec):
+            return
+        if raw_spec.get("suspend"):
+            return self.suspend(started=True)
+        self.resume()
+        self.stages(spec)
+
+    def preflight(self, spec: FineTuneJobSpec) -> bool:
+        if spec.output.pvc is None:
+            self.reject(
+                "OutputVolumeRequired",
+                "spec.output.pvc is required in the cluster: the baseline, train and evaluate pods share their "
+                "work dir and the baseline cache through it (set output.pvc.claimName to a ReadWriteMany or "
+                "ReadWriteOnce PersistentVolumeClaim)",
+            )
+            return False
+        missing = sorted(set(children.claims(spec)) & set(self.observed.missing_claims))
+        if missing:
+            self.reject(
+                "VolumeNotFound",
+                f"PersistentVolumeClaim {', '.join(missing)} not found in namespace {self.namespace}; "
+                "create it or fix the claimName (the job starts once it exists)",
+            )
+            return False
+        return True
+
+    def started_spec(self, current: FineTuneJobSpec | None, digest: str, problem: str) -> FineTuneJobSpec | None:
+        """The spec the job started with (from the `<job>-spec` ConfigMap); flags an edited spec."""
+        changed = digest != self.status["specHash"]
+        previous = self.condition("SpecChanged")
+        if changed:
+            message = (
+                "the spec changed after the job started; the change is not applied (the job keeps running the "
+                "spec it started with). Delete and re-create the FineTuneJob to run the new spec"
+            )
+            if problem:
+                message += f"; the new spec is also invalid: {problem}"
+            if previous is None or previous["status"] != "True":
+                self.event("SpecChanged", message, warning=True)
+            self.set_condition("SpecChanged", "True", "SpecChangedAfterStart", message)
+        elif previous is not None and previous["status"] == "True":
+            self.set_condition("SpecChanged", "False", "SpecRestored", "the spec matches the one the job started with")
+        configmap = self.observed.configmaps.get(children.spec_configmap_name(self.name))
+        if configmap is not None and owned_by(configmap, self.uid):
+            try:
+                return children.spec_from_configmap(configmap)
+            except (KeyError, ValueError) as exc:
+                self.fail("SpecLost", f"the {configmap['metadata']['name']} ConfigMap is unreadable: {exc}")
+                return None
+        if not changed and current is not None:
+            return current  # the ConfigMap is re-created from the unchanged spec
+        self.fail("SpecLost", "the started spec's ConfigMap is gone and the spec has changed since the start")
+        return None
+
+    def deadline(self, spec: FineTuneJobSpec) -> bool:
+        limit = spec.active_deadline_seconds
+        if limit is None:
+            limit = (self.job.get("spec") or {}).get("activeDeadlineSeconds")
+        start = parse_time(self.status.get("startTime"))
+        if limit is None or start is None or self.now < start + timedelta(seconds=limit):
+            return False
+        for stage, job in self.observed.jobs.items():
+            if not owned_by(job, self.uid):
+                continue
+            if _job_condition(job, "Complete") or _job_condition(job, "Failed"):
+                continue
+            self.actions.append(DeleteObject("batch/v1", "Job", self.namespace, job["metadata"]["name"]))
+            record = self.stage(stage)
+            if record["phase"] in ("Pending", "Running"):
+                record.update(phase="Failed", completionTime=self.now_s, message="deadline exceeded")
+        for name, service in self.observed.services.items():
+            if owned_by(service, self.uid):
+                self.actions.append(DeleteObject("v1", "Service", self.namespace, name))
+        self.fail("DeadlineExceeded", f"the job ran longer than activeDeadlineSeconds={limit}; running stages deleted")
+        return True
+
+    def suspend(self, started: bool) -> None:
+        if self.old.get("phase") != "Suspended":
+            self.event("Suspended", "spec.suspend is true: " + ("running stages suspended" if started else "not starting yet"))
+        self.status["phase"] = "Suspended"
+        self.status["message"] = "suspended (spec.suspend: true)"
+        for job in self.observed.jobs.values():
+            spec = job.get("spec") or {}
+            if not owned_by(job, self.uid) or spec.get("suspend"):
+                continue
+            if _job_condition(job, "Complete") or _job_condition(job, "Failed"):
+                continue
+            meta = job["metadata"]
+            self.actions.append(PatchObject("batch/v1", "Job", self.namespace, meta["name"], {
+                "metadata": {"annotations": {children.SUSPENDED_BY_OPERATOR: "true"}},
+                "spec": {"suspend": True},
+            }))
+
+    def resume(self) -> None:
+        if self.old.get("phase") == "Suspended" and self.old.get("specHash"):
+            self.event("Resumed", "spec.suspend is false: resuming")
+        for job in self.observed.jobs.values():
+            meta = job["metadata"]
+            if owned_by(job, self.uid) and (meta.get("annotations") or {}).get(children.SUSPENDED_BY_OPERATOR):
+                self.actions.append(PatchObject("batch/v1", "Job", self.namespace, meta["name"], {
+                    "metadata": {"annotations": {children.SUSPENDED_BY_OPERATOR: None}},
+                    "spec": {"suspend": False},
+                }))
+
+    # ------------------------------------------------------------ stages
+
+    def stages(self, spec: FineTuneJobSpec) -> None:
+        for stage in STAGES:
+            record = self.stage(stage)
+            if record["phase"] in ("Succeeded", "Skipped") and record.get("result") is not None:
+                continue
+            if stage == "baseline" and self.cache_hit(spec, record):
+                continue
+            if not self.step(stage, spec, record):
+                return
+        self.run_gate(spec)
+
+    def cache_hit(self, spec: FineTuneJobSpec, record: dict) -> bool:
+        if "baseline" in self.observed.jobs or record.get("jobName"):
+            return False  # already running it: finish it
+        key = self.cache_key(spec)
+        entry_json = self.observed.baseline_cache.get(cache_data_key(key)) if key else None
+        if not entry_json:
+            return False
+        try:
+            entry = json.loads(entry_json)
+        except ValueError:
+            return False
+        if entry.get("claimName") != children.output_claim(spec):
+            return False  # the cached results live on another volume, which evaluate cannot read
+        summary = {k: v for k, v in entry.items() if k not in ("claimName", "storedAt")}
+        summary["cached"] = True
+        record.update(phase="Skipped", result=summary, startTime=self.now_s, completionTime=self.now_s,
+                      message=f"baseline cache hit ({key})")
+        self.status["baselineScores"] = dict(summary.get("scores") or {})
+        self.event("BaselineCacheHit", f"baseline skipped: the base model was already scored on this suite ({key})")
+        return True
+
+    def step(self, stage: str, spec: FineTuneJobSpec, record: dict) -> bool:
+        """Advance one stage; True when it is done and the next may start."""
+        workers = spec.resources.workers if stage == "train" else 1
+        job_name = children.stage_job_name(self.name, stage, workers)
+        job = self.observed.jobs.get(stage)
+        self.status["phase"] = STAGE_PHASE[stage]
+        if job is not None and not owned_by(job, self.uid):
+            self.status["message"] = f"waiting for Job {job_name} of an earlier FineTuneJob of this name to be deleted"
+            return False
+        if job is None:
+            self.actions.append(CreateObject(children.stage_job(self.job, spec, stage, self.config)))
+            if workers > 1:
+                self.actions.append(CreateObject(children.workers_service(self.job)))
+            if record["phase"] != "Running":
+                self.event(f"{STAGE_TITLE[stage]}Started", f"created Job {job_name}")
+            record.update(phase="Running", jobName=job_name, attempts=max(1, record.get("attempts") or 0))
+            record.setdefault("startTime", self.now_s)
+            self.status["message"] = f"{stage} running (Job {job_name})"
+            return False
+        if workers > 1 and children.workers_service_name(self.name) not in self.observed.services:
+            self.actions.append(CreateObject(children.workers_service(self.job)))
+        seen = observe_stage(stage, job, self.observed.pods.get(stage, []), workers)
+        record["jobName"] = job_name
+        record.setdefault("startTime", (job.get("metadata") or {}).get("creationTimestamp") or self.now_s)
+        if seen.state == "Failed":
+            record.update(phase="Failed", message=seen.message, completionTime=self.now_s,
+                          attempts=max(seen.failed_pods, record.get("attempts") or 1))
+            self.fail(f"{STAGE_TITLE[stage]}Failed", f"stage {stage} failed: {seen.message}")
+            return False
+        if seen.state == "Succeeded":
+            record.update(phase="Succeeded", result=seen.result, completionTime=seen.completion_time or self.now_s,
+                          attempts=seen.failed_pods + 1)
+            record.pop("message", None)
+            self.event(f"{STAGE_TITLE[stage]}Succeeded", f"stage {stage} succeeded (Job {job_name})")
+            self.stage_done(stage, spec, seen.result or {})
+            return self.status.get("phase") != "Failed"
+        attempts = seen.failed_pods + 1
+        if attempts > (record.get("attempts") or 1):
+            self.event(f"{STAGE_TITLE[stage]}Retrying",
+                       f"stage {stage}: attempt {attempts} of {spec.backoff_limit + 1} ({seen.message or 'pod failed'})",
+                       warning=True)
+        record.update(phase="Running", attempts=attempts)
+        if seen.message:
+            record["message"] = seen.message
+        else:
+            record.pop("message", None)
+        self.status["message"] = f"{stage} running (Job {job_name})" + (f": {seen.message}" if seen.message else "")
+        return False
+
+    def stage_done(self, stage: str, spec: FineTuneJobSpec, result: dict) -> None:
+        if stage == "baseline":
+            self.status["baselineScores"] = dict(result.get("scores") or {})
+            key = self.cache_key(spec)
+            if key and not result.get("cached"):
+                self.record_cache(key, result, spec)
+        elif stage == "train":
+            self.status["progress"] = {
+                k: v for k, v in {
+                    "step": int(result.get("steps") or 0),
+                    "totalSteps": result.get("totalSteps"),
+                    "epoch": result.get("epochs"),
+                    "loss": result.get("finalLoss"),
+                    "stoppedReason": result.get("stoppedReason"),
+                }.items() if v is not None
+            }
+        else:
+            final = dict(result.get("scores") or {})
+            base = self.status.get("baselineScores") or {}
+            self.status["finalScores"] = final
+            self.status["forgetting"] = {c: base[c] - v for c, v in final.items() if c in base and c != "task"}
+
+    def record_cache(self, key: str, result: dict, spec: FineTuneJobSpec) -> None:
+        entry = {**result, "claimName": children.output_claim(spec), "storedAt": self.now_s}
+        data: dict[str, Any] = {cache_data_key(key): json.dumps(entry, sort_keys=True)}
+        existing = dict(self.observed.baseline_cache)
+        existing.pop(cache_data_key(key), None)
+        overflow = len(existing) + 1 - self.config.baseline_cache_max_entries
+        if overflow > 0:
+            def stored_at(item: tuple[str, str]) -> str:
+                try:
+                    return str(json.loads(item[1]).get("storedAt", ""))
+                except ValueError:
+                    return ""
+            for old_key, _ in sorted(existing.items(), key=stored_at)[:overflow]:
+                data[old_key] = None
+        self.actions.append(RecordBaselineCache(self.namespace, self.config.baseline_cache_configmap, data))
+
+    def run_gate(self, spec: FineTuneJobSpec) -> None:
+        result = self.status["stages"]["evaluate"].get("result") or {}
+        paired = result.get("paired")
+        if not isinstance(paired, dict) or not paired:
+            return self.fail("ResultInvalid", "the evaluate summary has no `paired` tables; the gate cannot run")
+        try:
+            verdict = self.gate(paired, spec.regression)
+            gate_status = GateStatus.model_validate(verdict.to_status()).to_wire()
+        except (ValueError, TypeError, KeyError) as exc:
+            return self.fail("GateError", f"the gate could not be computed: {exc}")
+        self.status["gate"] = gate_status
+        outcome = gate_status["verdict"]
+        reasons = "; ".join(gate_status.get("reasons") or [])
+        self.status["completionTime"] = self.now_s
+        if outcome == "Failed":
+            self.status.update(phase="Blocked", promoted=False,
+                               message=f"the regression gate blocked promotion: {reasons or 'forgetting above threshold'}")
+            self.event("GateBlocked", self.status["message"], warning=True)
+            return
+        promoted = bool(spec.output.promote)
+        self.status.update(phase="Succeeded", promoted=promoted,
+                           message=f"gate {outcome.lower()}" + (f": {reasons}" if reasons else "")
+                           + ("; model promoted" if promoted else ""))
+        self.event("GatePassed" if outcome == "Passed" else "GateWarned", self.status["message"],
+                   warning=outcome == "Warned")
+        if promoted:
+            self.event("Promoted", "the fine-tuned model is promoted (written by the evaluate stage)")
+
+    # ------------------------------------------------------------ conditions
+
+    def finish_conditions(self) -> None:
+        phase = self.status.get("phase") or "Pending"
+        self.status["phase"] = phase
+        message = self.status.get("message") or phase
+        if phase == "Succeeded":
+            self.set_condition("Ready", "True", "Succeeded", message)
+            self.set_condition("Progressing", "False", "Finished", message)
+        elif phase == "Blocked":
+            self.set_condition("Ready", "False", "GateBlocked", message)
+            self.set_condition("Progressing", "False", "Finished", message)
+        elif phase == "Failed":
+            failed = self.condition("Failed")
+            reason = failed["reason"] if failed else "Failed"
+            self.set_condition("Ready", "False", reason, message)
+            self.set_condition("Progressing", "False", reason, message)
+        elif phase == "Pending":
+            reason, text = self.reason or ("Pending", "waiting to start")
+            self.set_condition("Ready", "False", reason, text)
+            self.set_condition("Progressing", "False", reason, text)
+        elif phase == "Suspended":
+            self.set_condition("Ready", "False", "Suspended", message)
+            self.set_condition("Progressing", "False", "Suspended", message)
+        else:
+            self.set_condition("Ready", "False", phase, message)
+            self.set_condition("Progressing", "True", phase, message)
+
+
+def reconcile(
+    job: dict,
+    observed: Observed,
+    now: datetime,
+    config: OperatorConfig | None = None,
+    *,
+    gate: GateFn | None = None,
+    cache_key: CacheKeyFn | None = None,
+) -> Decision:
+    """Decide what to do for one FineTuneJob. Pure: no I/O, `job` and `observed` are not modified."""
+    return _Run(job, observed, now, config or OperatorConfig(), gate or _default_gate,
+                cache_key or _default_cache_key).run()
