@@ -1,0 +1,134 @@
+"""Live metrics of a training run: Prometheus gauges/counters and a progress display.
+
+Metric names are fixed in docs/contracts.md. They live in their own `REGISTRY` (not the
+process-global default) so tests can read them with `REGISTRY.get_sample_value(...)` and several
+runs in one process do not collide. Labels: namespace / finetunejob from env `FORGETLESS_NAMESPACE`
+/ `FORGETLESS_JOB` (the job's name when unset), plus `category` on the probe score.
+
+`serve()` starts the HTTP endpoint on env `FORGETLESS_METRICS_PORT` (unset: no server); with
+several ranks on one machine only local rank 0 serves. `Progress` draws a tqdm bar when stderr is
+a TTY and logs plain lines every `log_interval` steps otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+
+PORT_ENV = "FORGETLESS_METRICS_PORT"
+NAMESPACE_ENV = "FORGETLESS_NAMESPACE"
+JOB_ENV = "FORGETLESS_JOB"
+LABELS = ("namespace", "finetunejob")
+
+log = logging.getLogger("forgetless.train")
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+STEPS = Counter("forgetless_train_steps", "Optimizer steps taken.", LABELS, registry=REGISTRY)
+LOSS = Gauge("forgetless_train_loss", "Training loss of the last step (task loss + EWC penalty).", LABELS, registry=REGISTRY)
+LEARNING_RATE = Gauge("forgetless_train_learning_rate", "Learning rate of the last step.", LABELS, registry=REGISTRY)
+TOKENS_PER_SECOND = Gauge(
+    "forgetless_train_tokens_per_second", "Tokens per second (all ranks) over the last log interval.", LABELS, registry=REGISTRY
+)
+TOKENS = Counter("forgetless_train_tokens", "Tokens processed by this rank.", LABELS, registry=REGISTRY)
+EWC_PENALTY = Gauge("forgetless_train_ewc_penalty", "EWC penalty λ/2·Σ F(θ−θ*)² of the last step.", LABELS, registry=REGISTRY)
+GRAD_NORM = Gauge("forgetless_train_grad_norm", "Global gradient norm of the last step (before clipping).", LABELS, registry=REGISTRY)
+LAST_STEP = Gauge(
+    "forgetless_train_last_step_timestamp_seconds", "Unix time of the last optimizer step.", LABELS, registry=REGISTRY
+)
+PROBE_SCORE = Gauge(
+    "forgetless_probe_score_ratio",
+    "Forgetting-budget probe score per category (category mean = mean general score).",
+    LABELS + ("category",),
+    registry=REGISTRY,
+)
+
+_server_started: dict[int, Any] = {}
+
+
+def labels(job_name: str | None = None, namespace: str | None = None) -> dict[str, str]:
+    return {
+        "namespace": os.environ.get(NAMESPACE_ENV) or namespace or "default",
+        "finetunejob": os.environ.get(JOB_ENV) or job_name or "local",
+    }
+
+
+def serve(local_rank: int = 0) -> int | None:
+    """Start the /metrics server on $FORGETLESS_METRICS_PORT (once per process); returns the port."""
+    value = os.environ.get(PORT_ENV)
+    if not value or local_rank != 0:
+        return None
+    try:
+        port = int(value)
+    except ValueError:
+        raise ValueError(f"{PORT_ENV}={value!r} is not a port number") from None
+    if port not in _server_started:
+        _server_started[port] = start_http_server(port, registry=REGISTRY)
+    return port
+
+
+class TrainMetrics:
+    """Updates the metrics of one job's run."""
+
+    def __init__(self, job_name: str | None = None, namespace: str | None = None):
+        self.labels = labels(job_name, namespace)
+
+    def step(self, *, loss: float, lr: float, grad_norm: float | None, tokens: int, ewc_penalty: float | None) -> None:
+        STEPS.labels(**self.labels).inc()
+        LOSS.labels(**self.labels).set(loss)
+        LEARNING_RATE.labels(**self.labels).set(lr)
+        TOKENS.labels(**self.labels).inc(tokens)
+        if grad_norm is not None:
+            GRAD_NORM.labels(**self.labels).set(grad_norm)
+        if ewc_penalty is not None:
+            EWC_PENALTY.labels(**self.labels).set(ewc_penalty)
+        LAST_STEP.labels(**self.labels).set(time.time())
+
+    def throughput(self, tokens_per_second: float) -> None:
+        TOKENS_PER_SECOND.labels(**self.labels).set(tokens_per_second)
+
+    def probe(self, scores: dict[str, float]) -> None:
+        for category, value in scores.items():
+            PROBE_SCORE.labels(**self.labels, category=category).set(value)
+
+
+class Progress:
+    """A tqdm bar on a TTY (rank 0 only), plain log lines every `log_interval` steps otherwise."""
+
+    def __init__(self, total: int, *, initial: int = 0, log_interval: int = 10, enabled: bool = True, stream=None):
+        self.stream = stream if stream is not None else sys.stderr
+        self.total = total
+        self.log_interval = log_interval
+        self.enabled = enabled
+        self.bar = None
+        if enabled and hasattr(self.stream, "isatty") and self.stream.isatty():
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, file=self.stream, desc="train", unit="step", dynamic_ncols=True)
+
+    def update(self, step: int, **values: float) -> None:
+        if not self.enabled:
+            return
+        text = " ".join(f"{k}={v:.4g}" for k, v in values.items() if v is not None)
+        if self.bar is not None:
+            self.bar.update(step - self.bar.n)
+            self.bar.set_postfix_str(text, refresh=False)
+        elif step % self.log_interval == 0 or step == self.total:
+            print(f"[train] step {step}/{self.total} {text}", file=self.stream, flush=True)
+
+    def message(self, text: str) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.write(text, file=self.stream)
+        else:
+            print(f"[train] {text}", file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

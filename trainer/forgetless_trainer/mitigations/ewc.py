@@ -1,0 +1,260 @@
+"""Elastic weight consolidation (Kirkpatrick et al. 2017), with online EWC (Schwarz et al. 2018).
+
+Penalty   λ/2 · Σ_i F_i (θ_i − θ*_i)², added to the task loss at every micro-step.
+Fisher    diagonal empirical Fisher on `mitigation.ewc.fisherSamples` general examples
+          (`dataset.general`, a seeded choice): F_i = mean over samples of (∂ℓ_s/∂θ_i)², where ℓ_s
+          is one example's mean NLL over its response tokens. Per-sample gradients are vectorised
+          with torch.func (`vmap(grad(functional_call))`), in chunks, never a Python loop over
+          samples; with several ranks each rank takes every world-th sample and the sums are
+          all-reduced.
+Anchor    θ* = the weights training starts from.
+Online    `online: true` with `previous` (an earlier job, see `find_job_artifact`):
+          F = decay · F_prev + F_new, and for full fine-tuning θ* = the previous job's final weights
+          (read from its `WORKDIR/train/ewc_state.pt`). Every EWC job writes that file: the Fisher
+          it used and its final trainable weights, keyed by parameter name.
+
+EWC with LoRA: the penalty covers the trainable parameters only — the adapter's A and B — with the
+Fisher computed for those parameters and the anchor at their initial values (B = 0, so the merged
+delta B·A starts at 0). Why not the effective merged weights W + B·A: the frozen W never moves, so
+(W + BA − W*)² = (BA)², and a penalty on it needs the Fisher of the full base weights (as large as
+the model, the very cost LoRA avoids) and a per-step d×k product per adapted layer. Penalising A
+and B directly costs O(adapter size), still measures how far the adapter drifts from "no change",
+and keeps EWC's "importance of each trained parameter" meaning. In an online chain of LoRA jobs
+each job trains a fresh adapter, so the anchor stays at this adapter's init and only Fisher values
+of parameters with the same name and shape accumulate.
+
+Memory layout: Fisher and anchor are two flat fp32 buffers; per-parameter views into them feed
+one fused pass of `torch._foreach_*` ops (a custom autograd function returns λ·F·(θ−θ*) as the
+gradient directly), so the penalty adds a few vectorised kernels per step. With ZeRO 0–2 every
+rank holds whole parameters, so this works unchanged; ZeRO-3 is refused by the schema.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import torch
+
+from forgetless_trainer.data import Encoder, Example, token_nll
+from forgetless_trainer.mitigations.base import Mitigation, TrainContext, TrainerView, find_job_artifact
+from forgetless_trainer.stages import StageError
+
+STATE_FILE = "ewc_state.pt"
+
+
+# --------------------------------------------------------------------------- math
+
+
+def sequence_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean next-token NLL over the labelled positions of each row: (batch,) from (batch, T, V), (batch, T)."""
+    nll, mask = token_nll(logits, labels)
+    return (nll * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+
+
+def trainable_parameters(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
+    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+
+def per_sample_squared_grads(
+    model: torch.nn.Module, names: Sequence[str], input_ids: torch.Tensor, labels: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """Σ over the rows of (∂ℓ_row/∂θ)² for the parameters `names`, via vmap(grad(functional_call))."""
+    from torch.func import functional_call, grad, vmap
+
+    params = {n: p.detach() for n, p in model.named_parameters() if n in set(names)}
+
+    def loss(trainable: dict[str, torch.Tensor], ids: torch.Tensor, lab: torch.Tensor) -> torch.Tensor:
+        # Right padding + the causal mask: padding only follows real tokens, so no attention mask is needed.
+        out = functional_call(model, trainable, args=(), kwargs={"input_ids": ids.unsqueeze(0), "use_cache": False})
+        return sequence_nll(out.logits, lab.unsqueeze(0))[0]
+
+    grads = vmap(grad(loss), in_dims=(None, 0, 0))(params, input_ids, labels)
+    return {n: g.pow(2).sum(0) for n, g in grads.items()}
+
+
+def estimate_fisher(
+    model: torch.nn.Module,
+    examples: Sequence[Example],
+    encoder: Encoder,
+    *,
+    chunk_size: int | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+) -> dict[str, torch.Tensor]:
+    """Diagonal empirical Fisher of the trainable parameters over `examples` (mean of squared per-sample grads)."""
+    named = trainable_parameters(model)
+    names = [n for n, _ in named]
+    if chunk_size is None:
+        per_sample_bytes = 4 * sum(p.numel() for _, p in named)
+        chunk_size = int(max(1, min(32, (256 << 20) // max(per_sample_bytes, 1))))
+    device = named[0][1].device if named else torch.device("cpu")
+    sums = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in named}
+    mine = list(examples)[rank::world_size]
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(mine), chunk_size):
+            batch = encoder.batch(mine[start : start + chunk_size])
+            sq = per_sample_squared_grads(model, names, batch["input_ids"].to(device), batch["labels"].to(device))
+            for n in names:
+                sums[n] += sq[n].float()
+    finally:
+        model.train(was_training)
+    count = torch.tensor(float(len(mine)), device=device)
+    if world_size > 1:
+        import torch.distributed as dist
+
+        flat = torch.cat([sums[n].reshape(-1) for n in names] + [count.reshape(1)])
+        dist.all_reduce(flat)
+        count = flat[-1]
+        offset = 0
+        for n in names:
+            size = sums[n].numel()
+            sums[n] = flat[offset : offset + size].view_as(sums[n])
+            offset += size
+    return {n: s / count.clamp(min=1) for n, s in sums.items()}
+
+
+class FlatState:
+    """Named tensors stored in one flat fp32 buffer, with per-name views into it."""
+
+    def __init__(self, named: dict[str, torch.Tensor], device: Any = None):
+        self.names = list(named)
+        tensors = [named[n].detach().to(device=device, dtype=torch.float32) for n in self.names]
+        self.flat = torch.cat([t.reshape(-1) for t in tensors]) if tensors else torch.zeros(0)
+        self.views: list[torch.Tensor] = []
+        offset = 0
+        for t in tensors:
+            self.views.append(self.flat[offset : offset + t.numel()].view_as(t))
+            offset += t.numel()
+
+    def as_dict(self) -> dict[str, torch.Tensor]:
+        return {n: v.clone().cpu() for n, v in zip(self.names, self.views)}
+
+
+class _Penalty(torch.autograd.Function):
+    """λ/2·Σ F(θ−θ*)² in one fused pass; the backward hands back λ·F(θ−θ*) computed in the forward."""
+
+    @staticmethod
+    def forward(ctx, lam: float, fisher: list[torch.Tensor], anchor: list[torch.Tensor], *params: torch.Tensor):
+        with torch.no_grad():
+            theta = [p.detach().float() for p in params]
+            diff = torch._foreach_sub(theta, anchor)
+            weighted = torch._foreach_mul(diff, fisher)  # F·(θ−θ*)
+            squares = torch._foreach_mul(weighted, diff)  # F·(θ−θ*)² ≥ 0, so its L1 norm is its sum
+            total = torch.stack(torch._foreach_norm(squares, 1)).sum() if squares else torch.zeros(())
+            torch._foreach_mul_(weighted, lam)
+        ctx.grads = weighted
+        ctx.dtypes = [p.dtype for p in params]
+        return total * (lam / 2.0)
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        grads = torch._foreach_mul(ctx.grads, grad_output)
+        grads = [g if g.dtype == dt else g.to(dt) for g, dt in zip(grads, ctx.dtypes)]
+        ctx.grads = None
+        return (None, None, None, *grads)
+
+
+def ewc_penalty(
+    params: Sequence[torch.Tensor], fisher: Sequence[torch.Tensor], anchor: Sequence[torch.Tensor], lam: float
+) -> torch.Tensor:
+    """λ/2·Σ_i F_i(θ_i − θ*_i)² over aligned lists (differentiable w.r.t. `params`)."""
+    return _Penalty.apply(float(lam), list(fisher), list(anchor), *params)
+
+
+# --------------------------------------------------------------------------- mitigation
+
+
+def fisher_examples(general: Sequence[Example], n: int, seed: int) -> list[Example]:
+    """`n` general examples chosen by a generator seeded with `seed` (all of them, if fewer)."""
+    order = list(range(len(general)))
+    random.Random(f"fisher-{seed}").shuffle(order)
+    return [general[i] for i in order[: min(n, len(order))]]
+
+
+class Ewc(Mitigation):
+    name = "ewc"
+
+    def __init__(self) -> None:
+        self.fisher: FlatState | None = None
+        self.anchor: FlatState | None = None
+        self.params: list[torch.Tensor] = []
+        self.last_penalty: torch.Tensor | None = None
+        self.lam = 0.0
+        self.previous: str | None = None
+        self.matched = 0
+
+    def configure_model(self, model: Any, ctx: TrainContext) -> Any:
+        spec = ctx.spec.mitigation.ewc
+        if spec.previous is not None and not spec.online:
+            raise StageError("mitigation.ewc.previous needs mitigation.ewc.online: true (online EWC chains jobs)")
+        self.lam = float(spec.lambda_)
+        named = trainable_parameters(model)
+        if not named:
+            raise StageError("mitigation.ewc: the model has no trainable parameters")
+        samples = fisher_examples(ctx.general(), spec.fisher_samples, ctx.spec.training.seed)
+        fisher = estimate_fisher(model, samples, ctx.encoder, rank=ctx.rank, world_size=ctx.world_size)
+        anchor = {n: p.detach() for n, p in named}
+        if spec.online and spec.previous is not None:
+            path = find_job_artifact(spec.previous, ctx, STATE_FILE, "mitigation.ewc.previous")
+            fisher, anchor = self._accumulate(path, fisher, anchor, spec.decay, ctx.spec.method.type)
+        device = named[0][1].device
+        self.fisher = FlatState(fisher, device)
+        self.anchor = FlatState(anchor, device)
+        self.samples = len(samples)
+        return model
+
+    def _accumulate(self, path: Path, fisher, anchor, decay: float, method: str):
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        prev_fisher, prev_anchor = state.get("fisher", {}), state.get("anchor", {})
+        matched = [n for n in fisher if n in prev_fisher and prev_fisher[n].shape == fisher[n].shape]
+        if not matched:
+            raise StageError(
+                f"mitigation.ewc.previous: {path} shares no parameter with this model (it was written by a "
+                f"{state.get('method', '?')} job; chain jobs with the same model and method)"
+            )
+        fisher = {n: decay * prev_fisher[n].to(f) + f if n in matched else f for n, f in fisher.items()}
+        if method == "full":
+            anchor = {n: prev_anchor[n].to(a) if n in matched and n in prev_anchor else a for n, a in anchor.items()}
+        self.previous, self.matched = str(path), len(matched)
+        return fisher, anchor
+
+    def on_train_start(self, trainer: TrainerView) -> None:
+        by_name = dict(trainer.model.named_parameters())
+        missing = [n for n in self.fisher.names if n not in by_name]
+        if missing:
+            raise StageError(f"mitigation.ewc: parameters changed names after wrapping: {missing[:3]}")
+        self.params = [by_name[n] for n in self.fisher.names]
+
+    def loss_term(self, model: Any) -> torch.Tensor:
+        penalty = ewc_penalty(self.params, self.fisher.views, self.anchor.views, self.lam)
+        self.last_penalty = penalty.detach()
+        return penalty
+
+    def on_train_end(self, trainer: TrainerView) -> None:
+        ctx = trainer.ctx
+        if not ctx.is_main:
+            return
+        final = trainer.snapshot()
+        state = {
+            "fisher": self.fisher.as_dict(),
+            "anchor": {n: final[n].float().cpu() for n in self.fisher.names},
+            "method": ctx.spec.method.type,
+            "job": ctx.job.metadata.name,
+        }
+        ctx.train_dir.mkdir(parents=True, exist_ok=True)
+        tmp = ctx.train_dir / (STATE_FILE + ".tmp")
+        torch.save(state, tmp)
+        tmp.replace(ctx.train_dir / STATE_FILE)
+        self.state_path = str(ctx.train_dir / STATE_FILE)
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"ewcFisherSamples": getattr(self, "samples", 0)}
+        if self.last_penalty is not None:
+            out["ewcPenalty"] = float(self.last_penalty)
+        if self.previous:
+            out["ewcPrevious"] = self.previous
+        return out

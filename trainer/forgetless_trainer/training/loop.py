@@ -1,0 +1,432 @@
+"""The training loop: `train(job, workdir)` runs one FineTuneJob's training on this rank.
+
+Order of work:
+1. ranks and process group (distributed.py), seeds (python, torch) from `training.seed`;
+2. base model + tokenizer (modeling.py), task data split into train/validation (data.py);
+3. mitigations from the spec (mitigations.build): the method picks the trainable parameters,
+   EWC estimates its Fisher, data mixing / replay add their share of every epoch;
+4. torch AdamW + LambdaLR schedule → `deepspeed.initialize` with the generated config;
+5. resume from the newest complete checkpoint if there is one (weights, optimizer, scheduler,
+   data position, RNG, mitigation states);
+6. steps: `gradient_accumulation_steps` micro-batches of this rank's shard, loss = task loss
+   (response tokens only) + mitigation loss terms (EWC), `engine.backward`, `engine.step`;
+   after each step: metrics, mitigations' `on_step_end` (may stop), checkpoint every
+   `checkpointIntervalSteps`;
+7. final checkpoint, mitigations' `on_train_end` (replay buffer, EWC state), the output (adapter or
+   full model + tokenizer) written atomically by rank 0 to WORKDIR/train/output.
+
+A step is one optimizer step. Total steps = ceil(epochs · steps_per_epoch), capped by `maxSteps`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from forgetless.api.schema import FineTuneJob
+from forgetless_trainer import data as D
+from forgetless_trainer import live_metrics, mitigations
+from forgetless_trainer.mitigations.base import Mitigation, Stop, TrainContext
+from forgetless_trainer.stages import StageError
+from forgetless_trainer.training import checkpoint, config, distributed
+
+
+@dataclass
+class TrainResult:
+    summary: dict[str, Any]
+    model: Any = None
+    tokenizer: Any = None
+    engine: Any = None
+    mitigations: list[Mitigation] = field(default_factory=list)
+
+
+def _read_general(job: FineTuneJob, base_dir: Path | None) -> Callable[[], list[D.Example]]:
+    def load() -> list[D.Example]:
+        return D.read_source(job.spec.dataset.general, None, field_name="dataset.general", base_dir=base_dir, tag="general")
+
+    return load
+
+
+class Trainer:
+    """One rank's training run; also the `TrainerView` mitigations see."""
+
+    def __init__(
+        self,
+        job: FineTuneJob,
+        workdir: Path,
+        *,
+        base_dir: Path | None = None,
+        probe: Callable[[Any, Any], dict[str, float]] | None = None,
+        after_step: Callable[[int], None] | None = None,
+        progress_stream=None,
+    ):
+        self.job = job
+        self.spec = job.spec
+        self.workdir = Path(workdir)
+        self.base_dir = base_dir
+        self.probe = probe
+        self.after_step = after_step
+        self.progress_stream = progress_stream
+        self.step = 0
+        self.engine = None
+        self.metrics = live_metrics.TrainMetrics(job.metadata.name, job.metadata.namespace)
+
+    # ------------------------------------------------------------------ TrainerView
+
+    @property
+    def model(self):
+        return self.engine.module
+
+    def _gathered(self, params, modifier_rank=None):
+        if self.spec.deepspeed.zero_stage == 3:
+            import deepspeed
+
+            return deepspeed.zero.GatheredParameters(params, modifier_rank=modifier_rank)
+        return contextlib.nullcontext()
+
+    def _trainable(self) -> list[tuple[str, Any]]:
+        return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+
+    def snapshot(self) -> dict[str, Any]:
+        named = self._trainable()
+        with self._gathered([p for _, p in named]):
+            return {n: p.detach().to("cpu", copy=True) for n, p in named}
+
+    def restore(self, snapshot: dict[str, Any]) -> None:
+        import torch
+
+        named = self._trainable()
+        with self._gathered([p for _, p in named], modifier_rank=0), torch.no_grad():
+            for n, p in named:
+                p.copy_(snapshot[n].to(device=p.device, dtype=p.dtype))
+
+    def validation_loss(self) -> float:
+        """Mean token loss over the validation split (every rank computes the same value)."""
+        import torch
+
+        model = self.model
+        was_training = model.training
+        model.eval()
+        total, count = 0.0, 0
+        try:
+            with torch.no_grad():
+                for batch in self.encoder.batches(self.ctx.validation, self.spec.training.batch_size):
+                    batch = {k: v.to(self.device) for k, v in batch.items()}
+                    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                    nll, mask = D.token_nll(logits, batch["labels"])
+                    total += float((nll * mask).sum())
+                    count += int(mask.sum())
+        finally:
+            model.train(was_training)
+        return total / max(count, 1)
+
+    def all_agree(self, flag: bool) -> bool:
+        return distributed.any_rank(flag)
+
+    def message(self, text: str) -> None:
+        if self.progress is not None:
+            self.progress.message(text)
+
+    # ------------------------------------------------------------------ setup
+
+    def setup(self) -> None:
+        import torch
+
+        from forgetless_trainer.modeling import load_model_and_tokenizer
+
+        spec = self.spec
+        self.ranks = distributed.setup_env(spec.resources.workers)
+        distributed.init_process_group()
+        self.device = distributed.device_for(self.ranks.local_rank)
+        seed = spec.training.seed
+        random.seed(seed)
+        torch.manual_seed(seed)
+        self.progress = None
+
+        model, tokenizer = load_model_and_tokenizer(spec.model, base_dir=self.base_dir)
+        model.to(self.device)
+        self.tokenizer = tokenizer
+        self.encoder = D.Encoder(tokenizer, spec.training.max_seq_length)
+        task = D.read_source(spec.dataset.task, spec.dataset.format, field_name="dataset.task", base_dir=self.base_dir)
+        train, validation = D.split_validation(task, spec.dataset.validation_fraction, seed)
+        self.checkpoints = self.workdir / "train" / "checkpoints"
+        self.resume_from = checkpoint.latest(self.checkpoints)
+        self.ctx = TrainContext(
+            job=self.job,
+            workdir=self.workdir,
+            rank=self.ranks.rank,
+            world_size=self.ranks.world_size,
+            base_dir=self.base_dir,
+            tokenizer=tokenizer,
+            encoder=self.encoder,
+            task_train=train,
+            validation=validation,
+            resuming=self.resume_from is not None,
+            device=self.device,
+            general_loader=_read_general(self.job, self.base_dir),
+        )
+        budget = spec.mitigation.forgetting_budget
+        factory = None
+        if budget is not None:
+            from forgetless_trainer.mitigations.forgetting_budget import suite_probe
+
+            factory = lambda: suite_probe(self.job, budget.probe_items, self.base_dir)  # noqa: E731
+        self.mitigations = mitigations.build(spec, probe=self.probe, probe_factory=factory)
+        for mitigation in self.mitigations:
+            model = mitigation.configure_model(model, self.ctx)
+        model.train()
+        self.parts = [part for m in self.mitigations for part in m.mix_parts(self.ctx)]
+        self.epoch_size, self.composition = D.epoch_plan(len(train), self.parts)
+        training = spec.training
+        self.steps_per_epoch = D.steps_per_epoch(
+            self.epoch_size,
+            world_size=self.ranks.world_size,
+            batch_size=training.batch_size,
+            accumulation=training.gradient_accumulation_steps,
+        )
+        by_epochs = math.ceil(training.epochs * self.steps_per_epoch)
+        self.total_steps = min(by_epochs, training.max_steps) if training.max_steps else by_epochs
+        self.capped_by_max_steps = bool(training.max_steps and training.max_steps < by_epochs)
+        self._init_engine(model)
+
+    def _init_engine(self, model) -> None:
+        import deepspeed
+        import torch
+
+        spec = self.spec
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(
+            params, lr=spec.learning_rate(), weight_decay=spec.training.weight_decay, betas=(0.9, 0.999), eps=1e-8
+        )
+        warmup = config.warmup_steps(self.total_steps, spec.training.warmup_ratio)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, config.lr_lambda(spec.training.lr_scheduler, self.total_steps, warmup)
+        )
+        ds_config = config.deepspeed_config(spec, self.ranks.world_size)
+        self.precision = "bf16" if ds_config["bf16"]["enabled"] else "fp16" if ds_config["fp16"]["enabled"] else "fp32"
+        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
+        )
+        self.exclude_frozen = spec.method.type == "lora"
+
+    # ------------------------------------------------------------------ run
+
+    def _client_state(self, epoch: int, step_in_epoch: int, finished: str | None, final_weights=None) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "epoch": epoch,
+            "step_in_epoch": step_in_epoch,
+            "tokens": self.tokens,
+            "train_seconds": self.train_seconds + (time.perf_counter() - self.started),
+            "last_loss": self.last_loss,
+            "rng": checkpoint.rng_state(),
+            "mitigations": {m.name: m.state_dict() for m in self.mitigations},
+            "finished": finished,
+            "stop_message": self.stop_message,
+            "final_weights": final_weights,
+        }
+
+    def _save_checkpoint(self, epoch: int, step_in_epoch: int, finished: str | None = None, final_weights=None) -> None:
+        state = self._client_state(epoch, step_in_epoch, finished, final_weights)
+        checkpoint.save(
+            self.engine, self.checkpoints, self.step, state, is_main=self.ctx.is_main, exclude_frozen=self.exclude_frozen
+        )
+        self.last_checkpoint = self.step
+
+    def _resume(self) -> tuple[int, int, str | None, Any]:
+        if self.resume_from is None:
+            return 0, 0, None, None
+        _, path = self.resume_from
+        state = checkpoint.load(self.engine, path, exclude_frozen=self.exclude_frozen)
+        self.step = state["step"]
+        self.tokens = state["tokens"]
+        self.train_seconds = state["train_seconds"]
+        self.last_loss = state["last_loss"]
+        self.stop_message = state.get("stop_message")
+        for mitigation in self.mitigations:
+            if mitigation.name in state["mitigations"]:
+                mitigation.load_state_dict(state["mitigations"][mitigation.name])
+        checkpoint.set_rng_state(state["rng"])
+        self.last_checkpoint = self.step
+        self.message(f"resumed from {path} (step {self.step})")
+        return state["epoch"], state["step_in_epoch"], state.get("finished"), state.get("final_weights")
+
+    def _micro_step(self, batch) -> tuple[Any, Any]:
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        out = self.engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+        loss = out.loss
+        extra = None
+        for mitigation in self.mitigations:
+            term = mitigation.loss_term(self.engine.module)
+            if term is not None:
+                extra = term if extra is None else extra + term
+        total = loss if extra is None else loss + extra
+        self.engine.backward(total)
+        self.engine.step()
+        return total.detach(), extra
+
+    def run(self) -> TrainResult:
+        spec = self.spec
+        training = spec.training
+        self.tokens = 0
+        self.train_seconds = 0.0
+        self.last_loss = float("nan")
+        self.stop_message: str | None = None
+        self.last_checkpoint = -1
+        self.started = time.perf_counter()
+        self.progress = live_metrics.Progress(
+            self.total_steps, log_interval=training.log_interval_steps, enabled=self.ctx.is_main, stream=self.progress_stream
+        )
+        live_metrics.serve(self.ranks.local_rank)
+        epoch, step_in_epoch, finished, final_weights = self._resume()
+        self.started = time.perf_counter()
+        if self.progress.bar is not None:
+            self.progress.bar.update(self.step)
+        for mitigation in self.mitigations:
+            mitigation.on_train_start(self)
+        stopped: Stop | None = None
+        if finished is not None:
+            stopped = Stop(finished, self.stop_message or "") if finished not in ("completed", "max_steps") else None
+            if final_weights is not None:
+                self.restore(final_weights)
+        else:
+            stopped, epoch, step_in_epoch = self._loop(epoch, step_in_epoch)
+        reason = stopped.reason if stopped else ("max_steps" if self.capped_by_max_steps else "completed")
+        if stopped:
+            self.stop_message = stopped.message
+            self.message(stopped.message)
+        if finished is None:  # the final checkpoint marks the run finished (a restart only rewrites the output)
+            self._save_checkpoint(epoch, step_in_epoch, reason, self.snapshot() if stopped else None)
+        for mitigation in self.mitigations:
+            mitigation.on_train_end(self)
+        output = self._write_output()
+        self.progress.close()
+        seconds = self.train_seconds + (time.perf_counter() - self.started)
+        tokens_all = distributed.sum_all(self.tokens)
+        summary: dict[str, Any] = {
+            "stage": "train",
+            "steps": self.step,
+            "totalSteps": self.total_steps,
+            "epochs": round(self.step / self.steps_per_epoch, 4),
+            "finalLoss": self.last_loss,
+            "stoppedReason": reason,
+            "tokensPerSecond": round(tokens_all / seconds, 2) if seconds > 0 else 0.0,
+            "outputPath": str(output),
+            "method": spec.method.type,
+            "mitigations": [m.name for m in self.mitigations],
+            "worldSize": self.ranks.world_size,
+            "precision": self.precision,
+            "zeroStage": spec.deepspeed.zero_stage,
+            "learningRate": spec.learning_rate(),
+            "epochSize": self.epoch_size,
+            "epochComposition": self.composition,
+            "trainExamples": len(self.ctx.task_train),
+            "validationExamples": len(self.ctx.validation),
+        }
+        if self.stop_message:
+            summary["message"] = self.stop_message
+        if self.resume_from is not None:
+            summary["resumedFromStep"] = self.resume_from[0]
+        for mitigation in self.mitigations:
+            summary.update(mitigation.summary())
+        return TrainResult(summary, self.engine.module, self.tokenizer, self.engine, self.mitigations)
+
+    def _loop(self, epoch: int, step_in_epoch: int) -> tuple[Stop | None, int, int]:
+        import torch
+
+        training = self.spec.training
+        accumulation = training.gradient_accumulation_steps
+        window_tokens, window_start = 0, time.perf_counter()
+        while self.step < self.total_steps:
+            examples = D.build_epoch(self.ctx.task_train, self.parts, epoch, training.seed)
+            micro = D.shard_micro_batches(
+                examples,
+                rank=self.ranks.rank,
+                world_size=self.ranks.world_size,
+                batch_size=training.batch_size,
+                accumulation=accumulation,
+            )
+            while step_in_epoch * accumulation < len(micro) and self.step < self.total_steps:
+                losses, extra, step_tokens = [], None, 0
+                for batch_examples in micro[step_in_epoch * accumulation : (step_in_epoch + 1) * accumulation]:
+                    batch = self.encoder.batch(batch_examples)
+                    step_tokens += int(batch["attention_mask"].sum())
+                    loss, extra = self._micro_step(batch)
+                    losses.append(loss)
+                self.step += 1
+                step_in_epoch += 1
+                self.tokens += step_tokens
+                window_tokens += step_tokens
+                self.last_loss = float(torch.stack(losses).float().mean())
+                self._report(step_tokens, extra)
+                if self.step % training.log_interval_steps == 0:
+                    elapsed = time.perf_counter() - window_start
+                    if elapsed > 0:
+                        self.metrics.throughput(window_tokens * self.ranks.world_size / elapsed)
+                    window_tokens, window_start = 0, time.perf_counter()
+                stop = None
+                for mitigation in self.mitigations:
+                    stop = mitigation.on_step_end(self.step, self)
+                    if stop is not None:
+                        break
+                if stop is not None:
+                    return stop, epoch, step_in_epoch
+                if self.step % training.checkpoint_interval_steps == 0 and self.step < self.total_steps:
+                    self._save_checkpoint(epoch, step_in_epoch)
+                if self.after_step is not None:
+                    self.after_step(self.step)
+            if step_in_epoch * accumulation >= len(micro):
+                epoch, step_in_epoch = epoch + 1, 0
+        return None, epoch, step_in_epoch
+
+    def _report(self, step_tokens: int, extra) -> None:
+        lr = float(self.scheduler.get_last_lr()[0])
+        norm = self.engine.get_global_grad_norm()
+        norm = float(norm) if norm is not None else None
+        penalty = float(extra) if extra is not None else None
+        self.metrics.step(loss=self.last_loss, lr=lr, grad_norm=norm, tokens=step_tokens, ewc_penalty=penalty)
+        self.progress.update(self.step, loss=self.last_loss, lr=lr, ewc=penalty)
+
+    def _write_output(self) -> Path:
+        """Adapter (LoRA) or full model + tokenizer → WORKDIR/train/output, atomically, by rank 0."""
+        output = self.workdir / "train" / "output"
+        model = self.engine.module
+        params = list(model.parameters())
+        with self._gathered(params):
+            if self.ctx.is_main:
+                staging = output.with_name("output.tmp")
+                shutil.rmtree(staging, ignore_errors=True)
+                model.save_pretrained(str(staging))
+                self.tokenizer.save_pretrained(str(staging))
+                old = output.with_name("output.old")
+                shutil.rmtree(old, ignore_errors=True)
+                if output.exists():
+                    output.rename(old)
+                staging.rename(output)
+                shutil.rmtree(old, ignore_errors=True)
+        distributed.barrier()
+        return output
+
+
+def train(job: FineTuneJob, workdir: Path, **options: Any) -> TrainResult:
+    """Train `job` in `workdir` (resuming from its newest checkpoint); returns the summary and the model.
+
+    Options (all keyword, see `Trainer`): `base_dir` for relative paths; `probe` replaces the
+    forgetting-budget probe (tests); `after_step(step)` runs after every step and its checkpoint
+    (e.g. to inject a failure); `progress_stream` where progress goes (stderr).
+    """
+    trainer = Trainer(job, workdir, **options)
+    trainer.setup()
+    return trainer.run()
+
+
+def env_base_dir() -> Path | None:
+    value = os.environ.get("FORGETLESS_BASE_DIR")
+    return Path(value) if value else None
