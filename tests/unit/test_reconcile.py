@@ -1,0 +1,524 @@
+"""reconcile(): a table of cases over the whole lifecycle, plus the objects it builds (kubernetes-validate)."""
+
+from __future__ import annotations
+
+import copy
+import json
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import kubernetes_validate
+import pytest
+
+from forgetless.api.schema import FineTuneJobSpec, FineTuneJobStatus
+from forgetless_operator import children
+from forgetless_operator.children import OperatorConfig
+from forgetless_operator.reconcile import (
+    CreateObject,
+    DeleteObject,
+    Observed,
+    PatchObject,
+    RecordBaselineCache,
+    fmt_time,
+    reconcile,
+    spec_hash,
+)
+
+T0 = datetime(2026, 11, 29, 9, 0, 0, tzinfo=timezone.utc)
+UID = "0b1c2d3e-0000-4000-8000-000000000001"
+K8S = "1.35"
+CONFIG = OperatorConfig(trainer_image="ghcr.io/forgetless/trainer:test")
+
+SPEC: dict[str, Any] = {
+    "model": {"name": "bundled:tiny-world"},
+    "dataset": {"task": {"path": "bundled:support-tickets"}},
+    "output": {"pvc": {"claimName": "outputs", "readOnly": False}},
+}
+
+BASELINE = {"stage": "baseline", "scores": {"knowledge": 0.9, "format": 1.0, "task": 0.1}, "tasks": {}, "items": 40,
+            "cacheKey": "s-abc", "cached": False}
+TRAIN = {"stage": "train", "steps": 120, "totalSteps": 120, "epochs": 2.0, "finalLoss": 0.42,
+         "stoppedReason": "completed", "tokensPerSecond": 900.0, "outputPath": "/x", "method": "lora"}
+EVALUATE = {"stage": "evaluate", "scores": {"knowledge": 0.85, "format": 1.0, "task": 0.7}, "tasks": {}, "items": 40,
+            "paired": {"knowledge_qa": {"category": "knowledge", "n11": 17, "n10": 1, "n01": 0, "n00": 2}}}
+
+
+class FakeGate:
+    """Stands in for forgetless.gate.evaluate_gate; records its inputs."""
+
+    def __init__(self, verdict: str = "Passed") -> None:
+        self.verdict = verdict
+        self.calls: list[tuple[dict, Any]] = []
+
+    def __call__(self, paired: dict, regression: Any) -> "FakeGate":
+        self.calls.append((paired, regression))
+        return self
+
+    def to_status(self) -> dict:
+        reasons = [] if self.verdict == "Passed" else ["knowledge dropped 0.05 (interval 0.01..0.09) > 0.02"]
+        return {"verdict": self.verdict, "reasons": reasons, "meanDrop": 0.025, "taskGain": 0.6, "categories": [
+            {"category": "knowledge", "baseline": 0.9, "final": 0.85, "drop": 0.05, "dropUpper": 0.09,
+             "dropLower": 0.01, "threshold": 0.05, "passed": self.verdict == "Passed"}]}
+
+
+def cache_key(spec: Any) -> str:
+    return "s-" + spec.model.name.replace(":", "-")
+
+
+def ftj(spec: dict | None = None, status: dict | None = None, **meta: Any) -> dict:
+    body = {
+        "apiVersion": "forgetless.dev/v1alpha1",
+        "kind": "FineTuneJob",
+        "metadata": {"name": "ft", "namespace": "team", "uid": UID, "generation": 1, "resourceVersion": "7", **meta},
+        "spec": copy.deepcopy(spec if spec is not None else SPEC),
+    }
+    if status is not None:
+        body["status"] = copy.deepcopy(status)
+    return body
+
+
+def run(job: dict, observed: Observed | None = None, now: datetime = T0, gate: FakeGate | None = None):
+    decision = reconcile(job, observed or Observed(), now, CONFIG, gate=gate or FakeGate(), cache_key=cache_key)
+    FineTuneJobStatus.model_validate(decision.status)  # the exact wire shape of the CRD status
+    for action in decision.actions:
+        if isinstance(action, CreateObject):
+            kubernetes_validate.validate(action.obj, K8S, strict=True)
+    return decision
+
+
+def created(decision) -> dict[str, dict]:
+    return {a.obj["metadata"]["name"]: a.obj for a in decision.actions if isinstance(a, CreateObject)}
+
+
+def reasons(decision) -> list[str]:
+    return [e.reason for e in decision.events]
+
+
+def cond(status: dict, type_: str) -> dict:
+    return next(c for c in status["conditions"] if c["type"] == type_)
+
+
+def stage_job(job: dict, stage: str, *, complete: bool = False, failed: bool = False, failed_pods: int = 0,
+              active: int = 0) -> dict:
+    obj = children.stage_job(job, FineTuneJobSpec.model_validate(job["spec"]), stage, CONFIG)
+    obj["metadata"]["creationTimestamp"] = fmt_time(T0)
+    conditions = []
+    if complete:
+        conditions.append({"type": "Complete", "status": "True"})
+    if failed:
+        conditions.append({"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
+                           "message": "Job has reached the specified backoff limit"})
+    obj["status"] = {"failed": failed_pods, "active": active, "conditions": conditions}
+    return obj
+
+
+def pod(stage: str, *, message: str | None = None, exit_code: int = 0, rank: int | None = None,
+        waiting: str | None = None) -> dict:
+    state: dict[str, Any]
+    if waiting:
+        state = {"waiting": {"reason": waiting, "message": "secret \"hf\" not found"}}
+    else:
+        state = {"terminated": {"exitCode": exit_code, "message": message or "", "finishedAt": fmt_time(T0 + timedelta(minutes=5))}}
+    meta: dict[str, Any] = {"name": f"ft-{stage}-x", "labels": {children.LABEL_JOB: "ft", children.LABEL_STAGE: stage}}
+    if rank is not None:
+        meta["annotations"] = {children.COMPLETION_INDEX_ANNOTATION: str(rank)}
+    return {"metadata": meta, "status": {"containerStatuses": [{"name": children.CONTAINER, "state": state}]}}
+
+
+def started(decision_job: dict, decision) -> dict:
+    """The FineTuneJob after the edge patched the decision's status."""
+    job = copy.deepcopy(decision_job)
+    job["status"] = decision.status
+    return job
+
+
+def spec_cm(job: dict) -> dict:
+    return children.spec_configmap(job, FineTuneJobSpec.model_validate(job["spec"]))
+
+
+def through(stage_done: str, verdict: str = "Passed", spec: dict | None = None):
+    """Drive a job from creation through `stage_done` succeeding; returns (job, observed, decision)."""
+    job = ftj(spec)
+    decision = run(job)
+    job = started(job, decision)
+    observed = Observed(configmaps={f"ft-spec": spec_cm(job)})
+    results = {"baseline": BASELINE, "train": TRAIN, "evaluate": EVALUATE}
+    for stage in children.STAGES:
+        observed.jobs[stage] = stage_job(job, stage, complete=True)
+        observed.pods[stage] = [pod(stage, message=json.dumps(results[stage]))]
+        decision = run(job, observed, T0 + timedelta(minutes=10), gate=FakeGate(verdict))
+        job = started(job, decision)
+        if stage == stage_done:
+            break
+    return job, observed, decision
+
+
+# --------------------------------------------------------------------------- start and preflight
+
+
+def test_new_job_creates_spec_configmap_and_baseline_job():
+    decision = run(ftj())
+    objs = created(decision)
+    assert set(objs) == {"ft-spec", "ft-baseline"}
+    assert decision.status["phase"] == "Baseline"
+    assert decision.status["specHash"] == spec_hash(FineTuneJobSpec.model_validate(SPEC).to_wire())
+    assert decision.status["startTime"] == fmt_time(T0)
+    assert reasons(decision) == ["Started", "BaselineStarted"]
+    assert cond(decision.status, "Ready")["status"] == "False"
+    assert cond(decision.status, "Progressing") == {
+        "type": "Progressing", "status": "True", "reason": "Baseline", "message": "baseline running (Job ft-baseline)",
+        "lastTransitionTime": fmt_time(T0), "observedGeneration": 1,
+    }
+    document = json.loads(objs["ft-spec"]["data"]["job.json"])
+    assert document["kind"] == "FineTuneJob" and document["spec"]["output"]["pvc"]["claimName"] == "outputs"
+
+
+def test_replaying_a_running_stage_creates_nothing_and_emits_nothing():
+    job = ftj()
+    first = run(job)
+    job = started(job, first)
+    observed = Observed(configmaps={"ft-spec": spec_cm(job)}, jobs={"baseline": stage_job(job, "baseline", active=1)})
+    again = run(job, observed, T0 + timedelta(seconds=30))
+    assert again.actions == [] and again.events == []
+    assert again.status["conditions"] == first.status["conditions"]  # lastTransitionTime unchanged
+
+
+@pytest.mark.parametrize(
+    "spec_patch, missing, reason",
+    [
+        ({"output": {}}, frozenset(), "OutputVolumeRequired"),
+        ({}, frozenset({"outputs"}), "VolumeNotFound"),
+        ({"training": {"epochs": -1}}, frozenset(), "InvalidSpec"),
+    ],
+)
+def test_preflight_rejections_are_conditions_with_one_event(spec_patch, missing, reason):
+    job = ftj({**SPEC, **spec_patch})
+    decision = run(job, Observed(missing_claims=missing))
+    assert decision.actions == []
+    assert decision.status["phase"] == "Pending"
+    ready = cond(decision.status, "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", reason)
+    assert [(e.type, e.reason) for e in decision.events] == [("Warning", reason)]
+    assert "specHash" not in decision.status
+    replay = run(started(job, decision), Observed(missing_claims=missing), T0 + timedelta(minutes=1))
+    assert replay.events == [] and replay.actions == []
+
+
+def test_missing_volume_message_names_the_claim_and_the_fix():
+    decision = run(ftj(), Observed(missing_claims=frozenset({"outputs"})))
+    assert "outputs" in decision.status["message"] and "create it" in decision.status["message"]
+
+
+# --------------------------------------------------------------------------- stages and the gate
+
+
+def test_baseline_success_records_scores_caches_and_starts_training():
+    job, observed, decision = through("baseline")
+    assert decision.status["phase"] == "Training"
+    assert decision.status["baselineScores"] == BASELINE["scores"]
+    assert decision.status["stages"]["baseline"]["phase"] == "Succeeded"
+    assert decision.status["stages"]["baseline"]["result"] == BASELINE
+    assert "ft-train" in created(decision)
+    assert reasons(decision) == ["BaselineSucceeded", "TrainStarted"]
+    (record,) = [a for a in decision.actions if isinstance(a, RecordBaselineCache)]
+    assert record.name == CONFIG.baseline_cache_configmap
+    entry = json.loads(record.data["s-bundled-tiny-world"])
+    assert entry["claimName"] == "outputs" and entry["scores"] == BASELINE["scores"]
+
+
+def test_train_success_records_progress_and_starts_evaluation():
+    job, observed, decision = through("train")
+    assert decision.status["phase"] == "Evaluating"
+    assert decision.status["progress"] == {"step": 120, "totalSteps": 120, "epoch": 2.0, "loss": 0.42,
+                                           "stoppedReason": "completed"}
+    assert "ft-evaluate" in created(decision)
+
+
+@pytest.mark.parametrize("verdict, phase, promoted, ready, event", [
+    ("Passed", "Succeeded", True, "True", "GatePassed"),
+    ("Warned", "Succeeded", True, "True", "GateWarned"),
+    ("Failed", "Blocked", False, "False", "GateBlocked"),
+])
+def test_gate_verdict_decides_the_final_phase(verdict, phase, promoted, ready, event):
+    job, observed, decision = through("evaluate", verdict)
+    status = decision.status
+    assert status["phase"] == phase and status["promoted"] is promoted
+    assert status["gate"]["verdict"] == verdict
+    assert cond(status, "Ready")["status"] == ready
+    assert cond(status, "Progressing")["status"] == "False"
+    assert status["finalScores"] == EVALUATE["scores"]
+    assert status["forgetting"] == pytest.approx({"knowledge": 0.05, "format": 0.0})  # task is gain, not forgetting
+    assert event in reasons(decision)
+    assert ("Promoted" in reasons(decision)) is promoted
+    assert status["completionTime"]
+    replay = run(job, observed, T0 + timedelta(minutes=20), gate=FakeGate(verdict))
+    assert replay.events == [] and replay.actions == [] and replay.status == status
+
+
+def test_gate_receives_the_evaluate_paired_tables_and_the_started_regression_spec():
+    gate = FakeGate()
+    job, observed, _ = through("train")
+    observed.jobs["evaluate"] = stage_job(job, "evaluate", complete=True)
+    observed.pods["evaluate"] = [pod("evaluate", message=json.dumps(EVALUATE))]
+    run(job, observed, T0 + timedelta(minutes=10), gate=gate)
+    (paired, regression), = gate.calls
+    assert paired == EVALUATE["paired"] and regression.on_regression == "Block"
+
+
+def test_evaluate_without_paired_fails_with_a_clear_reason():
+    job, observed, _ = through("train")
+    observed.jobs["evaluate"] = stage_job(job, "evaluate", complete=True)
+    observed.pods["evaluate"] = [pod("evaluate", message=json.dumps({**EVALUATE, "paired": {}}))]
+    decision = run(job, observed, T0 + timedelta(minutes=10))
+    assert decision.status["phase"] == "Failed"
+    assert cond(decision.status, "Failed")["reason"] == "ResultInvalid"
+
+
+def test_baseline_cache_hit_skips_the_baseline():
+    entry = json.dumps({**BASELINE, "claimName": "outputs", "storedAt": fmt_time(T0)})
+    decision = run(ftj(), Observed(baseline_cache={"s-bundled-tiny-world": entry}))
+    baseline = decision.status["stages"]["baseline"]
+    assert baseline["phase"] == "Skipped" and baseline["result"]["cached"] is True
+    assert decision.status["baselineScores"] == BASELINE["scores"]
+    assert set(created(decision)) == {"ft-spec", "ft-train"}
+    assert reasons(decision) == ["Started", "BaselineCacheHit", "TrainStarted"]
+
+
+def test_cache_entry_on_another_volume_is_not_a_hit():
+    entry = json.dumps({**BASELINE, "claimName": "other-volume", "storedAt": fmt_time(T0)})
+    decision = run(ftj(), Observed(baseline_cache={"s-bundled-tiny-world": entry}))
+    assert "ft-baseline" in created(decision)
+
+
+def test_cache_keeps_at_most_max_entries_dropping_the_oldest():
+    config = OperatorConfig(baseline_cache_max_entries=2)
+    job = ftj()
+    job = started(job, run(job))
+    observed = Observed(configmaps={"ft-spec": spec_cm(job)},
+                        jobs={"baseline": stage_job(job, "baseline", complete=True)},
+                        pods={"baseline": [pod("baseline", message=json.dumps(BASELINE))]},
+                        baseline_cache={"old": json.dumps({"storedAt": "2026-01-01T00:00:00Z"}),
+                                        "new": json.dumps({"storedAt": "2026-06-01T00:00:00Z"})})
+    decision = reconcile(job, observed, T0, config, gate=FakeGate(), cache_key=cache_key)
+    (record,) = [a for a in decision.actions if isinstance(a, RecordBaselineCache)]
+    assert record.data["old"] is None and "new" not in record.data and record.data["s-bundled-tiny-world"]
+
+
+# --------------------------------------------------------------------------- failures and retries
+
+
+def test_failed_pod_with_backoff_left_is_a_retry_not_a_failure():
+    job, observed, _ = through("baseline")
+    observed.jobs["train"] = stage_job(job, "train", failed_pods=1, active=1)
+    observed.pods["train"] = [pod("train", exit_code=1, message="CUDA out of memory")]
+    decision = run(job, observed, T0 + timedelta(minutes=11))
+    assert decision.status["phase"] == "Training"
+    assert decision.status["stages"]["train"]["attempts"] == 2
+    assert [(e.type, e.reason) for e in decision.events] == [("Warning", "TrainRetrying")]
+    assert "CUDA out of memory" in decision.events[0].message
+    replay = run(started(job, decision), observed, T0 + timedelta(minutes=12))
+    assert replay.events == [] and replay.actions == []
+
+
+def test_failed_stage_job_fails_the_finetunejob_with_the_stage_message():
+    job, observed, _ = through("baseline")
+    observed.jobs["train"] = stage_job(job, "train", failed=True, failed_pods=3)
+    observed.pods["train"] = [pod("train", exit_code=4, message="stage train failed: no such file /data/x.jsonl")]
+    decision = run(job, observed, T0 + timedelta(minutes=11))
+    status = decision.status
+    assert status["phase"] == "Failed"
+    assert status["stages"]["train"]["phase"] == "Failed"
+    assert "no such file /data/x.jsonl" in status["message"] and "BackoffLimitExceeded" in status["message"]
+    assert (cond(status, "Failed")["reason"], cond(status, "Ready")["reason"]) == ("TrainFailed", "TrainFailed")
+    assert [(e.type, e.reason) for e in decision.events] == [("Warning", "TrainFailed")]
+    assert decision.actions == []
+
+
+def test_unreadable_termination_message_fails_the_stage():
+    job, observed, _ = through("baseline")
+    observed.jobs["train"] = stage_job(job, "train", complete=True)
+    observed.pods["train"] = [pod("train", message="Traceback (most recent call last): ...")]
+    decision = run(job, observed, T0 + timedelta(minutes=11))
+    assert decision.status["phase"] == "Failed" and "ResultUnreadable" in decision.status["message"]
+
+
+def test_waiting_pod_problem_is_surfaced_in_the_stage_message():
+    job = ftj()
+    job = started(job, run(job))
+    observed = Observed(configmaps={"ft-spec": spec_cm(job)}, jobs={"baseline": stage_job(job, "baseline", active=1)},
+                        pods={"baseline": [pod("baseline", waiting="CreateContainerConfigError")]})
+    decision = run(job, observed, T0 + timedelta(seconds=20))
+    assert "CreateContainerConfigError" in decision.status["stages"]["baseline"]["message"]
+    assert decision.status["phase"] == "Baseline"
+
+
+def test_deadline_exceeded_deletes_running_children_and_fails():
+    job = ftj({**SPEC, "activeDeadlineSeconds": 600})
+    job = started(job, run(job))
+    observed = Observed(configmaps={"ft-spec": spec_cm(job)}, jobs={"baseline": stage_job(job, "baseline", active=1)})
+    assert run(job, observed, T0 + timedelta(seconds=599)).status["phase"] == "Baseline"
+    decision = run(job, observed, T0 + timedelta(seconds=600))
+    assert decision.status["phase"] == "Failed"
+    assert cond(decision.status, "Failed")["reason"] == "DeadlineExceeded"
+    assert decision.actions == [DeleteObject("batch/v1", "Job", "team", "ft-baseline", "Background")]
+    assert [(e.type, e.reason) for e in decision.events] == [("Warning", "DeadlineExceeded")]
+
+
+# --------------------------------------------------------------------------- controls
+
+
+def test_suspended_job_does_not_start_and_resumes_when_unsuspended():
+    job = ftj({**SPEC, "suspend": True})
+    decision = run(job)
+    assert decision.status["phase"] == "Suspended" and decision.actions == []
+    assert reasons(decision) == ["Suspended"]
+    assert cond(decision.status, "Ready")["reason"] == "Suspended"
+    job = started(job, decision)
+    assert run(job, now=T0 + timedelta(minutes=1)).events == []
+    job["spec"]["suspend"] = False
+    resumed = run(job, now=T0 + timedelta(minutes=2))
+    assert resumed.status["phase"] == "Baseline" and "ft-baseline" in created(resumed)
+
+
+def test_suspending_a_started_job_suspends_its_stage_job_and_resume_undoes_only_that():
+    job = ftj()
+    job = started(job, run(job))
+    running = stage_job(job, "baseline", active=1)
+    observed = Observed(configmaps={"ft-spec": spec_cm(job)}, jobs={"baseline": running})
+    job["spec"]["suspend"] = True
+    decision = run(job, observed, T0 + timedelta(minutes=1))
+    assert decision.status["phase"] == "Suspended"
+    assert decision.actions == [PatchObject("batch/v1", "Job", "team", "ft-baseline", {
+        "metadata": {"annotations": {children.SUSPENDED_BY_OPERATOR: "true"}}, "spec": {"suspend": True}})]
+    job = started(job, decision)
+    running["spec"]["suspend"] = True
+    running["metadata"]["annotations"] = {children.SUSPENDED_BY_OPERATOR: "true"}
+    job["spec"]["suspend"] = False
+    resumed = run(job, observed, T0 + timedelta(minutes=2))
+    assert resumed.actions == [PatchObject("batch/v1", "Job", "team", "ft-baseline", {
+        "metadata": {"annotations": {children.SUSPENDED_BY_OPERATOR: None}}, "spec": {"suspend": False}})]
+    assert reasons(resumed) == ["Resumed"] and resumed.status["phase"] == "Baseline"
+    # A Job that Kueue holds (suspended without our annotation) is left alone.
+    running["metadata"]["annotations"] = {}
+    assert run(started(job, resumed), observed, T0 + timedelta(minutes=3)).actions == []
+
+
+def test_queue_label_is_mirrored_to_children():
+    job = ftj(labels={children.QUEUE_LABEL: "gpu-a"})
+    for obj in created(run(job)).values():
+        assert obj["metadata"]["labels"][children.QUEUE_LABEL] == "gpu-a"
+
+
+def test_spec_change_after_start_is_flagged_and_not_applied():
+    job = ftj()
+    job = started(job, run(job))
+    observed = Observed(configmaps={"ft-spec": spec_cm(job)}, jobs={"baseline": stage_job(job, "baseline", complete=True)},
+                        pods={"baseline": [pod("baseline", message=json.dumps(BASELINE))]})
+    job["spec"]["resources"] = {"trainerImage": "evil:latest"}
+    job["metadata"]["generation"] = 2
+    decision = run(job, observed, T0 + timedelta(minutes=5))
+    changed = cond(decision.status, "SpecChanged")
+    assert (changed["status"], changed["reason"], changed["observedGeneration"]) == ("True", "SpecChangedAfterStart", 2)
+    assert "SpecChanged" in reasons(decision)
+    train = created(decision)["ft-train"]
+    assert train["spec"]["template"]["spec"]["containers"][0]["image"] == CONFIG.trainer_image
+    assert decision.status["observedGeneration"] == 2
+    job = started(job, decision)
+    assert "SpecChanged" not in reasons(run(job, observed, T0 + timedelta(minutes=6)))
+    # Run controls may change after the start without flagging the spec.
+    job["spec"] = {**SPEC, "suspend": False, "activeDeadlineSeconds": 999}
+    restored = run(job, observed, T0 + timedelta(minutes=7))
+    assert cond(restored.status, "SpecChanged")["status"] == "False"
+
+
+def test_deleting_job_gets_no_actions():
+    job = ftj(deletionTimestamp=fmt_time(T0))
+    decision = run(job)
+    assert decision.actions == [] and decision.events == []
+
+
+def test_ttl_deletes_the_finetunejob_after_completion():
+    job, observed, decision = through("evaluate", spec={**SPEC, "ttlSecondsAfterFinished": 3600})
+    done = T0 + timedelta(minutes=10)
+    assert run(job, observed, done + timedelta(seconds=3599)).actions == []
+    expired = run(job, observed, done + timedelta(seconds=3600))
+    assert expired.actions == [DeleteObject("forgetless.dev/v1alpha1", "FineTuneJob", "team", "ft", "Background")]
+    assert reasons(expired) == ["Expired"]
+
+
+def test_child_of_an_earlier_job_with_the_same_name_is_waited_for():
+    job = ftj()
+    job = started(job, run(job))
+    stale = stage_job(job, "baseline", active=1)
+    stale["metadata"]["ownerReferences"][0]["uid"] = "an-older-uid"
+    decision = run(job, Observed(configmaps={"ft-spec": spec_cm(job)}, jobs={"baseline": stale}))
+    assert decision.actions == [] and "earlier FineTuneJob" in decision.status["message"]
+
+
+# --------------------------------------------------------------------------- the objects
+
+
+def test_stage_pods_meet_pod_security_restricted_and_the_contract():
+    objs = created(run(ftj({**SPEC, "model": {"name": "org/model", "tokenSecretRef": {"name": "hf"}},
+                            "resources": {"gpusPerWorker": 2}})))
+    job = objs["ft-baseline"]
+    assert job["metadata"]["ownerReferences"] == [{
+        "apiVersion": "forgetless.dev/v1alpha1", "kind": "FineTuneJob", "name": "ft", "uid": UID,
+        "controller": True, "blockOwnerDeletion": True}]
+    assert job["metadata"]["labels"][children.LABEL_JOB] == "ft"
+    assert job["metadata"]["labels"][children.LABEL_STAGE] == "baseline"
+    pod_spec = job["spec"]["template"]["spec"]
+    assert pod_spec["automountServiceAccountToken"] is False
+    assert pod_spec["securityContext"]["runAsNonRoot"] is True
+    assert pod_spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    (container,) = pod_spec["containers"]
+    sc = container["securityContext"]
+    assert sc["readOnlyRootFilesystem"] and not sc["allowPrivilegeEscalation"] and sc["capabilities"] == {"drop": ["ALL"]}
+    assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    assert container["args"] == ["stage", "baseline", "--job", "/etc/forgetless/job/job.json",
+                                 "--workdir", "/mnt/pvc/outputs/forgetless/team/ft"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["FORGETLESS_TERMINATION_MESSAGE_PATH"]["value"] == "/dev/termination-log"
+    assert env["FORGETLESS_CACHE_DIR"]["value"] == "/mnt/pvc/outputs/.forgetless-cache/baselines"
+    assert env["HF_TOKEN"]["valueFrom"] == {"secretKeyRef": {"name": "hf", "key": "token"}}
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    assert {"/etc/forgetless/job", "/tmp", children.HOME, "/mnt/pvc/outputs"} <= mounts
+
+
+def test_multi_worker_training_is_an_indexed_job_with_a_headless_service():
+    spec = {**SPEC, "resources": {"workers": 4, "gpusPerWorker": 1},
+            "dataset": {"task": {"configMap": {"name": "tickets"}}}}
+    job, observed, decision = through("baseline", spec=spec)
+    train = next(a.obj for a in decision.actions if isinstance(a, CreateObject) and a.obj["kind"] == "Job")
+    service = next(a.obj for a in decision.actions if isinstance(a, CreateObject) and a.obj["kind"] == "Service")
+    assert train["metadata"]["name"] == "ft-train-workers"
+    assert (train["spec"]["completionMode"], train["spec"]["completions"], train["spec"]["parallelism"]) == ("Indexed", 4, 4)
+    pod_spec = train["spec"]["template"]["spec"]
+    assert pod_spec["subdomain"] == service["metadata"]["name"] == "ft-train-workers"
+    assert service["spec"]["clusterIP"] == "None" and service["spec"]["publishNotReadyAddresses"] is True
+    assert service["spec"]["selector"] == {children.LABEL_JOB: "ft", children.LABEL_STAGE: "train"}
+    env = {e["name"]: e for e in pod_spec["containers"][0]["env"]}
+    assert env["RANK"]["valueFrom"]["fieldRef"]["fieldPath"] == (
+        "metadata.annotations['batch.kubernetes.io/job-completion-index']")
+    assert (env["WORLD_SIZE"]["value"], env["LOCAL_RANK"]["value"]) == ("4", "0")
+    assert env["MASTER_ADDR"]["value"] == "ft-train-workers-0.ft-train-workers"
+    ports = {p["name"]: p["containerPort"] for p in pod_spec["containers"][0]["ports"]}
+    assert ports["metrics"] == 9400
+    mounts = {m["mountPath"] for m in pod_spec["containers"][0]["volumeMounts"]}
+    assert "/etc/forgetless/configmaps/tickets" in mounts
+
+
+def test_multi_worker_stage_waits_for_job_completion_and_reads_rank_zero():
+    spec = {**SPEC, "resources": {"workers": 2}}
+    job, observed, decision = through("baseline", spec=spec)
+    job = started(job, decision)
+    observed.services["ft-train-workers"] = children.workers_service(job)
+    observed.jobs["train"] = stage_job(job, "train", active=1)
+    observed.pods["train"] = [pod("train", message=json.dumps(TRAIN), rank=0),
+                              pod("train", message="{}", rank=1)]
+    running = run(job, observed, T0 + timedelta(minutes=11))
+    assert running.status["phase"] == "Training" and running.actions == []
+    observed.jobs["train"] = stage_job(job, "train", complete=True)
+    done = run(job, observed, T0 + timedelta(minutes=12))
+    assert done.status["stages"]["train"]["result"] == TRAIN and done.status["phase"] == "Evaluating"
