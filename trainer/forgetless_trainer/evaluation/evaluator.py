@@ -117,7 +117,8 @@ def _loglikelihoods(model: Any, tokenizer: Any, rows: list[tuple[list[int], list
         for row, seq in enumerate(sequences):
             input_ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
             attention[row, : len(seq)] = 1
-        logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits
+        with torch.no_grad():
+            logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits
         for row, i in enumerate(index):
             context, continuation = rows[i]
             begin = len(context) - 1  # the logits at position t predict token t + 1

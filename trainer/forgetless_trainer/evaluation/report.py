@@ -100,7 +100,8 @@ def render_png(gate: GateResult, baseline: Mapping[str, float], final: Mapping[s
     colours = ["#66c2a5" if c.passed else "#fc8d62" for c in categories] or "#66c2a5"
     ax.bar([p + width / 2 for p in positions], final_values, width, yerr=errors, capsize=4, label="final", color=colours)
     for c, p in zip(categories, positions):
-        ax.annotate(f"{-c.drop:+.2f}", (p + width / 2, min(1.02, final.get(c.category, 0.0) + 0.04)), ha="center", fontsize=8)
+        top = final.get(c.category, 0.0) + max(0.0, c.drop - c.drop_lower) + 0.02
+        ax.annotate(f"{-c.drop:+.2f}", (p + width / 2, min(1.05, top)), ha="center", fontsize=8)
     ax.set_xticks(positions)
     ax.set_xticklabels([n.replace("_", "\n") for n in names], fontsize=8)
     ax.set_ylim(0, 1.1)

@@ -1,0 +1,65 @@
+"""The forgetting report: JSON, Markdown and PNG written from a gate result."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from forgetless.api.schema import CATEGORIES, GateStatus, RegressionSpec
+from forgetless.gate import evaluate_gate
+
+pytest.importorskip("matplotlib")
+
+PAIRED = {
+    **{f"{c}-a": {"category": c, "n11": 70, "n10": 2, "n01": 3, "n00": 5} for c in CATEGORIES},
+    "knowledge-b": {"category": "knowledge", "n11": 30, "n10": 40, "n01": 0, "n00": 10},
+    "tickets": {"category": "task", "n11": 10, "n10": 0, "n01": 50, "n00": 20},
+}
+
+
+def scores(paired, after: bool) -> dict[str, float]:
+    by_category: dict[str, list[float]] = {}
+    for table in paired.values():
+        n = sum(table[k] for k in ("n11", "n10", "n01", "n00"))
+        right = table["n11"] + (table["n01"] if after else table["n10"])
+        by_category.setdefault(table["category"], []).append(right / n)
+    return {c: sum(v) / len(v) for c, v in by_category.items()}
+
+
+def test_report_files_written_and_consistent(tmp_path):
+    from forgetless_trainer.evaluation.report import write_report
+
+    gate = evaluate_gate(PAIRED, RegressionSpec())
+    baseline, final = scores(PAIRED, False), scores(PAIRED, True)
+    paths = write_report(gate, baseline, final, tmp_path / "report")
+    assert set(paths) == {"json", "markdown", "png"}
+    assert all(p.exists() and p.parent == tmp_path / "report" for p in paths.values())
+
+    document = json.loads(paths["json"].read_text())
+    GateStatus.model_validate(document["status"])
+    assert document["gate"]["verdict"] == "Failed" == document["status"]["verdict"]
+    assert document["baselineScores"]["knowledge"] == pytest.approx(baseline["knowledge"])
+
+    markdown = paths["markdown"].read_text()
+    assert "**Verdict: Failed**" in markdown
+    assert "| knowledge |" in markdown and "FAIL" in markdown
+    for reason in gate.reasons:
+        assert reason in markdown
+    assert "gain +0.625" in markdown and "report.png" in markdown
+
+    png = paths["png"].read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    assert not list((tmp_path / "report").glob(".*.tmp"))
+
+
+def test_report_without_task_category_and_passing(tmp_path):
+    from forgetless_trainer.evaluation.report import write_report
+
+    paired = {k: v for k, v in PAIRED.items() if v["category"] not in ("task", "knowledge")}
+    gate = evaluate_gate(paired, RegressionSpec())
+    assert gate.verdict == "Passed" and gate.task_gain is None
+    paths = write_report(gate, scores(paired, False), scores(paired, True), tmp_path)
+    markdown = paths["markdown"].read_text()
+    assert "**Verdict: Passed**" in markdown and "no task gain measured" in markdown
+    assert paths["png"].stat().st_size > 3000
