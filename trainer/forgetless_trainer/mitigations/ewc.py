@@ -31,6 +31,7 @@ rank holds whole parameters, so this works unchanged; ZeRO-3 is refused by the s
 
 from __future__ import annotations
 
+import contextlib
 import random
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -74,6 +75,22 @@ def per_sample_squared_grads(
     return {n: g.pow(2).sum(0) for n, g in grads.items()}
 
 
+@contextlib.contextmanager
+def eager_attention(model: torch.nn.Module):
+    """Run with eager attention: SDPA's backward has no vmap batching rule (it would fall back to a loop)."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = getattr(inner, "config", None)
+    before = getattr(config, "_attn_implementation", None)
+    switch = before not in (None, "eager") and hasattr(inner, "set_attn_implementation")
+    if switch:
+        inner.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        if switch:
+            inner.set_attn_implementation(before)
+
+
 def estimate_fisher(
     model: torch.nn.Module,
     examples: Sequence[Example],
@@ -95,11 +112,12 @@ def estimate_fisher(
     was_training = model.training
     model.eval()
     try:
-        for start in range(0, len(mine), chunk_size):
-            batch = encoder.batch(mine[start : start + chunk_size])
-            sq = per_sample_squared_grads(model, names, batch["input_ids"].to(device), batch["labels"].to(device))
-            for n in names:
-                sums[n] += sq[n].float()
+        with eager_attention(model):
+            for start in range(0, len(mine), chunk_size):
+                batch = encoder.batch(mine[start : start + chunk_size])
+                sq = per_sample_squared_grads(model, names, batch["input_ids"].to(device), batch["labels"].to(device))
+                for n in names:
+                    sums[n] += sq[n].float()
     finally:
         model.train(was_training)
     count = torch.tensor(float(len(mine)), device=device)

@@ -1,0 +1,102 @@
+"""Forgetting budget: probe at step 0, stop when the mean general score drops more than maxDrop,
+roll back to the last probe within budget."""
+
+from __future__ import annotations
+
+import pytest
+
+from forgetless_trainer.live_metrics import REGISTRY
+from forgetless_trainer.mitigations.forgetting_budget import ForgettingBudget, general_mean
+from forgetless_trainer.stages import StageError
+from tests.unit.test_mitigation_early_stopping import FakeTrainer
+
+
+class Ctx:
+    tokenizer = "tok"
+
+
+class ProbeTrainer(FakeTrainer):
+    def __init__(self):
+        super().__init__([])
+        self.ctx = Ctx()
+        self.model = Model()
+
+
+class Model:
+    training = True
+
+    def eval(self):
+        self.training = False
+
+    def train(self, mode=True):
+        self.training = mode
+
+
+def scripted_probe(means):
+    calls = []
+
+    def probe(model, tokenizer):
+        assert model.training is False and tokenizer == "tok"
+        value = means[len(calls)]
+        calls.append(value)
+        return {"format": value, "knowledge": value, "task": 0.9}
+
+    return probe, calls
+
+
+def test_stops_and_rolls_back_to_the_last_probe_within_budget():
+    probe, calls = scripted_probe([0.80, 0.79, 0.77, 0.70])
+    budget = ForgettingBudget(max_drop=0.05, interval=3, probe=probe)
+    trainer = ProbeTrainer()
+    budget.on_train_start(trainer)
+    stop = None
+    for step in range(1, 20):
+        trainer.weights["w"] = float(step)
+        stop = budget.on_step_end(step, trainer)
+        if stop:
+            break
+    assert step == 9 and stop.reason == "forgetting_budget"
+    assert trainer.weights == {"w": 6.0}  # the probe at step 6 (drop 0.03) was the last within budget
+    assert "fell 0.1000 below the probe baseline 0.8000" in stop.message and "rolled back to step 6" in stop.message
+    assert calls == [0.80, 0.79, 0.77, 0.70]
+    assert budget.summary()["rolledBackToStep"] == 6
+    assert trainer.model.training is True
+
+
+def test_rolls_back_to_step_zero_when_the_first_probe_is_over_budget():
+    probe, _ = scripted_probe([0.5, 0.2])
+    budget = ForgettingBudget(max_drop=0.1, interval=1, probe=probe)
+    trainer = ProbeTrainer()
+    budget.on_train_start(trainer)
+    trainer.weights["w"] = 1.0
+    stop = budget.on_step_end(1, trainer)
+    assert stop and trainer.weights == {"w": 0.0}
+
+
+def test_probe_scores_are_exported():
+    probe, _ = scripted_probe([0.6])
+    trainer = ProbeTrainer()
+    from forgetless_trainer.live_metrics import TrainMetrics
+
+    trainer.metrics = TrainMetrics("budget-test", "ns")
+    ForgettingBudget(max_drop=0.1, interval=1, probe=probe).on_train_start(trainer)
+    labels = {"namespace": "ns", "finetunejob": "budget-test"}
+    assert REGISTRY.get_sample_value("forgetless_probe_score_ratio", {**labels, "category": "mean"}) == pytest.approx(0.6)
+    assert REGISTRY.get_sample_value("forgetless_probe_score_ratio", {**labels, "category": "task"}) == pytest.approx(0.9)
+
+
+def test_general_mean_ignores_task_and_needs_general_scores():
+    assert general_mean({"format": 1.0, "safety": 0.5, "task": 0.0}) == 0.75
+    with pytest.raises(StageError, match="no general category"):
+        general_mean({"task": 1.0})
+
+
+def test_missing_evaluator_is_a_stage_error(monkeypatch, manifest):
+    import sys
+
+    from forgetless.api.schema import parse_job
+    from forgetless_trainer.mitigations.forgetting_budget import suite_probe
+
+    monkeypatch.setitem(sys.modules, "forgetless_trainer.evaluation", None)
+    with pytest.raises(StageError, match="needs the evaluator"):
+        suite_probe(parse_job(manifest()), 4)

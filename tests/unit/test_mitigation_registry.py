@@ -1,0 +1,30 @@
+"""The registry picks mitigations from the spec, in run order."""
+
+from __future__ import annotations
+
+from forgetless.api.schema import parse_job
+from forgetless_trainer import mitigations
+from forgetless_trainer.mitigations.base import Mitigation
+
+
+def test_defaults_are_lora_with_general_mixing(manifest):
+    spec = parse_job(manifest()).spec
+    assert mitigations.names(spec) == ["lora", "data_mixing"]
+
+
+def test_everything_on_in_run_order(manifest):
+    spec = parse_job(manifest(spec={
+        "method": {"type": "full"},
+        "mitigation": {"dataMixing": {"generalFraction": 0.0}, "replay": {}, "ewc": {}, "earlyStopping": {},
+                       "forgettingBudget": {}},
+    })).spec
+    built = mitigations.build(spec, probe=lambda model, tok: {"format": 1.0})
+    assert [m.name for m in built] == ["full", "replay", "ewc", "early_stopping", "forgetting_budget"]
+    assert all(isinstance(m, Mitigation) for m in built)
+    assert built[-1].probe is not None and built[3].patience == 3
+
+
+def test_every_registry_entry_builds_its_named_mitigation(manifest):
+    spec = parse_job(manifest(spec={"mitigation": {"replay": {}, "ewc": {}, "earlyStopping": {}, "forgettingBudget": {}}})).spec
+    for name, _, factory in mitigations.REGISTRY:
+        assert factory(spec, {"probe": None, "factory": None}).name == name
