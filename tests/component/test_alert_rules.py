@@ -9,10 +9,10 @@ all-features values (other thresholds, severity, extra alert labels).
 from __future__ import annotations
 
 import copy
-import importlib.util
 import math
 import re
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,9 @@ import pytest
 import yaml
 
 from tests.conftest import REPO_ROOT, tool_or_skip
+
+sys.path.insert(0, str(REPO_ROOT / "charts" / "forgetless" / "hack"))
+import chart_sync  # noqa: E402  (charts/forgetless/hack/chart_sync.py: render + derived files)
 
 CHART = REPO_ROOT / "charts" / "forgetless"
 PLAIN_RULES = REPO_ROOT / "gitops" / "prometheus" / "forgetless.rules.yaml"
@@ -32,14 +35,6 @@ ALERTS = {
 }
 
 
-def _load_sync():
-    spec = importlib.util.spec_from_file_location("chart_sync", CHART / "hack" / "sync.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-sync = _load_sync()
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +143,7 @@ def write_rules(tmp_path: Path, groups: dict) -> Path:
 
 @pytest.mark.parametrize("values_name", ["default", "all-features"])
 def test_promtool_checks_the_rendered_rules(helm: str, promtool: str, tmp_path: Path, values_name: str) -> None:
-    groups = sync.render_rule_groups(helm, values=(CHART / "ci" / f"{values_name}-values.yaml",))
+    groups = chart_sync.render_rule_groups(helm, values=(CHART / "ci" / f"{values_name}-values.yaml",))
     assert {r["alert"] for g in groups["groups"] for r in g["rules"]} == ALERTS
     proc = subprocess.run([promtool, "check", "rules", str(write_rules(tmp_path, groups))], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -156,7 +151,7 @@ def test_promtool_checks_the_rendered_rules(helm: str, promtool: str, tmp_path: 
 
 
 def test_plain_rules_file_is_the_chart_rendering(helm: str, promtool: str) -> None:
-    assert PLAIN_RULES.read_text() == sync.plain_rules(helm), "run python charts/forgetless/hack/sync.py"
+    assert PLAIN_RULES.read_text() == chart_sync.plain_rules(helm), "run python charts/forgetless/hack/chart_sync.py"
     proc = subprocess.run([promtool, "check", "rules", str(PLAIN_RULES)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
@@ -169,7 +164,7 @@ def test_promtool_rejects_a_broken_rule(promtool: str, tmp_path: Path) -> None:
 
 
 def test_alerts_can_be_switched_off(helm: str) -> None:
-    groups = sync.render_rule_groups(helm, "prometheusRule.alerts.jobFailed.enabled=false",
+    groups = chart_sync.render_rule_groups(helm, "prometheusRule.alerts.jobFailed.enabled=false",
                                      "prometheusRule.alerts.gateBlocked.enabled=false")
     assert {r["alert"] for g in groups["groups"] for r in g["rules"]} == ALERTS - {"ForgetlessJobFailed", "ForgetlessGateBlocked"}
 
@@ -254,7 +249,7 @@ def promtool_tests(groups: dict, values: dict, eval_minutes: list[float]) -> lis
 def test_alerts_fire_exactly_when_thresholds_are_crossed(helm: str, promtool: str, tmp_path: Path, values_name: str) -> None:
     values_file = CHART / "ci" / f"{values_name}-values.yaml"
     values = merged_values(values_file)
-    groups = sync.render_rule_groups(helm, values=(values_file,))
+    groups = chart_sync.render_rule_groups(helm, values=(values_file,))
     cfg = values["prometheusRule"]["alerts"]
     late = max(cfg["trainingStalled"]["minutes"] + 2 + minutes(cfg["trainingStalled"]["for"]),
                1 + minutes(cfg["reconcileErrors"]["for"]), minutes(cfg["forgetting"]["for"])) + 3
@@ -273,7 +268,7 @@ def test_alerts_fire_exactly_when_thresholds_are_crossed(helm: str, promtool: st
 
 
 def test_thresholds_come_from_values(helm: str) -> None:
-    groups = sync.render_rule_groups(helm, "prometheusRule.alerts.forgetting.maxCategoryDrop=0.125",
+    groups = chart_sync.render_rule_groups(helm, "prometheusRule.alerts.forgetting.maxCategoryDrop=0.125",
                                      "prometheusRule.alerts.forgetting.maxMeanDrop=0.0625",
                                      "prometheusRule.alerts.trainingStalled.minutes=7",
                                      "prometheusRule.alerts.reconcileErrors.window=3m",

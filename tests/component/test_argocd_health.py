@@ -7,8 +7,8 @@ resource; the script returns `{status, message}`. Every sample status is validat
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,16 +18,12 @@ import yaml
 from forgetless.api.schema import FineTuneJobStatus
 from tests.conftest import REPO_ROOT, tool_or_skip
 
+sys.path.insert(0, str(REPO_ROOT / "charts" / "forgetless" / "hack"))
+import chart_sync  # noqa: E402  (charts/forgetless/hack/chart_sync.py: render + derived files)
+
 HEALTH_LUA = REPO_ROOT / "gitops" / "argocd" / "health.lua"
 SNIPPET = REPO_ROOT / "gitops" / "argocd" / "argocd-cm-snippet.yaml"
 T = "2026-11-29T08:00:00Z"
-
-
-def _load_sync():
-    spec = importlib.util.spec_from_file_location("chart_sync", REPO_ROOT / "charts/forgetless/hack/sync.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def to_lua(value: Any) -> str:
@@ -193,7 +189,7 @@ def test_argocd_cm_snippet_embeds_the_health_check() -> None:
     assert snippet["kind"] == "ConfigMap" and snippet["metadata"]["name"] == "argocd-cm"
     key = "resource.customizations.health.forgetless.dev_FineTuneJob"
     assert snippet["data"][key] == HEALTH_LUA.read_text()
-    assert SNIPPET.read_text() == _load_sync().argocd_snippet(), "run python charts/forgetless/hack/sync.py"
+    assert SNIPPET.read_text() == chart_sync.argocd_snippet(), "run python charts/forgetless/hack/chart_sync.py"
 
 
 def test_lua_literal_round_trip_of_awkward_strings() -> None:

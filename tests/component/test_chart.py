@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import argparse
 import functools
-import importlib.util
 import json
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,9 @@ import yaml
 
 from tests.conftest import REPO_ROOT, tool_or_skip
 
+sys.path.insert(0, str(REPO_ROOT / "charts" / "forgetless" / "hack"))
+import chart_sync  # noqa: E402  (charts/forgetless/hack/chart_sync.py: render + derived files)
+
 CHART = REPO_ROOT / "charts" / "forgetless"
 CI_VALUES = sorted((CHART / "ci").glob("*.yaml"))
 KUBERNETES_VERSION = "1.35"
@@ -30,14 +33,6 @@ RELEASE_NAMESPACE = "forgetless-system"
 CRD_GROUPS = {"monitoring.coreos.com", "kopf.dev"}
 
 
-def _load_sync():
-    spec = importlib.util.spec_from_file_location("chart_sync", CHART / "hack" / "sync.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-sync = _load_sync()
 CHART_META = yaml.safe_load((CHART / "Chart.yaml").read_text())
 APP_VERSION = CHART_META["appVersion"]
 
@@ -49,7 +44,7 @@ def helm() -> str:
 
 @functools.lru_cache(maxsize=None)
 def _render_cached(helm: str, values: tuple[str, ...], set_args: tuple[str, ...]) -> str:
-    return json.dumps(sync.helm_template(helm, values=values, set_args=set_args, namespace=RELEASE_NAMESPACE))
+    return json.dumps(chart_sync.helm_template(helm, values=values, set_args=set_args, namespace=RELEASE_NAMESPACE))
 
 
 def render(helm: str, *values: Path | str, set_args: tuple[str, ...] = ()) -> list[dict[str, Any]]:
@@ -160,8 +155,8 @@ def test_chart_crds_are_valid_crds() -> None:
 
 
 def test_rbac_rules_file_is_generated_from_rbac_py() -> None:
-    assert (CHART / "files" / "rbac-rules.yaml").read_text() == sync.rbac_rules_yaml(), (
-        "files/rbac-rules.yaml is stale: run python charts/forgetless/hack/sync.py"
+    assert (CHART / "files" / "rbac-rules.yaml").read_text() == chart_sync.rbac_rules_yaml(), (
+        "files/rbac-rules.yaml is stale: run python charts/forgetless/hack/chart_sync.py"
     )
 
 
@@ -424,5 +419,5 @@ def test_notes_render(helm: str) -> None:
 )
 def test_bad_values_are_rejected_with_a_clear_message(helm: str, set_args: tuple[str, ...], expected: str) -> None:
     with pytest.raises(RuntimeError) as excinfo:
-        sync.helm_template(helm, set_args=set_args)
+        chart_sync.helm_template(helm, set_args=set_args)
     assert expected in str(excinfo.value)

@@ -9,9 +9,9 @@ never silently empty a panel or silence an alert.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
+import sys
 from typing import Iterator
 
 import pytest
@@ -19,6 +19,9 @@ import yaml
 
 from forgetless.metrics import ForgettingMetrics
 from tests.conftest import REPO_ROOT, tool_or_skip
+
+sys.path.insert(0, str(REPO_ROOT / "charts" / "forgetless" / "hack"))
+import chart_sync  # noqa: E402  (charts/forgetless/hack/chart_sync.py: render + derived files)
 
 CHART = REPO_ROOT / "charts" / "forgetless"
 DASHBOARD = CHART / "dashboards" / "forgetless.json"
@@ -28,13 +31,6 @@ PLAIN_RULES = REPO_ROOT / "gitops" / "prometheus" / "forgetless.rules.yaml"
 PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless", "bool",
                 "offset", "inf", "nan", "le"}
 GROUPING = re.compile(r"\b(by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)")
-
-
-def _load_sync():
-    spec = importlib.util.spec_from_file_location("chart_sync", CHART / "hack" / "sync.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def exported() -> dict[str, set[str]]:
@@ -211,7 +207,7 @@ def test_dashboard_layout_and_datasource() -> None:
 
 
 def test_dashboard_copy_equals_the_chart_source() -> None:
-    assert DASHBOARD_COPY.read_bytes() == DASHBOARD.read_bytes(), "run python charts/forgetless/hack/sync.py"
+    assert DASHBOARD_COPY.read_bytes() == DASHBOARD.read_bytes(), "run python charts/forgetless/hack/chart_sync.py"
 
 
 # --------------------------------------------------------------------------- the alert rules
@@ -234,4 +230,4 @@ def test_alert_rules_use_exported_metrics_and_labels() -> None:
 
 def test_rendered_prometheus_rule_matches_the_plain_file() -> None:
     helm = tool_or_skip("helm")
-    assert _load_sync().render_rule_groups(helm) == yaml.safe_load(PLAIN_RULES.read_text())
+    assert chart_sync.render_rule_groups(helm) == yaml.safe_load(PLAIN_RULES.read_text())

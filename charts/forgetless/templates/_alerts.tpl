@@ -1,7 +1,7 @@
 {{/*
 The alert rules: the one source for the PrometheusRule (prometheusrule.yaml) and the plain
 Prometheus rules file gitops/prometheus/forgetless.rules.yaml (rendered from this by
-hack/sync.py with the default values; promtool checks both in tests/component/test_alert_rules.py).
+hack/chart_sync.py with the default values; promtool checks both in tests/component/test_alert_rules.py).
 Metric names: core/forgetless/metrics.py and trainer/forgetless_trainer/live_metrics.py.
 */}}
 {{- define "forgetless.alertLabels" -}}

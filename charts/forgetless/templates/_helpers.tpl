@@ -78,14 +78,14 @@ Usage: include "forgetless.image" (dict "image" .Values.image.operator "root" .)
 
 {{/*
 The RBAC rules, generated from operator/forgetless_operator/rbac.py into files/rbac-rules.yaml
-(charts/forgetless/hack/sync.py). Usage: include "forgetless.rbacRules" (list . "namespaced")
+(charts/forgetless/hack/chart_sync.py). Usage: include "forgetless.rbacRules" (list . "namespaced")
 */}}
 {{- define "forgetless.rbacRules" -}}
 {{- $root := index . 0 -}}
 {{- $rules := $root.Files.Get "files/rbac-rules.yaml" | fromYaml -}}
 {{- $selected := index $rules (index . 1) -}}
 {{- if not $selected -}}
-{{- fail (printf "files/rbac-rules.yaml has no %q rules; run python charts/forgetless/hack/sync.py" (index . 1)) -}}
+{{- fail (printf "files/rbac-rules.yaml has no %q rules; run python charts/forgetless/hack/chart_sync.py" (index . 1)) -}}
 {{- end -}}
 {{- toYaml $selected -}}
 {{- end -}}
