@@ -421,3 +421,21 @@ def test_bad_values_are_rejected_with_a_clear_message(helm: str, set_args: tuple
     with pytest.raises(RuntimeError) as excinfo:
         chart_sync.helm_template(helm, set_args=set_args)
     assert expected in str(excinfo.value)
+
+
+# --------------------------------------------------------------------------- docs/kubernetes.md
+
+
+def test_the_documented_job_and_volume_are_valid() -> None:
+    """The manifests docs/kubernetes.md tells users to apply are accepted (and the job has its work volume)."""
+    import re
+
+    from forgetless.api.schema import parse_job
+
+    docs = (REPO_ROOT / "docs" / "kubernetes.md").read_text()
+    blocks = {m.group(1): yaml.safe_load(m.group(2)) for m in re.finditer(r"```yaml\n# (\S+)\n(.*?)```", docs, re.S)}
+    volume, job = blocks["work-volume.yaml"], blocks["job.yaml"]
+    kubernetes_validate.validate(volume, KUBERNETES_VERSION, strict=True)
+    spec = parse_job(job).spec
+    assert spec.output.pvc is not None and spec.output.pvc.claim_name == volume["metadata"]["name"]
+    assert not spec.output.pvc.read_only
