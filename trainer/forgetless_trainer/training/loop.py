@@ -143,19 +143,20 @@ class Trainer:
 
         spec = self.spec
         self.ranks = distributed.setup_env(spec.resources.workers)
-        distributed.init_process_group()
+        self.ds_config = config.deepspeed_config(spec, self.ranks.world_size)  # spec errors before any networking
         self.device = distributed.device_for(self.ranks.local_rank)
         seed = spec.training.seed
         random.seed(seed)
         torch.manual_seed(seed)
         self.progress = None
 
+        task = D.read_source(spec.dataset.task, spec.dataset.format, field_name="dataset.task", base_dir=self.base_dir)
+        train, validation = D.split_validation(task, spec.dataset.validation_fraction, seed)
         model, tokenizer = load_model_and_tokenizer(spec.model, base_dir=self.base_dir)
         model.to(self.device)
         self.tokenizer = tokenizer
         self.encoder = D.Encoder(tokenizer, spec.training.max_seq_length)
-        task = D.read_source(spec.dataset.task, spec.dataset.format, field_name="dataset.task", base_dir=self.base_dir)
-        train, validation = D.split_validation(task, spec.dataset.validation_fraction, seed)
+        distributed.init_process_group()
         self.checkpoints = self.workdir / "train" / "checkpoints"
         self.resume_from = checkpoint.latest(self.checkpoints)
         self.ctx = TrainContext(
@@ -209,7 +210,7 @@ class Trainer:
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, config.lr_lambda(spec.training.lr_scheduler, self.total_steps, warmup)
         )
-        ds_config = config.deepspeed_config(spec, self.ranks.world_size)
+        ds_config = self.ds_config
         self.precision = "bf16" if ds_config["bf16"]["enabled"] else "fp16" if ds_config["fp16"]["enabled"] else "fp32"
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
@@ -390,7 +391,7 @@ class Trainer:
         lr = float(self.scheduler.get_last_lr()[0])
         norm = self.engine.get_global_grad_norm()
         norm = float(norm) if norm is not None else None
-        penalty = float(extra) if extra is not None else None
+        penalty = float(extra.detach()) if extra is not None else None
         self.metrics.step(loss=self.last_loss, lr=lr, grad_norm=norm, tokens=step_tokens, ewc_penalty=penalty)
         self.progress.update(self.step, loss=self.last_loss, lr=lr, ewc=penalty)
 
