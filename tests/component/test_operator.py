@@ -1,0 +1,308 @@
+"""The operator (kopf + handlers + kube client) against the in-memory fake Kubernetes API.
+
+Each test runs the real `run_operator` (kopf watches, the resync timer, the metrics server) in the
+test's event loop, plays kubelet and job controller by writing pod termination messages and Job
+conditions into the fake, and proves the HTTP requests the operator made.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import aiohttp
+import kubernetes_validate
+import pytest
+
+from forgetless.api.schema import FineTuneJobStatus
+from forgetless_operator.children import LABEL_JOB, LABEL_STAGE, OperatorConfig
+from forgetless_operator.fakeapi import FakeApi, kubeconfig, serve
+from forgetless_operator.handlers import Options, run_operator
+from tests.conftest import tool_or_skip
+
+NS = "default"
+FTJ = ("forgetless.dev/v1alpha1", "FineTuneJob")
+PAIRED_NO_DROP = {
+    "knowledge_qa": {"category": "knowledge", "n11": 40, "n10": 0, "n01": 0, "n00": 0},
+    "format_kv": {"category": "format", "n11": 40, "n10": 0, "n01": 0, "n00": 0},
+    "support_tickets": {"category": "task", "n11": 5, "n10": 0, "n01": 30, "n00": 5},
+}
+SUMMARIES = {
+    "baseline": {"stage": "baseline", "scores": {"knowledge": 1.0, "format": 1.0, "task": 0.125}, "tasks": {},
+                 "items": 120, "cacheKey": "s-x", "cached": False},
+    "train": {"stage": "train", "steps": 50, "totalSteps": 50, "epochs": 1.0, "finalLoss": 0.3,
+              "stoppedReason": "completed", "tokensPerSecond": 1000.0, "outputPath": "/o", "method": "lora"},
+    "evaluate": {"stage": "evaluate", "scores": {"knowledge": 1.0, "format": 1.0, "task": 0.875}, "tasks": {},
+                 "items": 120, "paired": PAIRED_NO_DROP},
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def until(check: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Operator:
+    """`run_operator` in its own thread and event loop (kopf cancels tasks it did not start when it stops)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.stop_flag: asyncio.Event | None = None
+        self.thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+
+    def _main(self) -> None:
+        async def main() -> None:
+            self.loop = asyncio.get_running_loop()
+            self.stop_flag = asyncio.Event()
+            options = Options(namespaces=[NS], metrics_port=self.port, metrics_host="127.0.0.1", resync_seconds=2.0,
+                              config=OperatorConfig(trainer_image="ghcr.io/forgetless/trainer:test"))
+            await run_operator(options, stop_flag=self.stop_flag)
+
+        try:
+            asyncio.run(main())
+        except asyncio.CancelledError:  # kopf cancels its root task on a graceful stop
+            pass
+        except BaseException as exc:  # noqa: BLE001 - surfaced by the test
+            self.error = exc
+
+    async def start(self) -> None:
+        self.thread = threading.Thread(target=self._main, name="operator", daemon=True)
+        self.thread.start()
+        await until(self._ready, what="operator ready")
+
+    def _ready(self) -> bool:
+        if self.error is not None:
+            raise self.error
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                return True
+        except OSError:
+            return False
+
+    async def get(self, path: str) -> tuple[int, str]:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"http://127.0.0.1:{self.port}{path}") as response:
+                return response.status, await response.text()
+
+    async def stop(self) -> None:
+        if self.thread is not None and self.thread.is_alive():
+            assert self.loop is not None and self.stop_flag is not None
+            self.loop.call_soon_threadsafe(self.stop_flag.set)
+            await asyncio.to_thread(self.thread.join, 20)
+            assert not self.thread.is_alive(), "the operator did not stop within 20 s"
+        if self.error is not None:
+            raise self.error
+
+
+@pytest.fixture
+async def api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    fake = FakeApi()
+    runner, url = await serve(fake)
+    config = tmp_path / "kubeconfig"
+    config.write_text(json.dumps(kubeconfig(url)))
+    monkeypatch.setenv("KUBECONFIG", str(config))
+    fake.create({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "outputs", "namespace": NS},
+                 "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}})
+    yield fake
+    await runner.cleanup()
+
+
+@pytest.fixture
+async def operator(api: FakeApi):
+    op = Operator(free_port())
+    await op.start()
+    yield op
+    await op.stop()
+
+
+async def metrics_with(operator: Operator, *needles: str, timeout: float = 10.0) -> str:
+    """/metrics once it shows every needle (series are updated right after the status patch)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        code, text = await operator.get("/metrics")
+        if code == 200 and all(n in text for n in needles):
+            return text
+        if time.monotonic() > deadline:
+            raise AssertionError(f"/metrics lacks {[n for n in needles if n not in text]}:\n{text}")
+        await asyncio.sleep(0.05)
+
+
+def submit(api: FakeApi, name: str = "ft", **spec: Any) -> dict:
+    return api.create({
+        "apiVersion": "forgetless.dev/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": name, "namespace": NS},
+        "spec": {"model": {"name": "bundled:tiny-world"}, "dataset": {"task": {"path": "bundled:support-tickets"}},
+                 "output": {"pvc": {"claimName": "outputs", "readOnly": False}}, **spec},
+    })
+
+
+def finish_stage(api: FakeApi, job_name: str, summary: dict | None, exit_code: int = 0, failed: bool = False) -> None:
+    """What kubelet + the job controller would write: a terminated pod and the Job's final condition."""
+    job = api.get("batch/v1", "Job", NS, job_name)
+    labels = job["spec"]["template"]["metadata"]["labels"]
+    message = json.dumps(summary) if summary is not None else "stage failed: data path /x missing"
+    api.create({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": f"{job_name}-abcde", "namespace": NS, "labels": {**labels, "batch.kubernetes.io/job-name": job_name},
+                     "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": job_name,
+                                          "uid": job["metadata"]["uid"], "controller": True}]},
+        "spec": job["spec"]["template"]["spec"],
+        "status": {"phase": "Failed" if failed else "Succeeded", "containerStatuses": [{
+            "name": "stage", "ready": False, "restartCount": 0, "image": "x", "imageID": "", "state": {
+                "terminated": {"exitCode": exit_code, "reason": "Error" if exit_code else "Completed",
+                               "message": message, "finishedAt": "2026-11-29T10:00:00Z"}}}]},
+    })
+    condition = {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "message": "backoff limit"} \
+        if failed else {"type": "Complete", "status": "True"}
+    api.update("batch/v1", "Job", NS, job_name,
+               {"status": {"succeeded": 0 if failed else 1, "failed": 1 if failed else 0, "conditions": [condition]}},
+               subresource="status")
+
+
+def status(api: FakeApi, name: str = "ft") -> dict:
+    return (api.get(*FTJ, NS, name) or {}).get("status") or {}
+
+
+def event_reasons(api: FakeApi) -> list[str]:
+    return [e["reason"] for e in api.list("v1", "Event", NS) if e["source"]["component"] == "forgetless-operator"]
+
+
+async def test_job_runs_through_all_stages_to_the_gate(api: FakeApi, operator: Operator):
+    submit(api)
+    for stage, job_name, phase in (("baseline", "ft-baseline", "Baseline"), ("train", "ft-train", "Training"),
+                                   ("evaluate", "ft-evaluate", "Evaluating")):
+        await until(lambda: api.get("batch/v1", "Job", NS, job_name), what=f"Job {job_name}")
+        await until(lambda: status(api).get("phase") == phase, what=f"phase {phase}")
+        finish_stage(api, job_name, SUMMARIES[stage])
+    final = await until(lambda: status(api).get("phase") in ("Succeeded", "Blocked", "Failed") and status(api),
+                        what="final phase")
+    FineTuneJobStatus.model_validate(final)
+    assert final["phase"] == "Succeeded", final.get("message")
+    assert final["gate"]["verdict"] == "Passed" and final["promoted"] is True
+    assert final["baselineScores"]["task"] == 0.125 and final["finalScores"]["task"] == 0.875
+    ready = next(c for c in final["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"]) == ("True", "Succeeded")
+
+    # The requests: each child created once, valid for Kubernetes 1.35; status via the subresource.
+    posts = api.requests_for("POST", "/jobs")
+    assert sorted(r.body["metadata"]["name"] for r in posts) == ["ft-baseline", "ft-evaluate", "ft-train"]
+    for request in posts + api.requests_for("POST", "/configmaps"):
+        kubernetes_validate.validate(request.body, "1.35", strict=True)
+    status_patches = api.requests_for("PATCH", "/finetunejobs/ft/status")
+    assert status_patches and all(r.content_type == "application/merge-patch+json" for r in status_patches)
+    assert all(set(r.body) == {"status"} for r in status_patches)
+    ours = [r.body for r in api.requests_for("POST", "/events") if r.body.get("source", {}).get("component") == "forgetless-operator"]
+    for event in ours:
+        kubernetes_validate.validate(event, "1.35", strict=True)
+        assert event["involvedObject"]["uid"] == api.get(*FTJ, NS, "ft")["metadata"]["uid"]
+    await until(lambda: "Promoted" in event_reasons(api), what="events posted after the status")
+    reasons = event_reasons(api)
+    for reason in ("Started", "BaselineStarted", "BaselineSucceeded", "TrainStarted", "TrainSucceeded",
+                   "EvaluateStarted", "EvaluateSucceeded", "GatePassed", "Promoted"):
+        assert reasons.count(reason) == 1, (reason, reasons)
+    # The baseline result went into the namespace's baseline cache.
+    cache = api.get("v1", "ConfigMap", NS, "forgetless-baseline-cache")
+    (entry,) = cache["data"].values()
+    assert json.loads(entry)["claimName"] == "outputs"
+
+    await metrics_with(
+        operator,
+        'forgetless_gate_passed{finetunejob="ft",namespace="default"} 1.0',
+        'forgetless_gate_verdicts_total{namespace="default",verdict="Passed"} 1.0',
+        'forgetless_finetunejobs{namespace="default",phase="Succeeded"} 1.0',
+        'forgetless_stage_duration_seconds_count{namespace="default",stage="train"} 1.0',
+        'forgetless_forgetting_ratio{category="mean",finetunejob="ft",namespace="default"} 0.0',
+    )
+    assert (await operator.get("/healthz"))[0] == 200 and (await operator.get("/readyz"))[0] == 200
+
+
+async def test_replayed_events_and_a_restart_create_no_duplicates(api: FakeApi, operator: Operator):
+    submit(api)
+    await until(lambda: status(api).get("phase") == "Baseline", what="baseline")
+    events_before = len(event_reasons(api))
+    # The same FineTuneJob and Job events again (annotation touches re-deliver MODIFIED events).
+    for i in range(3):
+        api.update(*FTJ, NS, "ft", {"metadata": {"annotations": {"touch": str(i)}}})
+        api.update("batch/v1", "Job", NS, "ft-baseline", {"metadata": {"annotations": {"touch": str(i)}}})
+    await asyncio.sleep(0.5)
+    await operator.stop()
+    await operator.start()  # a restarted operator replays everything from the API
+    await asyncio.sleep(0.5)
+    assert len(api.requests_for("POST", "/jobs")) == 1
+    assert len(api.requests_for("POST", "/configmaps")) == 1
+    assert len(event_reasons(api)) == events_before
+    # ...and loses no stage result: the baseline finishing while it is down is still picked up.
+    await operator.stop()
+    finish_stage(api, "ft-baseline", SUMMARIES["baseline"])
+    await operator.start()
+    await until(lambda: status(api).get("phase") == "Training", what="training after restart")
+    assert status(api)["stages"]["baseline"]["result"] == SUMMARIES["baseline"]
+
+
+async def test_failed_stage_fails_the_job_with_its_message(api: FakeApi, operator: Operator):
+    submit(api)
+    await until(lambda: api.get("batch/v1", "Job", NS, "ft-baseline"), what="baseline Job")
+    finish_stage(api, "ft-baseline", None, exit_code=4, failed=True)
+    final = await until(lambda: status(api).get("phase") == "Failed" and status(api), what="Failed")
+    assert "data path /x missing" in final["message"]
+    assert "BaselineFailed" in event_reasons(api)
+    await metrics_with(operator, 'forgetless_finetunejobs{namespace="default",phase="Failed"} 1.0')
+
+
+async def test_missing_volume_is_a_condition_until_the_claim_appears(api: FakeApi, operator: Operator):
+    submit(api, output={"pvc": {"claimName": "not-yet", "readOnly": False}})
+    pending = await until(lambda: status(api).get("message") and status(api), what="pending status")
+    assert pending["phase"] == "Pending" and "not-yet" in pending["message"]
+    assert api.list("batch/v1", "Job", NS) == []
+    api.create({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "not-yet", "namespace": NS},
+                "spec": {}})
+    await until(lambda: api.get("batch/v1", "Job", NS, "ft-baseline"), timeout=10, what="start after resync")
+    assert event_reasons(api).count("VolumeNotFound") == 1
+
+
+async def test_deleting_the_finetunejob_removes_children_and_its_series(api: FakeApi, operator: Operator):
+    submit(api)
+    await until(lambda: api.get("batch/v1", "Job", NS, "ft-baseline"), what="baseline Job")
+    finish_stage(api, "ft-baseline", SUMMARIES["baseline"])
+    await until(lambda: status(api).get("baselineScores"), what="baseline scores")
+    await metrics_with(operator, 'forgetless_baseline_score_ratio{category="knowledge",finetunejob="ft",namespace="default"}')
+    await until(lambda: "forgetless.dev/finalizer" in (api.get(*FTJ, NS, "ft")["metadata"].get("finalizers") or []),
+                what="kopf's finalizer (for the resync timer)")
+    api.delete(*FTJ, NS, "ft")
+    await until(lambda: api.get(*FTJ, NS, "ft") is None, what="finalizer released")
+    assert [j for j in api.list("batch/v1", "Job", NS) if (j["metadata"].get("labels") or {}).get(LABEL_JOB) == "ft"] == []
+    assert api.list("v1", "ConfigMap", NS) == [api.get("v1", "ConfigMap", NS, "forgetless-baseline-cache")]
+    deadline = time.monotonic() + 10
+    while 'finetunejob="ft"' in (await operator.get("/metrics"))[1]:
+        assert time.monotonic() < deadline, "per-job series still served after the FineTuneJob was deleted"
+        await asyncio.sleep(0.05)
+
+
+async def test_metrics_pass_promtool(api: FakeApi, operator: Operator, tmp_path: Path):
+    promtool = tool_or_skip("promtool")
+    submit(api)
+    await until(lambda: api.get("batch/v1", "Job", NS, "ft-baseline"), what="baseline Job")
+    finish_stage(api, "ft-baseline", SUMMARIES["baseline"])
+    await until(lambda: status(api).get("phase") == "Training", what="training")
+    text = await metrics_with(operator, "forgetless_baseline_score_ratio", "forgetless_stage_duration_seconds_bucket")
+    proc = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
