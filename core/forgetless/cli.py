@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "forgetless.commands.crd",
     "forgetless.commands.stage",
     "forgetless.commands.run",
+    "forgetless.commands.operator",
 ]
 
 
