@@ -292,3 +292,70 @@ def test_forgetless_evaluate_command(taught_model_dir, capsys):
     code = command.main(parser.parse_args(["--model", str(taught_model_dir), "--suite", "/nonexistent/suite"]))
     assert code == 1
     assert "suite not found" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- lm-eval backend
+
+LMEVAL_FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "suites" / "lmeval"
+
+
+@pytest.fixture
+def lmeval_include(tmp_path, monkeypatch) -> Path:
+    """The fixture task YAMLs, pointed at the mini suite's JSONL, as an offline include path."""
+    include = tmp_path / "lmeval-tasks"
+    include.mkdir()
+    for template in LMEVAL_FIXTURES.glob("*.yaml.in"):
+        (include / template.name[: -len(".in")]).write_text(template.read_text().replace("@MINI@", str(MINI)))
+    monkeypatch.setenv("FORGETLESS_LMEVAL_INCLUDE_PATH", str(include))
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return include
+
+
+def test_lm_eval_category_table_and_overrides():
+    from forgetless_trainer.evaluation.lmeval import LmEvalError, category_for, parse_task_names
+
+    overrides = parse_task_names(["hellaswag", "mmlu", "arc_challenge:knowledge", "my_task:task"])
+    assert category_for("hellaswag", overrides) == "knowledge"
+    assert category_for("mmlu_anatomy", overrides) == "knowledge"  # by prefix
+    assert category_for("arc_challenge", overrides) == "knowledge"  # overridden (table: reasoning)
+    assert category_for("gsm8k", {}) == "reasoning"
+    assert category_for("ifeval", {}) == "instruction_following"
+    assert category_for("truthfulqa_mc1", {}) == "safety"
+    assert category_for("child", {"grp": "format"}, parents={"child": "grp"}) == "format"  # via its group
+    with pytest.raises(LmEvalError, match="write it as 'my_bench:<category>'"):
+        category_for("my_bench", {})
+    with pytest.raises(LmEvalError, match="unknown category 'cooking'"):
+        parse_task_names(["x:cooking"])
+
+
+def test_lm_eval_backend_offline_on_local_tasks(taught_model_dir, forgetful_model_dir, lmeval_include):
+    pytest.importorskip("lm_eval")
+    from forgetless.api.schema import RegressionSpec
+    from forgetless.gate import paired_counts
+    from forgetless_trainer.evaluation.runner import evaluate_model, resolve_target
+
+    entries = ["fl_mini_mc:knowledge", "fl_mini_copy:instruction_following"]
+    target = resolve_target(RegressionSpec.model_validate({"suite": {"lmEvalTasks": entries}}))
+    assert target.suite is None and target.digest.startswith("sha256:")
+    model, tokenizer = load(taught_model_dir)
+    result = evaluate_model(model, tokenizer, target)
+    assert result.tasks == {"fl_mini_copy": "instruction_following", "fl_mini_mc": "knowledge"}
+    assert result.category_scores() == {"instruction_following": 1.0, "knowledge": 1.0}
+    answers = {(i.task, i.id): i.answer for i in result.items}
+    assert answers[("fl_mini_copy", "2")] == "gamma beta alpha"
+    assert answers[("fl_mini_mc", "2")] == "2"  # the index of the chosen option
+    # the forgetful model through lm-eval: the knowledge regression shows up item by item
+    forgetful = evaluate_model(*load(forgetful_model_dir), target)
+    paired = paired_counts(result.items, forgetful.items)
+    assert paired["fl_mini_mc"] == {"category": "knowledge", "n11": 0, "n10": 4, "n01": 0, "n00": 0}
+    assert paired["fl_mini_copy"]["n11"] == 6
+
+
+def test_lm_eval_unknown_task_is_a_clear_error(taught_model_dir, lmeval_include):
+    pytest.importorskip("lm_eval")
+    from forgetless_trainer.evaluation.lmeval import LmEvalError, evaluate_lm_eval
+
+    model, tokenizer = load(taught_model_dir)
+    with pytest.raises(LmEvalError, match="lm-eval could not run no_such_task"):
+        evaluate_lm_eval(model, tokenizer, ["no_such_task:knowledge"])

@@ -130,6 +130,16 @@ def _import_lm_eval():
     return lm_eval, HFLM, TaskManager
 
 
+_TASK_MANAGERS: dict[str | None, Any] = {}
+
+
+def _task_manager(factory: Any, include: str | None) -> Any:
+    """One TaskManager per include path (indexing every lm-eval task takes seconds)."""
+    if include not in _TASK_MANAGERS:
+        _TASK_MANAGERS[include] = factory(include_path=include) if include else factory()
+    return _TASK_MANAGERS[include]
+
+
 def _item_score(sample: Mapping[str, Any]) -> float:
     for metric in ITEM_METRICS:
         if metric in sample:
@@ -141,8 +151,13 @@ def _item_score(sample: Mapping[str, Any]) -> float:
 
 
 def _answer(sample: Mapping[str, Any]) -> str:
-    responses = sample.get("filtered_resps") or []
-    text = json.dumps(responses, default=str)
+    """The generated text, or for log-likelihood tasks the index of the best-scoring choice."""
+    responses = list(sample.get("filtered_resps") or [])
+    if responses and all(isinstance(r, (list, tuple)) and r and isinstance(r[0], (int, float)) for r in responses):
+        return str(max(range(len(responses)), key=lambda i: (responses[i][0], -i)))
+    while responses and isinstance(responses[0], (list, tuple)):
+        responses = list(responses[0])
+    text = str(responses[0]) if responses else ""
     return text if len(text) <= 200 else text[:197] + "..."
 
 
@@ -166,7 +181,7 @@ def evaluate_lm_eval(
             tasks=list(overrides),
             limit=limit,
             log_samples=True,
-            task_manager=TaskManager(include_path=include) if include else TaskManager(),
+            task_manager=_task_manager(TaskManager, include),
             bootstrap_iters=0,
         )
     except LmEvalError:
