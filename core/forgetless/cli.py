@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "forgetless.commands.validate",
     "forgetless.commands.crd",
     "forgetless.commands.stage",
+    "forgetless.commands.evaluate",
     "forgetless.commands.run",
     "forgetless.commands.operator",
 ]
