@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -287,6 +288,23 @@ def test_deployment_defaults(helm: str) -> None:
     assert "app.kubernetes.io/version" not in selector  # immutable selector survives upgrades
 
 
+def test_long_names_stay_within_kubernetes_limits(helm: str) -> None:
+    """Names the API server checks beyond the OpenAPI schema: DNS labels (Service) and label values."""
+    objects = chart_sync.helm_template(helm, values=(ci("all-features"),), release="r" * 53,
+                                       set_args=("fullnameOverride=" + "f" * 63,))
+    dns_label = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+    for obj in objects:
+        name = obj["metadata"]["name"]
+        assert len(name) <= 253 and re.fullmatch(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", name), name
+        if obj["kind"] in ("Service", "Deployment"):
+            assert len(name) <= 63 and dns_label.match(name), f"{obj['kind']} name {name!r} is not a DNS label"
+        labels = {**obj["metadata"].get("labels", {})}
+        if obj["kind"] == "Deployment":
+            labels.update(obj["spec"]["template"]["metadata"]["labels"])
+        for key, value in labels.items():
+            assert len(value) <= 63 and re.fullmatch(r"([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?", value), (key, value)
+
+
 def test_metrics_port_follows_values(helm: str) -> None:
     objects = render(helm, set_args=("operator.metricsPort=9090",))
     container = operator_container(objects)
@@ -318,7 +336,8 @@ def test_ha_peering(helm: str) -> None:
     objects = render(helm, ci("ha-peering"))
     deployment = one(objects, "Deployment")
     assert deployment["spec"]["replicas"] == 2
-    assert "strategy" not in deployment["spec"]  # RollingUpdate: peering keeps only one active
+    # peering keeps only one replica active during the overlap of a rolling update
+    assert deployment["spec"]["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
     args = operator_container(objects)["args"]
     assert args[args.index("--peering") + 1] == "forgetless-ha" and "--standalone" not in args
     assert one(objects, "ClusterKopfPeering")["metadata"]["name"] == "forgetless-ha"
@@ -428,8 +447,6 @@ def test_bad_values_are_rejected_with_a_clear_message(helm: str, set_args: tuple
 
 def test_the_documented_job_and_volume_are_valid() -> None:
     """The manifests docs/kubernetes.md tells users to apply are accepted (and the job has its work volume)."""
-    import re
-
     from forgetless.api.schema import parse_job
 
     docs = (REPO_ROOT / "docs" / "kubernetes.md").read_text()

@@ -38,6 +38,11 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: forgetless
 {{- end -}}
 
+{{/* The metrics Service: a DNS label, so the suffix must fit in 63 characters. */}}
+{{- define "forgetless.metricsServiceName" -}}
+{{- printf "%s-metrics" (include "forgetless.fullname" . | trunc 55 | trimSuffix "-") -}}
+{{- end -}}
+
 {{- define "forgetless.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create -}}
 {{- default (include "forgetless.fullname" .) .Values.serviceAccount.name -}}
