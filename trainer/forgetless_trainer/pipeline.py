@@ -95,8 +95,9 @@ def _prepare_workdir(job: FineTuneJob, workdir: Path, restart: bool) -> None:
     wire = job.to_wire()
     wire.pop("status", None)
     if restart and workdir.exists():
-        for stage in (*STAGE_ORDER, "report"):
+        for stage in (*STAGE_ORDER, "report", "promoted"):
             shutil.rmtree(workdir / stage, ignore_errors=True)
+        job_file.unlink(missing_ok=True)
     if job_file.exists():
         previous = json.loads(job_file.read_text())
         if previous.get("spec") != wire["spec"]:

@@ -1,0 +1,178 @@
+"""`forgetless run` end to end on a tiny model: report, exit codes, resume, and early rejection."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from forgetless import exit_codes
+
+pytest.importorskip("torch")
+
+WORDS = "alpha beta gamma delta epsilon zeta eta theta".split()
+
+
+def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> dict[str, Path]:
+    """Task data, general data and a two-category suite the tiny fixture tokenizer can spell."""
+    task = [{"prompt": f"ticket {a} {b}", "response": f"reply {b} status closed"} for a in WORDS for b in WORDS]
+    general = [{"prompt": f"copy {a} {b}", "response": f"{a} {b}"} for a in WORDS for b in WORDS]
+    suite = tmp_path / "suite"
+    _write_jsonl(suite / "copy.jsonl", [{"id": f"c{i}", "prompt": f"copy {w} {w}", "target": f"{w} {w}"} for i, w in enumerate(WORDS)])
+    _write_jsonl(suite / "sort.jsonl", [{"id": f"s{i}", "prompt": f"sort {w} alpha", "target": f"alpha {w}"} for i, w in enumerate(WORDS)])
+    _write_jsonl(suite / "task.jsonl", [{"id": f"t{i}", "prompt": f"ticket {w} beta", "target": "reply beta status closed"} for i, w in enumerate(WORDS)])
+    (suite / "suite.json").write_text(
+        json.dumps(
+            {
+                "name": "tiny",
+                "version": "1",
+                "description": "test suite",
+                "tasks": [
+                    {"name": "copy", "category": "instruction_following", "path": "copy.jsonl", "scorer": "exact_match", "max_new_tokens": 4},
+                    {"name": "sort", "category": "reasoning", "path": "sort.jsonl", "scorer": "exact_match", "max_new_tokens": 4},
+                    {"name": "task", "category": "task", "path": "task.jsonl", "scorer": "exact_match", "max_new_tokens": 5},
+                ],
+            }
+        )
+    )
+    return {
+        "task": _write_jsonl(tmp_path / "task.jsonl", task),
+        "general": _write_jsonl(tmp_path / "general.jsonl", general),
+        "suite": suite,
+    }
+
+
+def _job(tmp_path: Path, model: Path, world: dict[str, Path], **regression: Any) -> Path:
+    manifest = {
+        "apiVersion": "forgetless.dev/v1alpha1",
+        "kind": "FineTuneJob",
+        "metadata": {"name": "tiny-run"},
+        "spec": {
+            "model": {"name": str(model)},
+            "dataset": {"task": {"path": str(world["task"])}, "general": {"path": str(world["general"])}},
+            "method": {"type": "lora", "lora": {"r": 2, "alpha": 4, "targetModules": ["q_proj", "v_proj"]}},
+            "training": {"epochs": 1, "batchSize": 8, "maxSteps": 4, "maxSeqLength": 16, "learningRate": 1e-3,
+                         "checkpointIntervalSteps": 2, "logIntervalSteps": 1},
+            "deepspeed": {"zeroStage": 0},
+            "regression": {"suite": {"path": str(world["suite"])}, "bootstrapSamples": 200, **regression},
+        },
+    }
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(manifest))
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FORGETLESS_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("FORGETLESS_METRICS_PORT", raising=False)
+
+
+def test_run_passes_writes_the_report_and_exits_0(tmp_path, tiny_model_dir, world, capsys):
+    from forgetless_trainer.pipeline import run_pipeline
+
+    job = _job(tmp_path, tiny_model_dir, world, thresholds={"maxCategoryDrop": 1.0, "maxMeanDrop": 1.0})
+    workdir = tmp_path / "work"
+    assert run_pipeline(job, workdir=workdir) == exit_codes.OK
+    out = capsys.readouterr().out
+    assert "verdict: Passed" in out
+    assert "instruction_following" in out and "reasoning" in out
+    for stage in ("baseline", "train", "evaluate"):
+        assert (workdir / stage / "summary.json").exists()
+    reports = {p.suffix for p in (workdir / "report").iterdir()}
+    assert {".json", ".md", ".png"} <= reports
+    assert (workdir / "promoted").is_dir()
+
+
+def test_run_blocked_by_the_gate_exits_3_and_promotes_nothing(tmp_path, tiny_model_dir, world, capsys):
+    from forgetless_trainer.pipeline import run_pipeline
+
+    # a random model cannot gain 100 points on the task in four steps: the gate must block
+    job = _job(tmp_path, tiny_model_dir, world, thresholds={"minTaskGain": 1.0})
+    workdir = tmp_path / "work"
+    assert run_pipeline(job, workdir=workdir) == exit_codes.GATE_BLOCKED
+    captured = capsys.readouterr()
+    assert "verdict: Failed" in captured.out
+    assert "task" in captured.out.split("verdict: Failed", 1)[1]
+    assert not (workdir / "promoted").exists()
+
+
+def test_interrupted_run_resumes_without_redoing_finished_stages(tmp_path, tiny_model_dir, world, monkeypatch, capsys):
+    import forgetless_trainer.stages as stages
+    from forgetless_trainer.pipeline import run_pipeline
+
+    job = _job(tmp_path, tiny_model_dir, world, thresholds={"maxCategoryDrop": 1.0, "maxMeanDrop": 1.0})
+    workdir = tmp_path / "work"
+    real = stages.run_stage
+    calls: list[str] = []
+
+    def interrupted(name, *args, **kwargs):
+        calls.append(name)
+        if name == "train":
+            raise KeyboardInterrupt
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(stages, "run_stage", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(job, workdir=workdir)
+    assert calls == ["baseline", "train"]
+    baseline_summary = (workdir / "baseline" / "summary.json").read_bytes()
+
+    calls.clear()
+    monkeypatch.setattr(stages, "run_stage", lambda name, *a, **k: (calls.append(name), real(name, *a, **k))[1])
+    assert run_pipeline(job, workdir=workdir) == exit_codes.OK
+    assert calls == ["train", "evaluate"]
+    assert (workdir / "baseline" / "summary.json").read_bytes() == baseline_summary
+    assert "baseline: already finished" in capsys.readouterr().err
+
+
+def test_broken_manifest_fails_before_anything_runs(tmp_path, tiny_model_dir, world, capsys):
+    from forgetless_trainer.pipeline import run_pipeline
+
+    job = _job(tmp_path, tiny_model_dir, world)
+    document = yaml.safe_load(job.read_text())
+    document["spec"]["training"]["learningRate"] = -1
+    job.write_text(yaml.safe_dump(document))
+    workdir = tmp_path / "work"
+    assert run_pipeline(job, workdir=workdir) == exit_codes.INVALID
+    assert "spec.training.learningRate" in capsys.readouterr().err
+    assert not workdir.exists()
+
+
+def test_missing_dataset_path_is_named_before_anything_runs(tmp_path, tiny_model_dir, world, capsys):
+    from forgetless_trainer.pipeline import run_pipeline
+
+    job = _job(tmp_path, tiny_model_dir, world)
+    document = yaml.safe_load(job.read_text())
+    missing = tmp_path / "nowhere" / "tickets.jsonl"
+    document["spec"]["dataset"]["task"]["path"] = str(missing)
+    job.write_text(yaml.safe_dump(document))
+    assert run_pipeline(job, workdir=tmp_path / "work") == exit_codes.INVALID
+    err = capsys.readouterr().err
+    assert f"spec.dataset.task.path: {missing} does not exist" in err
+    assert not (tmp_path / "work").exists()
+
+
+def test_a_work_dir_of_another_spec_is_not_overwritten(tmp_path, tiny_model_dir, world, capsys):
+    from forgetless_trainer.pipeline import _prepare_workdir
+    from forgetless.api.manifests import load_job
+    from forgetless_trainer.pipeline import PreflightError
+
+    job = load_job(_job(tmp_path, tiny_model_dir, world))
+    workdir = tmp_path / "work"
+    _prepare_workdir(job, workdir, restart=False)
+    other = job.model_copy(deep=True)
+    other.spec.training.seed = 7
+    with pytest.raises(PreflightError, match="different spec"):
+        _prepare_workdir(other, workdir, restart=False)
+    _prepare_workdir(other, workdir, restart=True)
