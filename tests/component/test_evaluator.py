@@ -202,6 +202,9 @@ def test_baseline_stage_caches_and_second_job_skips_the_model(manifest, taught_m
     assert len(list(cache_env.glob("*.json"))) == 2  # weights key and spec key
     assert (tmp_path / "job1" / "baseline" / "results.json").exists()
 
+    limited = make_job(manifest, taught_model_dir, limit=2)
+    assert baseline.run(limited, tmp_path / "lim1")["cached"] is False
+
     def no_model(*args, **kwargs):
         raise AssertionError("a cache hit must not evaluate the model")
 
@@ -213,9 +216,28 @@ def test_baseline_stage_caches_and_second_job_skips_the_model(manifest, taught_m
     for entry in cache_env.glob("w-*.json"):
         entry.unlink()
     assert baseline.run(job, tmp_path / "job3")["cached"] is True
-    # another limit is another baseline: a miss
+    # the same limit again is a hit; another limit is another baseline: a miss
+    hit = baseline.run(limited, tmp_path / "lim2")
+    assert hit["cached"] is True and hit["items"] == 2 * 7
     with pytest.raises(AssertionError, match="must not evaluate"):
-        baseline.run(make_job(manifest, taught_model_dir, limit=2), tmp_path / "job4")
+        baseline.run(make_job(manifest, taught_model_dir, limit=3), tmp_path / "job4")
+
+
+def test_suite_edited_in_place_is_a_cache_miss(manifest, taught_model_dir, tmp_path, cache_env, monkeypatch):
+    """Same spec (same suite path), different items: the spec key matches, the digest does not."""
+    from forgetless_trainer.stages import baseline
+
+    suite_dir = tmp_path / "suite"
+    shutil.copytree(MINI, suite_dir)
+    job = FineTuneJob.model_validate(
+        manifest(spec={"model": {"name": str(taught_model_dir)}, "regression": {"suite": {"path": str(suite_dir)}}})
+    )
+    first = baseline.run(job, tmp_path / "a")
+    items = suite_dir / "if_copy.jsonl"
+    items.write_text(items.read_text().replace('"target": "gamma"', '"target": "delta"'))
+    second = baseline.run(job, tmp_path / "b")
+    assert second["cacheKey"] == first["cacheKey"] and second["cached"] is False
+    assert second["tasks"]["if_copy"] < first["tasks"]["if_copy"]
 
 
 def test_baseline_stage_bad_suite_is_a_stage_error(manifest, taught_model_dir, tmp_path, cache_env):
@@ -235,7 +257,7 @@ def test_evaluate_stage_full_model_regression_fails_the_gate(manifest, taught_mo
     from forgetless.gate import evaluate_gate
     from forgetless_trainer.stages import baseline, evaluate
 
-    job = make_job(manifest, taught_model_dir)
+    job = make_job(manifest, taught_model_dir, limit=4)  # the baseline of a limited run is reused too
     workdir = tmp_path / "w"
     baseline.run(job, workdir)
     shutil.copytree(forgetful_model_dir, workdir / "train" / "output")

@@ -28,6 +28,10 @@ class EvalTarget:
     suite: Suite | None = None
     lm_eval_tasks: tuple[str, ...] = ()
 
+    def result_digest(self, limit: int | None) -> str:
+        """The digest an EvaluationResult of this target at `limit` carries (the evaluated subset's)."""
+        return self.suite.subset(limit).digest if self.suite is not None else self.digest
+
 
 def resolve_target(regression: RegressionSpec, base_dir: Path | None = None) -> EvalTarget:
     spec = regression.suite
@@ -102,9 +106,12 @@ def store_baseline(cache: BaselineCache, keys: tuple[str, ...], result: Evaluati
         print(f"warning: could not write the baseline cache in {cache.directory}: {exc}", file=sys.stderr)
 
 
-def cached_baseline(cache: BaselineCache, keys: tuple[str, ...], digest: str) -> EvaluationResult | None:
+def cached_baseline(cache: BaselineCache, keys: tuple[str, ...], target: EvalTarget, limit: int | None) -> EvaluationResult | None:
+    """The cached baseline under the first key that holds one for exactly this suite content and limit."""
     for key in keys:
-        entry = cache.get(key, suite_digest=digest)
+        entry = cache.get(key, suite_digest=target.result_digest(limit))
+        if entry is not None and entry.get("limit") != limit:
+            continue
         if entry is not None:
             try:
                 return EvaluationResult.from_json(entry)

@@ -24,7 +24,7 @@ def run(job: FineTuneJob, workdir: Path) -> dict[str, Any]:
     target = resolve_target(spec.regression)
     weights_key, spec_key = cache_keys(spec, target)
     cache = BaselineCache()
-    result = cached_baseline(cache, (weights_key, spec_key), target.digest)
+    result = cached_baseline(cache, (weights_key, spec_key), target, spec.regression.limit)
     cached = result is not None
     if result is None:
         result = load_and_evaluate(spec.model, target, limit=spec.regression.limit)

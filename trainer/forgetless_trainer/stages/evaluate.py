@@ -39,7 +39,7 @@ def _workdir_baseline(path: Path, target: EvalTarget, limit: int | None) -> Eval
     except (OSError, ValueError) as exc:
         print(f"warning: ignoring unreadable baseline {path}: {exc}", file=sys.stderr)
         return None
-    if result.digest != target.digest or result.limit != limit:
+    if result.digest != target.result_digest(limit) or result.limit != limit:
         print(f"warning: {path} was made for another suite or limit; looking further", file=sys.stderr)
         return None
     return result
@@ -53,7 +53,7 @@ def find_baseline(job: FineTuneJob, workdir: Path, target: EvalTarget) -> tuple[
         return result, "workdir"
     keys = cache_keys(spec, target)
     cache = BaselineCache()
-    result = cached_baseline(cache, keys, target.digest)
+    result = cached_baseline(cache, keys, target, spec.regression.limit)
     source = "cache"
     if result is None:
         result = load_and_evaluate(spec.model, target, limit=spec.regression.limit)
