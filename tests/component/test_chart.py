@@ -456,3 +456,18 @@ def test_the_documented_job_and_volume_are_valid() -> None:
     spec = parse_job(job).spec
     assert spec.output.pvc is not None and spec.output.pvc.claim_name == volume["metadata"]["name"]
     assert not spec.output.pvc.read_only
+
+
+def test_packaged_chart_renders_the_same(helm: str, tmp_path: Path) -> None:
+    """`helm package` (which applies .helmignore) keeps everything the templates read."""
+    proc = subprocess.run([helm, "package", str(CHART), "--destination", str(tmp_path)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    (package,) = tmp_path.glob("forgetless-*.tgz")
+    out = subprocess.run([helm, "template", "forgetless", str(package), "--namespace", RELEASE_NAMESPACE,
+                          "--values", str(ci("all-features")), "--include-crds"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    packaged = [d for d in yaml.safe_load_all(out.stdout) if d]
+    from_dir = render(helm, ci("all-features"))
+    assert [d for d in packaged if d["kind"] != "CustomResourceDefinition"] == from_dir
+    assert {d["metadata"]["name"] for d in packaged if d["kind"] == "CustomResourceDefinition"} == {
+        "finetunejobs.forgetless.dev", "kopfpeerings.kopf.dev", "clusterkopfpeerings.kopf.dev"}
