@@ -89,7 +89,9 @@ if observed == nil and ready ~= nil then
 end
 if generation ~= nil and observed ~= nil and observed < generation then
   hs.status = "Progressing"
-  hs.message = string.format("Waiting for the operator to observe generation %d (observed %d)", generation, observed)
+  -- tostring(math.floor(n)): integral text whether the JSON number arrived as an integer or a float
+  hs.message = "Waiting for the operator to observe generation " .. tostring(math.floor(generation))
+      .. " (observed " .. tostring(math.floor(observed)) .. ")"
   return hs
 end
 

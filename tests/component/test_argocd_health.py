@@ -55,7 +55,7 @@ GATE_FAILED = {
 }
 
 # (name, generation, spec patch, status or None, expected health, substring of the message)
-CASES: list[tuple[str, int, dict, dict | None, str, str]] = [
+CASES: list[tuple[str, float, dict, dict | None, str, str]] = [
     ("new, no status yet", 1, {}, None, "Progressing", "Waiting for the forgetless operator"),
     ("new and suspended", 1, {"suspend": True}, None, "Suspended", "spec.suspend"),
     ("empty status", 1, {}, {}, "Progressing", "Waiting for the forgetless operator"),
@@ -73,6 +73,9 @@ CASES: list[tuple[str, int, dict, dict | None, str, str]] = [
      "Healthy", "gate passed; model promoted"),
     ("succeeded, stale generation", 2, {}, {"phase": "Succeeded", "observedGeneration": 1,
                                             "conditions": [cond("Ready", "True", "Succeeded", "gate passed")]},
+     "Progressing", "observe generation 2 (observed 1)"),
+    ("stale generation, numbers as floats (gopher-lua has only float64)", 2.0, {}, {
+        "phase": "Training", "observedGeneration": 1.0, "conditions": [cond("Ready", "False", "Training", "x")]},
      "Progressing", "observe generation 2 (observed 1)"),
     ("stale generation from the Ready condition only", 3, {}, {
         "phase": "Succeeded", "conditions": [cond("Ready", "True", "Succeeded", "ok", generation=2)]},
@@ -136,7 +139,7 @@ CASES: list[tuple[str, int, dict, dict | None, str, str]] = [
 ]
 
 
-def _object(generation: int, spec_patch: dict, status: dict | None) -> dict:
+def _object(generation: float, spec_patch: dict, status: dict | None) -> dict:
     obj: dict[str, Any] = {
         "apiVersion": "forgetless.dev/v1alpha1", "kind": "FineTuneJob",
         "metadata": {"name": "support", "namespace": "ml", "generation": generation, "uid": "1234"},
