@@ -231,3 +231,25 @@ def test_alert_rules_use_exported_metrics_and_labels() -> None:
 def test_rendered_prometheus_rule_matches_the_plain_file() -> None:
     helm = tool_or_skip("helm")
     assert chart_sync.render_rule_groups(helm) == yaml.safe_load(PLAIN_RULES.read_text())
+
+
+GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__range": "1h", "$__interval": "30s", "$namespace": ".*", "$job": ".*"}
+
+
+def test_dashboard_queries_are_valid_promql(tmp_path) -> None:
+    """promtool parses every panel query (Grafana's variables replaced by typical values)."""
+    import subprocess
+
+    promtool = tool_or_skip("promtool")
+    rules = []
+    for i, (where, expr) in enumerate(q for q in dashboard_queries(json.loads(DASHBOARD.read_text()))
+                                      if q[0].startswith("panel")):
+        for variable, value in sorted(GRAFANA_VARIABLES.items(), key=lambda kv: -len(kv[0])):
+            expr = expr.replace(variable, value)
+        assert "$" not in expr, f"{where}: unknown Grafana variable in {expr!r}"
+        rules.append({"record": f"dashboard:query_{i}", "expr": expr, "labels": {"panel": where[:60]}})
+    path = tmp_path / "dashboard-queries.rules.yaml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    proc = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"SUCCESS: {len(rules)} rules found" in proc.stdout
