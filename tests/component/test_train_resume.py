@@ -1,0 +1,90 @@
+"""Checkpoints and resume: a run interrupted after a checkpoint and restarted ends with exactly the
+weights of an uninterrupted run (weights, optimizer, scheduler, data position and RNG restored)."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from forgetless_trainer.training import checkpoint  # noqa: E402
+from forgetless_trainer.training.loop import train  # noqa: E402
+from tests.component.test_train_stage import make_job, trainable  # noqa: E402
+
+
+class Crash(RuntimeError):
+    pass
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        # LoRA with dropout (RNG matters), ZeRO-2, accumulation, EWC and mixing, crossing an epoch boundary
+        {"method": {"lora": {"r": 4, "dropout": 0.2}}, "deepspeed": {"zeroStage": 2},
+         "training": {"epochs": 2, "gradientAccumulationSteps": 2}, "mitigation": {"ewc": {"fisherSamples": 8}}},
+        # full fine-tuning without ZeRO, linear schedule
+        {"method": {"type": "full"}, "deepspeed": {"zeroStage": 0},
+         "training": {"epochs": 2, "lrScheduler": "linear", "learningRate": 1e-3}},
+    ],
+    ids=["lora-zero2-ewc", "full-zero0"],
+)
+def test_resumed_run_equals_uninterrupted_run(tmp_path, manifest, tiny_model_dir, spec):
+    job = make_job(manifest, tiny_model_dir, tmp_path / "data", **spec)
+    straight = train(job, tmp_path / "straight")
+    expected = trainable(straight.model)
+    total = straight.summary["steps"]
+    crash_at = 6 if total > 8 else total - 1  # after the checkpoint at step 4: steps 5-6 are lost and redone
+
+    def crash(step: int) -> None:
+        if step == crash_at:
+            raise Crash(f"killed at step {step}")
+
+    with pytest.raises(Crash):
+        train(job, tmp_path / "interrupted", after_step=crash)
+    checkpoints = tmp_path / "interrupted" / "train" / "checkpoints"
+    assert checkpoint.latest(checkpoints)[0] == 4
+    assert not (tmp_path / "interrupted" / "train" / "output").exists()
+
+    resumed = train(job, tmp_path / "interrupted")
+    assert resumed.summary["resumedFromStep"] == 4
+    assert resumed.summary["steps"] == total and resumed.summary["finalLoss"] == straight.summary["finalLoss"]
+    got = trainable(resumed.model)
+    assert got.keys() == expected.keys()
+    for name in expected:
+        assert torch.equal(got[name], expected[name]), name
+    assert any(not torch.equal(expected[n], v) for n, v in trainable(job_start_model(job)).items() if n in expected)
+
+
+def job_start_model(job):
+    """The model before training, to show training moved the weights the test compares."""
+    from forgetless_trainer.mitigations import build
+    from forgetless_trainer.mitigations.base import TrainContext
+    from forgetless_trainer.modeling import load_model_and_tokenizer
+
+    torch.manual_seed(job.spec.training.seed)
+    model, _ = load_model_and_tokenizer(job.spec.model)
+    return build(job.spec)[0].configure_model(model, TrainContext(job=job, workdir=None))
+
+
+def test_a_half_written_checkpoint_is_ignored(tmp_path):
+    folder = tmp_path / "checkpoints"
+    (folder / "step-4").mkdir(parents=True)
+    (folder / "step-4" / checkpoint.MARKER).write_text("4\n")
+    (folder / "step-8").mkdir()  # no marker: a crash while renaming/writing
+    (folder / ".tmp-step-12" / "step-12").mkdir(parents=True)
+    assert checkpoint.latest(folder) == (4, folder / "step-4")
+    assert checkpoint.latest(tmp_path / "none") is None
+
+
+def test_a_finished_run_restarted_rewrites_its_output_without_training(tmp_path, manifest, tiny_model_dir):
+    job = make_job(manifest, tiny_model_dir, tmp_path / "data", training={"maxSteps": 3})
+    first = train(job, tmp_path / "work")
+    expected = trainable(first.model)
+    import shutil
+
+    shutil.rmtree(tmp_path / "work" / "train" / "output")  # e.g. the pod died before the summary was reported
+    again = train(job, tmp_path / "work")
+    assert again.summary["steps"] == 3 and again.summary["resumedFromStep"] == 3
+    assert again.summary["stoppedReason"] == "max_steps"
+    assert (tmp_path / "work" / "train" / "output" / "adapter_config.json").is_file()
+    assert all(torch.equal(v, expected[n]) for n, v in trainable(again.model).items())
