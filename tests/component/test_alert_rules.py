@@ -227,22 +227,33 @@ def expected_alerts(alerts_cfg: dict, at_minute: float) -> dict[str, list[tuple[
     return out
 
 
-def promtool_tests(groups: dict, values: dict, eval_minutes: list[float]) -> list[dict]:
+ALERT_KEYS = {"ForgetlessGateBlocked": "gateBlocked", "ForgetlessForgettingAboveThreshold": "forgetting",
+              "ForgetlessTrainingStalled": "trainingStalled", "ForgetlessReconcileErrors": "reconcileErrors",
+              "ForgetlessJobFailed": "jobFailed"}
+
+
+def alert_checks(groups: dict, values: dict, at_minute: float, fired: dict[str, list[tuple[dict, float]]]) -> list[dict]:
+    """promtool `alert_rule_test` entries: exactly `fired` (labels, value) per alert at `at_minute`."""
     rules = {r["alert"]: r for g in groups["groups"] for r in g["rules"]}
     cfg = values["prometheusRule"]["alerts"]
-    key = {"ForgetlessGateBlocked": "gateBlocked", "ForgetlessForgettingAboveThreshold": "forgetting",
-           "ForgetlessTrainingStalled": "trainingStalled", "ForgetlessReconcileErrors": "reconcileErrors",
-           "ForgetlessJobFailed": "jobFailed"}
     checks = []
-    for at in eval_minutes:
-        for name, fired in sorted(expected_alerts(cfg, at).items()):
-            exp = []
-            for labels, value in fired:
-                all_labels = {**labels, "severity": cfg[key[name]]["severity"], **values["prometheusRule"]["alertLabels"]}
-                annotations = {k: render_annotation(t, labels, value) for k, t in rules[name]["annotations"].items()}
-                exp.append({"exp_labels": all_labels, "exp_annotations": annotations})
-            checks.append({"eval_time": f"{int(at)}m", "alertname": name, "exp_alerts": exp})
-    return [{"interval": "1m", "input_series": input_series(), "alert_rule_test": checks}]
+    for name, alerts in sorted(fired.items()):
+        exp = []
+        for labels, value in alerts:
+            all_labels = {**labels, "severity": cfg[ALERT_KEYS[name]]["severity"], **values["prometheusRule"]["alertLabels"]}
+            annotations = {k: render_annotation(t, labels, value) for k, t in rules[name]["annotations"].items()}
+            exp.append({"exp_labels": all_labels, "exp_annotations": annotations})
+        checks.append({"eval_time": f"{int(at_minute)}m", "alertname": name, "exp_alerts": exp})
+    return checks
+
+
+def run_promtool_test(promtool: str, tmp_path: Path, groups: dict, series: list[dict], checks: list[dict]) -> None:
+    rules_path = write_rules(tmp_path, groups)
+    test_file = tmp_path / "test.yaml"
+    tests = [{"interval": "1m", "input_series": series, "alert_rule_test": checks}]
+    test_file.write_text(yaml.safe_dump({"rule_files": [rules_path.name], "evaluation_interval": "1m", "tests": tests}))
+    proc = subprocess.run([promtool, "test", "rules", str(test_file)], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 @pytest.mark.parametrize("values_name", ["default", "all-features"])
@@ -254,17 +265,46 @@ def test_alerts_fire_exactly_when_thresholds_are_crossed(helm: str, promtool: st
     late = max(cfg["trainingStalled"]["minutes"] + 2 + minutes(cfg["trainingStalled"]["for"]),
                1 + minutes(cfg["reconcileErrors"]["for"]), minutes(cfg["forgetting"]["for"])) + 3
     assert late < SERIES_LEN
-    eval_minutes = [3, late]
-    tests = promtool_tests(groups, values, eval_minutes)
-    fired_late = {a["alertname"] for a in tests[0]["alert_rule_test"] if a["eval_time"] == f"{int(late)}m" and a["exp_alerts"]}
-    assert fired_late == ALERTS  # every alert is exercised firing...
-    quiet_early = {a["alertname"] for a in tests[0]["alert_rule_test"] if a["eval_time"] == "3m" and not a["exp_alerts"]}
-    assert {"ForgetlessTrainingStalled", "ForgetlessReconcileErrors"} <= quiet_early  # ...and not firing too early
-    rules_path = write_rules(tmp_path, groups)
-    test_file = tmp_path / "test.yaml"
-    test_file.write_text(yaml.safe_dump({"rule_files": [rules_path.name], "evaluation_interval": "1m", "tests": tests}))
-    proc = subprocess.run([promtool, "test", "rules", str(test_file)], capture_output=True, text=True, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    early_fired, late_fired = expected_alerts(cfg, 3), expected_alerts(cfg, late)
+    assert {name for name, alerts in late_fired.items() if alerts} == ALERTS  # every alert is exercised firing...
+    assert not early_fired["ForgetlessTrainingStalled"] and not early_fired["ForgetlessReconcileErrors"]  # ...and quiet early
+    checks = alert_checks(groups, values, 3, early_fired) + alert_checks(groups, values, late, late_fired)
+    run_promtool_test(promtool, tmp_path, groups, input_series(), checks)
+
+
+def test_alerts_fire_on_what_the_operator_exports(helm: str, promtool: str, tmp_path: Path) -> None:
+    """The operator's real /metrics output for a blocked job, fed to the rules, raises the expected alerts."""
+    operator_metrics = pytest.importorskip("forgetless_operator.metrics")
+    from prometheus_client.parser import text_string_to_metric_families
+
+    baseline = {"knowledge": 0.9, "format": 1.0, "safety": 1.0, "instruction_following": 0.8, "reasoning": 0.5, "task": 0.1}
+    final = {"knowledge": 0.7, "format": 0.99, "safety": 1.0, "instruction_following": 0.8, "reasoning": 0.5, "task": 0.6}
+    status = {"phase": "Blocked", "baselineScores": baseline, "finalScores": final,
+              "gate": {"verdict": "Failed", "meanDrop": 0.042, "taskGain": 0.5, "reasons": ["knowledge dropped"]}}
+    metrics = operator_metrics.OperatorMetrics()
+    metrics.observe("ml", "support", {}, status)
+    series = []
+    for family in text_string_to_metric_families(metrics.exposition().decode()):
+        for sample in family.samples:
+            if sample.name.endswith("_created"):
+                continue
+            labels = ", ".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            series.append({"series": f"{sample.name}{{{labels}}}", "values": f"{sample.value}x30"})
+    assert series, "the operator exported nothing"
+
+    values = merged_values(None)
+    groups = chart_sync.render_rule_groups(helm)
+    cfg = values["prometheusRule"]["alerts"]["forgetting"]
+    general = [c for c in baseline if c != "task"]
+    drops = {c: baseline[c] - final[c] for c in general}
+    drops["mean"] = sum(baseline[c] for c in general) / len(general) - sum(final[c] for c in general) / len(general)
+    forgetting = [({"namespace": "ml", "finetunejob": "support", "category": c}, d) for c, d in sorted(drops.items())
+                  if d > (cfg["maxMeanDrop"] if c == "mean" else cfg["maxCategoryDrop"])]
+    assert {labels["category"] for labels, _ in forgetting} == {"knowledge", "mean"}
+    fired = {name: [] for name in ALERTS}
+    fired["ForgetlessGateBlocked"] = [({"namespace": "ml", "finetunejob": "support"}, 0.0)]
+    fired["ForgetlessForgettingAboveThreshold"] = forgetting
+    run_promtool_test(promtool, tmp_path, groups, series, alert_checks(groups, values, 5, fired))
 
 
 def test_thresholds_come_from_values(helm: str) -> None:
