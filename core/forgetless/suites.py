@@ -343,7 +343,3 @@ def _task_line(text: str, index: int, name: Any) -> int:
                 break
     return 1
 
-
-def task_categories(suite: Suite) -> dict[str, str]:
-    return {task.name: task.category for task in suite.tasks}
-
