@@ -1,8 +1,9 @@
 """lm-evaluation-harness backend (optional extra `lmeval`: `pip install lm-eval`).
 
 When `regression.suite.lmEvalTasks` names lm-eval tasks, they run through lm-eval's Python API
-(`lm_eval.simple_evaluate` with an `HFLM` wrapping the already loaded model — base model, or base
-+ peft adapter merged for evaluation) with `log_samples=True`, and every logged sample becomes
+(`lm_eval.simple_evaluate` with an `HFLM` wrapping the already loaded model — the base model, or
+the base model with its peft adapter, used as loaded: nothing is merged or mutated, so the same
+call is safe mid-training) with `log_samples=True`, and every logged sample becomes
 one binary item result, so the paired bootstrap gate works exactly as with native suites.
 
 Categories: each task maps to a forgetless category through CATEGORY_TABLE (longest matching
@@ -168,8 +169,6 @@ def evaluate_lm_eval(
     for name in overrides:
         category_for(name, overrides)  # fail before any compute
     lm_eval, HFLM, TaskManager = _import_lm_eval()
-    if hasattr(model, "merge_and_unload"):  # a peft model: evaluate the merged weights
-        model = model.merge_and_unload()
     began = time.perf_counter()
     was_training = getattr(model, "training", False)
     model.eval()
