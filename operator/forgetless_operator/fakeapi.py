@@ -18,6 +18,7 @@ import asyncio
 import copy
 import itertools
 import json
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -65,6 +66,7 @@ class Request:
     content_type: str | None
     body: Any
     query: dict[str, str]
+    at: float = 0.0  # time.monotonic() when it arrived
 
 
 def _now() -> str:
@@ -160,6 +162,7 @@ class _Watch:
 class FakeApi:
     def __init__(self, namespaces: tuple[str, ...] = ("default",), latency: float = 0.0) -> None:
         self.objects: dict[tuple[str, str | None, str], dict] = {}  # (plural-key, ns, name) -> obj
+        self._index: dict[str, dict[tuple[str | None, str], dict]] = {}  # plural-key -> (ns, name) -> obj
         self.requests: list[Request] = []
         self.log: dict[str, list[tuple[int, str, dict]]] = {}
         self._rv = itertools.count(1)
@@ -196,6 +199,14 @@ class FakeApi:
         self._last_rv = next(self._rv)
         obj["metadata"]["resourceVersion"] = str(self._last_rv)
 
+    def _store(self, key: tuple[str, str | None, str], obj: dict) -> None:
+        self.objects[key] = obj
+        self._index.setdefault(key[0], {})[key[1:]] = obj
+
+    def _drop(self, key: tuple[str, str | None, str]) -> None:
+        self.objects.pop(key, None)
+        self._index.get(key[0], {}).pop(key[1:], None)
+
     def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> dict | None:
         obj = self.objects.get((self._key(self.kind_of(api_version, kind)), namespace, name))
         return copy.deepcopy(obj) if obj else None
@@ -223,7 +234,7 @@ class FakeApi:
         obj.setdefault("apiVersion", kind.api_version)
         obj.setdefault("kind", kind.kind)
         self._bump(obj)
-        self.objects[key] = obj
+        self._store(key, obj)
         self._emit(kind, "ADDED", obj)
         return copy.deepcopy(obj)
 
@@ -264,11 +275,11 @@ class FakeApi:
             new["metadata"]["generation"] = int(current["metadata"].get("generation", 1)) + 1
         self._bump(new)
         if new["metadata"].get("deletionTimestamp") and not new["metadata"].get("finalizers"):
-            self.objects.pop(key)
+            self._drop(key)
             self._emit(kind, "DELETED", new)
             self._cascade(new["metadata"]["uid"])
             return copy.deepcopy(new)
-        self.objects[key] = new
+        self._store(key, new)
         self._emit(kind, "MODIFIED", new)
         return copy.deepcopy(new)
 
@@ -285,10 +296,10 @@ class FakeApi:
             if not obj["metadata"].get("deletionTimestamp"):
                 obj["metadata"]["deletionTimestamp"] = _now()
                 self._bump(obj)
-                self.objects[key] = obj
+                self._store(key, obj)
                 self._emit(kind, "MODIFIED", obj)
             return copy.deepcopy(obj)
-        self.objects.pop(key)
+        self._drop(key)
         self._bump(obj)
         self._emit(kind, "DELETED", obj)
         self._cascade(obj["metadata"]["uid"])
@@ -319,7 +330,7 @@ class FakeApi:
             raw = await request.read()
             body = json.loads(raw) if raw else None
         self.requests.append(Request(request.method, request.path, request.content_type if body is not None else None,
-                                     body, dict(request.query)))
+                                     body, dict(request.query), time.monotonic()))
         try:
             return await self._dispatch(request, body)
         except _Status as status:
@@ -396,9 +407,8 @@ class FakeApi:
         return {"kind": "APIResourceList", "groupVersion": f"{group}/{version}".lstrip("/"), "resources": resources}
 
     def _list(self, kind: Kind, namespace: str | None, selector: str | None) -> dict:
-        items = [copy.deepcopy(o) for (k, ns, _), o in self.objects.items()
-                 if k == self._key(kind) and (namespace is None or ns == namespace)
-                 and _matches(o["metadata"].get("labels") or {}, selector)]
+        items = [o for (ns, _), o in self._index.get(self._key(kind), {}).items()
+                 if (namespace is None or ns == namespace) and _matches(o["metadata"].get("labels") or {}, selector)]
         return {"kind": f"{kind.kind}List", "apiVersion": kind.api_version,
                 "metadata": {"resourceVersion": str(self._last_rv)}, "items": items}
 

@@ -20,6 +20,7 @@ KopfPeering / ClusterKopfPeering CRDs from the chart) so that only one replica a
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -96,6 +97,47 @@ class Runtime:
     cache_key: Optional[Callable[..., Any]] = None
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(timezone.utc))
     _jobs: dict[tuple[str, str], _JobState] = field(default_factory=dict)
+    _fingerprints: dict[tuple[str, str], str] = field(default_factory=dict)
+    _echoes: set[tuple[str, str, str, str]] = field(default_factory=set)
+    shared_ttl: float = 1.0
+    _shared: dict[tuple[str, str, str], tuple[float, asyncio.Future]] = field(default_factory=dict)
+
+    async def shared_get(self, kind: str, namespace: str, name: str) -> dict | None:
+        """GET of an object many jobs read (a PVC, the baseline-cache ConfigMap), shared for `shared_ttl`
+        seconds: a burst of new jobs costs one request, not one per job. Staleness is harmless here
+        (a late cache entry means one more baseline run; a PVC is re-checked on the next resync)."""
+        key = (kind, namespace, name)
+        loop = asyncio.get_running_loop()
+        cached = self._shared.get(key)
+        if cached is None or cached[0] < loop.time():
+            future = asyncio.ensure_future(self.kube.get("v1", kind, namespace, name))
+            cached = (loop.time() + self.shared_ttl, future)
+            self._shared[key] = cached
+            if len(self._shared) > 1024:
+                self._shared = {k: v for k, v in self._shared.items() if v[0] >= loop.time()}
+        try:
+            return await asyncio.shield(cached[1])
+        except Exception:
+            self._shared.pop(key, None)
+            raise
+
+    # Watch events that only echo the operator's own writes are skipped: a FineTuneJob whose
+    # generation, labels, deletion mark and status are what the last reconcile wrote (kopf's own
+    # finalizer/annotation edits, our status patch), and the ADDED event of a child just created.
+    # Time-based work (deadline, TTL) and errors are covered by the resync timer, which never skips.
+
+    async def on_finetunejob(self, namespace: str, name: str, body: Any) -> None:
+        if self._fingerprints.get((namespace, name)) == fingerprint(body):
+            return
+        await self.trigger(namespace, name)
+
+    async def on_child(self, kind: str, namespace: str, job: str, body: Any) -> None:
+        meta = body.get("metadata") or {}
+        echo = (kind, namespace, meta.get("name", ""), meta.get("resourceVersion", ""))
+        if echo in self._echoes:
+            self._echoes.discard(echo)
+            return
+        await self.trigger(namespace, job)
 
     async def trigger(self, namespace: str, name: str) -> None:
         state = self._jobs.setdefault((namespace, name), _JobState())
@@ -119,6 +161,7 @@ class Runtime:
 
     def forget(self, namespace: str, name: str) -> None:
         self.metrics.forget(namespace, name)
+        self._fingerprints.pop((namespace, name), None)
         state = self._jobs.get((namespace, name))
         if state is not None and not state.running:
             del self._jobs[(namespace, name)]
@@ -129,6 +172,15 @@ class Runtime:
         status = ftj.get("status") or {}
         if status.get("phase") in TERMINAL or meta.get("deletionTimestamp"):
             return Observed()  # only the TTL is left to watch
+        if not status.get("specHash"):
+            # Not started: no children are expected (one left by a crash between create and status
+            # patch makes the create answer 409 AlreadyExists, which is success), so only read what
+            # preflight and the baseline-cache decision need.
+            cache, missing = await asyncio.gather(
+                self.shared_get("ConfigMap", namespace, self.config.baseline_cache_configmap),
+                self._missing_claims(ftj),
+            )
+            return Observed(baseline_cache=dict((cache or {}).get("data") or {}), missing_claims=frozenset(missing))
         selector = f"{LABEL_JOB}={name}"
         jobs, pods, services, spec_cm = await asyncio.gather(
             self.kube.list("batch/v1", "Job", namespace, selector),
@@ -149,10 +201,8 @@ class Runtime:
             observed.configmaps[spec_cm["metadata"]["name"]] = spec_cm
         baseline = (status.get("stages") or {}).get("baseline") or {}
         if "baseline" not in observed.jobs and baseline.get("phase") not in ("Succeeded", "Skipped"):
-            cache = await self.kube.get("v1", "ConfigMap", namespace, self.config.baseline_cache_configmap)
+            cache = await self.shared_get("ConfigMap", namespace, self.config.baseline_cache_configmap)
             observed.baseline_cache = dict((cache or {}).get("data") or {})
-        if not status.get("specHash"):
-            observed.missing_claims = frozenset(await self._missing_claims(ftj))
         return observed
 
     async def _missing_claims(self, ftj: dict) -> set[str]:
@@ -164,7 +214,7 @@ class Runtime:
             return set()
         names = sorted(children.claims(spec))
         found = await asyncio.gather(
-            *(self.kube.get("v1", "PersistentVolumeClaim", ftj["metadata"]["namespace"], c) for c in names)
+            *(self.shared_get("PersistentVolumeClaim", ftj["metadata"]["namespace"], c) for c in names)
         )
         return {c for c, obj in zip(names, found) if obj is None}
 
@@ -175,27 +225,36 @@ class Runtime:
             return None
         observed = await self.observe(ftj)
         decision = reconcile(ftj, observed, self.clock(), self.config, gate=self.gate, cache_key=self.cache_key)
-        for action in decision.actions:
-            await self.apply(action)
+        results = await asyncio.gather(*(self.apply(a) for a in decision.actions), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result  # the status is not patched: the next reconcile redoes the whole step
         old = dict(ftj.get("status") or {})
         old.pop("kopf", None)
         patch = merge_patch(old, decision.status)
+        written = ftj
         if patch:
-            await self.kube.patch(API_VERSION, KIND, namespace, name, {"status": patch}, subresource="status")
+            written = await self.kube.patch(API_VERSION, KIND, namespace, name, {"status": patch}, subresource="status")
+        self._fingerprints[(namespace, name)] = fingerprint(written)
         now = children_time(self.clock())
-        for event in decision.events:
-            body = children.event(ftj, event.reason, event.message, event.type, now, self.instance)
-            try:
-                await self.kube.create(body)
-            except ApiError as exc:  # an event is worth a log line, not a failed reconcile
-                log.warning("posting event %s for %s/%s failed: %s", event.reason, namespace, name, exc)
+        await asyncio.gather(*(self._post(ftj, event, now) for event in decision.events))
         self.metrics.observe(namespace, name, old, decision.status)
         return decision
+
+    async def _post(self, ftj: dict, event: Any, now: str) -> None:
+        body = children.event(ftj, event.reason, event.message, event.type, now, self.instance)
+        try:
+            await self.kube.create(body)
+        except ApiError as exc:  # an event is worth a log line, not a failed reconcile
+            log.warning("posting event %s for %s failed: %s", event.reason, ftj["metadata"]["name"], exc)
 
     async def apply(self, action: Any) -> None:
         kube = self.kube
         if isinstance(action, CreateObject):
-            await kube.create(action.obj)
+            created = await kube.create(action.obj)
+            meta = (created or {}).get("metadata") or {}
+            if meta.get("resourceVersion") and action.obj["kind"] in ("Job", "Pod"):
+                self._echoes.add((action.obj["kind"], meta.get("namespace", ""), meta["name"], meta["resourceVersion"]))
         elif isinstance(action, DeleteObject):
             await kube.delete(action.api_version, action.kind, action.namespace, action.name, action.propagation_policy)
         elif isinstance(action, PatchObject):
@@ -222,6 +281,14 @@ class Runtime:
             await self.kube.patch("v1", "ConfigMap", action.namespace, action.name, {"data": action.data})
 
 
+def fingerprint(body: Any) -> str:
+    """What a FineTuneJob's reconcile depends on, besides children and the clock."""
+    meta = body.get("metadata") or {}
+    status = {k: v for k, v in (body.get("status") or {}).items() if k != "kopf"}
+    return json.dumps([meta.get("uid"), meta.get("generation"), meta.get("labels"), meta.get("deletionTimestamp"),
+                       body.get("spec"), status], sort_keys=True, default=str)
+
+
 def children_time(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -236,19 +303,19 @@ def build_registry(runtime: Runtime, resync_seconds: float = 30.0) -> kopf.Opera
         return login(**kwargs)
 
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
-    async def finetunejob_event(event: dict, namespace: str, name: str, **_: Any) -> None:
+    async def finetunejob_event(event: dict, namespace: str, name: str, body: Any, **_: Any) -> None:
         if event.get("type") == "DELETED":
             runtime.forget(namespace, name)
             return
-        await runtime.trigger(namespace, name)
+        await runtime.on_finetunejob(namespace, name, dict(body))
 
     @kopf.on.event("batch", "v1", "jobs", labels=child, registry=registry)
-    async def stage_job_event(namespace: str, labels: dict, **_: Any) -> None:
-        await runtime.trigger(namespace, labels[LABEL_JOB])
+    async def stage_job_event(event: dict, namespace: str, labels: dict, **_: Any) -> None:
+        await runtime.on_child("Job", namespace, labels[LABEL_JOB], event.get("object") or {})
 
     @kopf.on.event("v1", "pods", labels=child, registry=registry)
-    async def stage_pod_event(namespace: str, labels: dict, **_: Any) -> None:
-        await runtime.trigger(namespace, labels[LABEL_JOB])
+    async def stage_pod_event(event: dict, namespace: str, labels: dict, **_: Any) -> None:
+        await runtime.on_child("Pod", namespace, labels[LABEL_JOB], event.get("object") or {})
 
     @kopf.timer(GROUP, VERSION, PLURAL, interval=resync_seconds, initial_delay=resync_seconds, registry=registry)
     async def resync(namespace: str, name: str, **_: Any) -> None:

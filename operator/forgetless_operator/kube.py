@@ -97,7 +97,9 @@ class KubeClient:
         if self._info is None:
             self._login()
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=30), connector=aiohttp.TCPConnector(limit=0)
+            )
         return self._session
 
     async def close(self) -> None:
@@ -145,16 +147,16 @@ class KubeClient:
         result = await self.request("GET", resource_path(api_version, kind, namespace), params=params)
         return list((result or {}).get("items") or [])
 
-    async def create(self, obj: dict) -> bool:
-        """POST; True when created, False when it already existed (409 AlreadyExists)."""
+    async def create(self, obj: dict) -> dict | None:
+        """POST; the created object, or None when it already existed (409 AlreadyExists = success)."""
         meta = obj["metadata"]
         try:
-            await self.request("POST", resource_path(obj["apiVersion"], obj["kind"], meta.get("namespace")), body=obj)
+            return await self.request("POST", resource_path(obj["apiVersion"], obj["kind"], meta.get("namespace")),
+                                      body=obj)
         except ApiError as exc:
             if exc.status == 409 and exc.reason == "AlreadyExists":
-                return False
+                return None
             raise
-        return True
 
     async def patch(self, api_version: str, kind: str, namespace: str | None, name: str, patch: dict,
                     subresource: str | None = None) -> dict:

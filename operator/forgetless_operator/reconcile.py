@@ -405,8 +405,7 @@ class _Run:
             if raw_spec.get("suspend"):
                 return self.suspend(started=False)
             self.status["specHash"] = digest
-            self.status["startTime"] = self.now_s
-            self.event("Started", "the spec passed preflight; starting the pipeline")
+            self.status["startTime"] = self.now_s  # the first stage's event marks the start
             spec = current
         else:
             spec = self.started_spec(current, digest, problem)

@@ -215,7 +215,7 @@ async def test_job_runs_through_all_stages_to_the_gate(api: FakeApi, operator: O
         assert event["involvedObject"]["uid"] == api.get(*FTJ, NS, "ft")["metadata"]["uid"]
     await until(lambda: "Promoted" in event_reasons(api), what="events posted after the status")
     reasons = event_reasons(api)
-    for reason in ("Started", "BaselineStarted", "BaselineSucceeded", "TrainStarted", "TrainSucceeded",
+    for reason in ("BaselineStarted", "BaselineSucceeded", "TrainStarted", "TrainSucceeded",
                    "EvaluateStarted", "EvaluateSucceeded", "GatePassed", "Promoted"):
         assert reasons.count(reason) == 1, (reason, reasons)
     # The baseline result went into the namespace's baseline cache.
@@ -237,6 +237,7 @@ async def test_job_runs_through_all_stages_to_the_gate(api: FakeApi, operator: O
 async def test_replayed_events_and_a_restart_create_no_duplicates(api: FakeApi, operator: Operator):
     submit(api)
     await until(lambda: status(api).get("phase") == "Baseline", what="baseline")
+    await until(lambda: "BaselineStarted" in event_reasons(api), what="the BaselineStarted event")
     events_before = len(event_reasons(api))
     # The same FineTuneJob and Job events again (annotation touches re-deliver MODIFIED events).
     for i in range(3):

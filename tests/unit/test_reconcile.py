@@ -163,7 +163,7 @@ def test_new_job_creates_spec_configmap_and_baseline_job():
     assert decision.status["phase"] == "Baseline"
     assert decision.status["specHash"] == spec_hash(FineTuneJobSpec.model_validate(SPEC).to_wire())
     assert decision.status["startTime"] == fmt_time(T0)
-    assert reasons(decision) == ["Started", "BaselineStarted"]
+    assert reasons(decision) == ["BaselineStarted"]
     assert cond(decision.status, "Ready")["status"] == "False"
     assert cond(decision.status, "Progressing") == {
         "type": "Progressing", "status": "True", "reason": "Baseline", "message": "baseline running (Job ft-baseline)",
@@ -281,7 +281,7 @@ def test_baseline_cache_hit_skips_the_baseline():
     assert baseline["phase"] == "Skipped" and baseline["result"]["cached"] is True
     assert decision.status["baselineScores"] == BASELINE["scores"]
     assert set(created(decision)) == {"ft-spec", "ft-train"}
-    assert reasons(decision) == ["Started", "BaselineCacheHit", "TrainStarted"]
+    assert reasons(decision) == ["BaselineCacheHit", "TrainStarted"]
 
 
 def test_cache_entry_on_another_volume_is_not_a_hit():
