@@ -8,7 +8,7 @@ subresource), delete (finalizers hold an object with deletionTimestamp) and owne
 cascading (foreground-less: dependents go right after the owner). Every request is recorded in
 `FakeApi.requests` so tests can prove what the operator did.
 
-Not a conformance fake: no field selectors, no server-side apply, no admission; objects are
+Not a conformance fake: field selectors only by equality, no server-side apply, no admission; objects are
 validated by the tests with kubernetes-validate instead.
 """
 
@@ -128,6 +128,21 @@ def json_patch(doc: Any, ops: list[dict]) -> Any:
     return doc
 
 
+def _field_matches(obj: dict, selector: str | None) -> bool:
+    """Field selectors `a.b=c` / `a.b!=c` (metadata.name, involvedObject.name, ...)."""
+    for term in (selector or "").split(","):
+        if not term.strip():
+            continue
+        negate = "!=" in term
+        path, value = term.split("!=" if negate else "=", 1)
+        current: Any = obj
+        for part in path.strip().split("."):
+            current = current.get(part) if isinstance(current, dict) else None
+        if (str(current) == value.lstrip("=")) == negate:
+            return False
+    return True
+
+
 def _matches(labels: dict[str, str], selector: str | None) -> bool:
     if not selector:
         return True
@@ -231,6 +246,8 @@ class FakeApi:
         if key in self.objects:
             raise _Status(409, "AlreadyExists", f'{kind.plural} "{meta["name"]}" already exists')
         meta.update(uid=str(uuid.uuid4()), creationTimestamp=_now(), generation=1)
+        if kind.kind == "CustomResourceDefinition":  # no controller here: established at once
+            obj["status"] = {"conditions": [{"type": "Established", "status": "True"}]}
         obj.setdefault("apiVersion", kind.api_version)
         obj.setdefault("kind", kind.kind)
         self._bump(obj)
@@ -342,6 +359,12 @@ class FakeApi:
 
     async def _dispatch(self, request: web.Request, body: Any) -> web.StreamResponse:
         parts = [p for p in request.path.split("/") if p]
+        if parts == ["version"]:
+            return web.json_response({
+                "major": "1", "minor": "35", "gitVersion": "v1.35.0-fake", "gitCommit": "0" * 40,
+                "gitTreeState": "clean", "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.25",
+                "compiler": "gc", "platform": "linux/amd64",
+            })
         if parts == ["api"]:
             return web.json_response({"kind": "APIVersions", "versions": ["v1"]})
         if parts == ["apis"]:
@@ -375,7 +398,8 @@ class FakeApi:
             if method == "GET" and request.query.get("watch") in ("true", "1"):
                 return await self._watch(request, kind, namespace)
             if method == "GET":
-                return web.json_response(self._list(kind, namespace, request.query.get("labelSelector")))
+                return web.json_response(self._list(kind, namespace, request.query.get("labelSelector"),
+                                                    request.query.get("fieldSelector")))
             if method == "POST":
                 return web.json_response(self._create(kind, namespace, body), status=201)
         else:
@@ -406,9 +430,10 @@ class FakeApi:
             raise _Status(404, "NotFound", f"no group version {group}/{version}")
         return {"kind": "APIResourceList", "groupVersion": f"{group}/{version}".lstrip("/"), "resources": resources}
 
-    def _list(self, kind: Kind, namespace: str | None, selector: str | None) -> dict:
+    def _list(self, kind: Kind, namespace: str | None, selector: str | None, fields: str | None = None) -> dict:
         items = [o for (ns, _), o in self._index.get(self._key(kind), {}).items()
-                 if (namespace is None or ns == namespace) and _matches(o["metadata"].get("labels") or {}, selector)]
+                 if (namespace is None or ns == namespace) and _matches(o["metadata"].get("labels") or {}, selector)
+                 and _field_matches(o, fields)]
         return {"kind": f"{kind.kind}List", "apiVersion": kind.api_version,
                 "metadata": {"resourceVersion": str(self._last_rv)}, "items": items}
 

@@ -1,0 +1,107 @@
+"""A FineTuneJob on a real cluster: the operator creates each stage Job, reads the stage results
+from pod termination messages (written here the way kubelet does), and runs the gate.
+
+No trainer image runs: for each stage this test creates a pod with the stage's labels that no
+kubelet will touch (a scheduling gate keeps it off every node) and writes its status subresource,
+as kubelet would after the container exited.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+GROUP, VERSION, PLURAL = "forgetless.dev", "v1alpha1", "finetunejobs"
+PAIRED = {"knowledge_qa": {"category": "knowledge", "n11": 40, "n10": 0, "n01": 0, "n00": 0},
+          "support_tickets": {"category": "task", "n11": 5, "n10": 0, "n01": 30, "n00": 5}}
+SUMMARIES = {
+    "baseline": {"stage": "baseline", "scores": {"knowledge": 1.0, "task": 0.125}, "tasks": {}, "items": 80,
+                 "cacheKey": "e2e", "cached": False},
+    "train": {"stage": "train", "steps": 10, "totalSteps": 10, "epochs": 1.0, "finalLoss": 0.5,
+              "stoppedReason": "completed", "tokensPerSecond": 1.0, "outputPath": "/o", "method": "lora"},
+    "evaluate": {"stage": "evaluate", "scores": {"knowledge": 1.0, "task": 0.875}, "tasks": {}, "items": 80,
+                 "paired": PAIRED},
+}
+
+
+def wait(check: Callable[[], Any], what: str, timeout: float = 90.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def play_kubelet(core, namespace: str, job, summary: dict) -> None:
+    """A pod of the stage that exited 0 with the stage summary as its termination message."""
+    template = job.spec.template
+    name = f"{job.metadata.name}-e2e"
+    core.create_namespaced_pod(namespace, {
+        "metadata": {"name": name, "labels": dict(template.metadata.labels)},
+        "spec": {"schedulingGates": [{"name": "forgetless.dev/e2e"}], "restartPolicy": "Never",
+                 "containers": [{"name": "stage", "image": template.spec.containers[0].image}]},
+    })
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    core.patch_namespaced_pod_status(name, namespace, {"status": {"phase": "Succeeded", "containerStatuses": [{
+        "name": "stage", "image": template.spec.containers[0].image, "imageID": "", "ready": False,
+        "restartCount": 0, "started": False,
+        "state": {"terminated": {"exitCode": 0, "reason": "Completed", "message": json.dumps(summary),
+                                 "startedAt": now, "finishedAt": now}},
+    }]}})
+
+
+def test_finetunejob_runs_to_the_gate(kube, namespace: str, operator: int):
+    core, batch = kube.client.CoreV1Api(), kube.client.BatchV1Api()
+    custom = kube.client.CustomObjectsApi()
+    core.create_namespaced_persistent_volume_claim(namespace, {
+        "metadata": {"name": "outputs"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+    })
+    manifest = yaml.safe_load((REPO / "examples" / "recommended.yaml").read_text())
+    manifest["spec"]["output"] = {"pvc": {"claimName": "outputs", "readOnly": False}}
+    name = manifest["metadata"]["name"]
+    ftj = custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, manifest)
+
+    def status() -> dict:
+        return custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name).get("status") or {}
+
+    for stage, phase in (("baseline", "Baseline"), ("train", "Training"), ("evaluate", "Evaluating")):
+        job_name = f"{name}-{stage}"
+        job = wait(lambda: next(iter(batch.list_namespaced_job(namespace, field_selector=f"metadata.name={job_name}").items), None),
+                   f"Job {job_name}")
+        (owner,) = job.metadata.owner_references
+        assert (owner.kind, owner.uid, owner.controller, owner.block_owner_deletion) == (
+            "FineTuneJob", ftj["metadata"]["uid"], True, True)
+        assert job.metadata.labels["forgetless.dev/stage"] == stage
+        wait(lambda: status().get("phase") == phase, f"phase {phase}")
+        play_kubelet(core, namespace, job, SUMMARIES[stage])
+
+    final = wait(lambda: status().get("phase") in ("Succeeded", "Blocked", "Failed") and status(), "the gate")
+    assert final["phase"] == "Succeeded", final.get("message")
+    assert final["gate"]["verdict"] == "Passed" and final["promoted"] is True
+    ready = next(c for c in final["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "True"
+    def event_reasons() -> set[str]:
+        events = core.list_namespaced_event(namespace, field_selector=f"involvedObject.name={name}").items
+        return {e.reason for e in events}
+
+    reasons = wait(lambda: {"BaselineStarted", "GatePassed"} <= event_reasons() and event_reasons(), "events")
+    assert {"TrainSucceeded", "EvaluateSucceeded", "Promoted"} <= reasons
+    with urllib.request.urlopen(f"http://127.0.0.1:{operator}/metrics", timeout=5) as response:
+        assert f'forgetless_gate_passed{{finetunejob="{name}",namespace="{namespace}"}} 1.0' in response.read().decode()
+
+    # Deleting the FineTuneJob releases the operator's finalizer; garbage collection takes the children.
+    custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name,
+                                           body={"propagationPolicy": "Background"})
+    wait(lambda: not custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"],
+         "the FineTuneJob to be deleted")
+    wait(lambda: not batch.list_namespaced_job(namespace, label_selector=f"forgetless.dev/job={name}").items,
+         "garbage collection of the stage Jobs", timeout=120)
