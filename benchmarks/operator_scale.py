@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,15 +28,10 @@ for sub in ("core", "operator"):
     if str(ROOT / sub) not in sys.path:
         sys.path.insert(0, str(ROOT / sub))
 
-from forgetless_operator.fakeapi import FakeApi, kubeconfig, serve  # noqa: E402
+from forgetless_operator.fakeapi import FakeApi, free_port, kubeconfig, serve  # noqa: E402
 
 NS = "bench"
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def memory_mb(pid: int) -> dict[str, float]:

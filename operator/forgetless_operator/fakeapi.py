@@ -466,6 +466,15 @@ class _Status(Exception):
         self.code, self.reason, self.message = code, reason, message
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now (for the operator's metrics server in tests)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
 def kubeconfig(server: str, namespace: str = "default") -> dict:
     """A kubeconfig for the fake (plain HTTP, a dummy bearer token)."""
     return {

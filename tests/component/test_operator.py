@@ -22,7 +22,7 @@ import pytest
 
 from forgetless.api.schema import FineTuneJobStatus
 from forgetless_operator.children import LABEL_JOB, LABEL_STAGE, OperatorConfig
-from forgetless_operator.fakeapi import FakeApi, kubeconfig, serve
+from forgetless_operator.fakeapi import FakeApi, free_port, kubeconfig, serve
 from forgetless_operator.handlers import Options, run_operator
 from tests.conftest import tool_or_skip
 
@@ -42,11 +42,6 @@ SUMMARIES = {
                  "items": 120, "paired": PAIRED_NO_DROP},
 }
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 async def until(check: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
