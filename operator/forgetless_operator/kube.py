@@ -83,12 +83,24 @@ class KubeClient:
             if info.insecure:
                 self._ssl = False
             else:
-                ca = str(info.ca_path) if info.ca_path else (_material(info.ca_data, ".crt") if info.ca_data else None)
-                context = ssl.create_default_context(cafile=ca)
-                cert = info.certificate_path or (_material(info.certificate_data, ".crt") if info.certificate_data else None)
-                key = info.private_key_path or (_material(info.private_key_data, ".key") if info.private_key_data else None)
-                if cert:
-                    context.load_cert_chain(str(cert), str(key) if key else None)
+                temporary: list[str] = []  # data fields go through 0600 temp files, deleted once loaded
+
+                def material(path: Any, data: Any, suffix: str) -> str | None:
+                    if path:
+                        return str(path)
+                    if data:
+                        temporary.append(_material(data, suffix))
+                        return temporary[-1]
+                    return None
+
+                try:
+                    context = ssl.create_default_context(cafile=material(info.ca_path, info.ca_data, ".crt"))
+                    cert = material(info.certificate_path, info.certificate_data, ".crt")
+                    if cert:
+                        context.load_cert_chain(cert, material(info.private_key_path, info.private_key_data, ".key"))
+                finally:
+                    for path in temporary:
+                        os.unlink(path)
                 self._ssl = context
         else:
             self._ssl = None
