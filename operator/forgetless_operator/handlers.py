@@ -99,6 +99,7 @@ class Runtime:
     _jobs: dict[tuple[str, str], _JobState] = field(default_factory=dict)
     _fingerprints: dict[tuple[str, str], str] = field(default_factory=dict)
     _echoes: set[tuple[str, str, str, str]] = field(default_factory=set)
+    _tasks: set[asyncio.Future] = field(default_factory=set)
     shared_ttl: float = 1.0
     _shared: dict[tuple[str, str, str], tuple[float, asyncio.Future]] = field(default_factory=dict)
 
@@ -158,6 +159,11 @@ class Runtime:
                     return
         finally:
             state.running = False
+
+    def spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def forget(self, namespace: str, name: str) -> None:
         self.metrics.forget(namespace, name)
@@ -319,7 +325,9 @@ def build_registry(runtime: Runtime, resync_seconds: float = 30.0) -> kopf.Opera
 
     @kopf.timer(GROUP, VERSION, PLURAL, interval=resync_seconds, initial_delay=resync_seconds, registry=registry)
     async def resync(namespace: str, name: str, **_: Any) -> None:
-        await runtime.trigger(namespace, name)
+        # In the background: a reconcile that deletes the FineTuneJob (TTL) must not keep its own
+        # timer running, or kopf would hold the finalizer until its next stop poll.
+        runtime.spawn(runtime.trigger(namespace, name))
 
     return registry
 
@@ -331,6 +339,7 @@ def build_settings(peering_name: str | None, clusterwide: bool) -> kopf.Operator
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix="forgetless.dev", key="last-handled-configuration"
     )
+    settings.background.cancellation_polling = 5.0  # a stopping timer is re-checked soon (default 60 s)
     settings.posting.level = logging.WARNING  # kopf's own events only for problems; ours are explicit
     settings.watching.label_selectors[("batch", "v1", "jobs")] = LABEL_JOB
     settings.watching.label_selectors[("v1", "pods")] = LABEL_JOB

@@ -302,3 +302,22 @@ async def test_metrics_pass_promtool(api: FakeApi, operator: Operator, tmp_path:
     proc = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
+
+
+async def test_suspend_deadline_and_ttl_through_the_api(api: FakeApi, operator: Operator):
+    submit(api, activeDeadlineSeconds=3, ttlSecondsAfterFinished=0)
+    await until(lambda: api.get("batch/v1", "Job", NS, "ft-baseline"), what="baseline Job")
+    api.update(*FTJ, NS, "ft", {"spec": {"suspend": True}})
+    await until(lambda: (api.get("batch/v1", "Job", NS, "ft-baseline") or {}).get("spec", {}).get("suspend"),
+                what="the stage Job suspended")
+    (suspend,) = [r for r in api.requests_for("PATCH", "/jobs/ft-baseline")]
+    assert suspend.content_type == "application/merge-patch+json" and suspend.body["spec"] == {"suspend": True}
+    assert status(api)["phase"] == "Suspended"
+    # The deadline (3 s from the start) passes while suspended: the resync timer fails the job,
+    # deletes its running stage Job, and the TTL of 0 then deletes the FineTuneJob itself.
+    await until(lambda: api.get(*FTJ, NS, "ft") is None, timeout=20, what="deadline, then TTL deletion")
+    deletes = {r.path.rsplit("/", 1)[-1]: r.body for r in api.requests_for("DELETE")}
+    assert deletes["ft-baseline"]["propagationPolicy"] == "Background"
+    assert deletes["ft"]["propagationPolicy"] == "Background"
+    assert {"Suspended", "DeadlineExceeded", "Expired"} <= set(event_reasons(api))
+    assert api.list("batch/v1", "Job", NS) == []
