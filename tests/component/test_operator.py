@@ -180,15 +180,20 @@ def event_reasons(api: FakeApi) -> list[str]:
     return [e["reason"] for e in api.list("v1", "Event", NS) if e["source"]["component"] == "forgetless-operator"]
 
 
-async def test_job_runs_through_all_stages_to_the_gate(api: FakeApi, operator: Operator):
+async def run_to_the_gate(api: FakeApi) -> dict:
+    """Submit a job and finish each stage as it appears; returns the final status."""
     submit(api)
     for stage, job_name, phase in (("baseline", "ft-baseline", "Baseline"), ("train", "ft-train", "Training"),
                                    ("evaluate", "ft-evaluate", "Evaluating")):
         await until(lambda: api.get("batch/v1", "Job", NS, job_name), what=f"Job {job_name}")
         await until(lambda: status(api).get("phase") == phase, what=f"phase {phase}")
         finish_stage(api, job_name, SUMMARIES[stage])
-    final = await until(lambda: status(api).get("phase") in ("Succeeded", "Blocked", "Failed") and status(api),
-                        what="final phase")
+    return await until(lambda: status(api).get("phase") in ("Succeeded", "Blocked", "Failed") and status(api),
+                       what="final phase")
+
+
+async def test_job_runs_through_all_stages_to_the_gate(api: FakeApi, operator: Operator):
+    final = await run_to_the_gate(api)
     FineTuneJobStatus.model_validate(final)
     assert final["phase"] == "Succeeded", final.get("message")
     assert final["gate"]["verdict"] == "Passed" and final["promoted"] is True
@@ -294,14 +299,11 @@ async def test_deleting_the_finetunejob_removes_children_and_its_series(api: Fak
 
 async def test_metrics_pass_promtool(api: FakeApi, operator: Operator, tmp_path: Path):
     promtool = tool_or_skip("promtool")
-    submit(api)
-    await until(lambda: api.get("batch/v1", "Job", NS, "ft-baseline"), what="baseline Job")
-    finish_stage(api, "ft-baseline", SUMMARIES["baseline"])
-    await until(lambda: status(api).get("phase") == "Training", what="training")
-    text = await metrics_with(operator, "forgetless_baseline_score_ratio", "forgetless_stage_duration_seconds_bucket")
+    await run_to_the_gate(api)
+    text = await metrics_with(operator, "forgetless_baseline_score_ratio", "forgetless_stage_duration_seconds_bucket",
+                              "forgetless_gate_verdicts_total", "forgetless_task_gain_ratio")
     proc = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-
 
 
 async def test_suspend_deadline_and_ttl_through_the_api(api: FakeApi, operator: Operator):
