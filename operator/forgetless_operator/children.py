@@ -82,15 +82,16 @@ def owner_reference(ftj: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def child_labels(ftj: dict[str, Any], stage: str | None = None) -> dict[str, str]:
+def child_labels(ftj: dict[str, Any], stage: str | None = None, queue: bool = True) -> dict[str, str]:
+    """Labels of a child; `queue=False` for pod templates (Kueue queues the Job, not its pods)."""
     meta = ftj["metadata"]
     labels = {**MANAGED_BY, LABEL_JOB: meta["name"]}
     if stage:
         labels[LABEL_STAGE] = stage
         labels["app.kubernetes.io/component"] = stage
-    queue = (meta.get("labels") or {}).get(QUEUE_LABEL)
-    if queue:
-        labels[QUEUE_LABEL] = queue
+    queue_name = (meta.get("labels") or {}).get(QUEUE_LABEL)
+    if queue and queue_name:
+        labels[QUEUE_LABEL] = queue_name
     return labels
 
 
@@ -253,6 +254,7 @@ POD_SECURITY_CONTEXT = {
     "runAsUser": RUN_AS_USER,
     "runAsGroup": RUN_AS_USER,
     "fsGroup": RUN_AS_USER,
+    "fsGroupChangePolicy": "OnRootMismatch",  # large model volumes: no recursive chown on every start
     "seccompProfile": {"type": "RuntimeDefault"},
 }
 CONTAINER_SECURITY_CONTEXT = {
@@ -307,7 +309,7 @@ def stage_job(ftj: dict[str, Any], spec: FineTuneJobSpec, stage: str, config: Op
     job_spec: dict[str, Any] = {
         "suspend": False,
         "backoffLimit": spec.backoff_limit,
-        "template": {"metadata": {"labels": child_labels(ftj, stage)}, "spec": pod_spec},
+        "template": {"metadata": {"labels": child_labels(ftj, stage, queue=False)}, "spec": pod_spec},
     }
     if workers > 1:
         pod_spec["subdomain"] = workers_service_name(name)

@@ -206,6 +206,8 @@ async def test_job_runs_through_all_stages_to_the_gate(api: FakeApi, operator: O
     assert sorted(r.body["metadata"]["name"] for r in posts) == ["ft-baseline", "ft-evaluate", "ft-train"]
     for request in posts + api.requests_for("POST", "/configmaps"):
         kubernetes_validate.validate(request.body, "1.35", strict=True)
+    watches = {r.path.rsplit("/", 1)[-1]: r.query for r in api.requests if r.query.get("watch") == "true"}
+    assert watches["jobs"]["labelSelector"] == watches["pods"]["labelSelector"] == LABEL_JOB  # server-side filter
     status_patches = api.requests_for("PATCH", "/finetunejobs/ft/status")
     assert status_patches and all(r.content_type == "application/merge-patch+json" for r in status_patches)
     assert all(set(r.body) == {"status"} for r in status_patches)
@@ -323,3 +325,16 @@ async def test_suspend_deadline_and_ttl_through_the_api(api: FakeApi, operator: 
     assert deletes["ft"]["propagationPolicy"] == "Background"
     assert {"Suspended", "DeadlineExceeded", "Expired"} <= set(event_reasons(api))
     assert api.list("batch/v1", "Job", NS) == []
+
+
+def test_merge_patch_turns_old_into_new():
+    from forgetless_operator.fakeapi import merge
+    from forgetless_operator.handlers import merge_patch
+
+    old = {"phase": "Baseline", "stages": {"baseline": {"phase": "Running", "message": "pulling"}}, "gone": 1}
+    new = {"phase": "Training", "stages": {"baseline": {"phase": "Succeeded"}, "train": {"phase": "Running"}}}
+    patch = merge_patch(old, new)
+    assert patch == {"phase": "Training", "gone": None,
+                     "stages": {"baseline": {"phase": "Succeeded", "message": None}, "train": {"phase": "Running"}}}
+    assert merge(old, patch) == new
+    assert merge_patch(new, new) == {}

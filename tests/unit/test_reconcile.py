@@ -403,10 +403,12 @@ def test_suspending_a_started_job_suspends_its_stage_job_and_resume_undoes_only_
     assert run(started(job, resumed), observed, T0 + timedelta(minutes=3)).actions == []
 
 
-def test_queue_label_is_mirrored_to_children():
+def test_queue_label_is_mirrored_to_children_but_not_their_pods():
     job = ftj(labels={children.QUEUE_LABEL: "gpu-a"})
-    for obj in created(run(job)).values():
+    objs = created(run(job))
+    for obj in objs.values():
         assert obj["metadata"]["labels"][children.QUEUE_LABEL] == "gpu-a"
+    assert children.QUEUE_LABEL not in objs["ft-baseline"]["spec"]["template"]["metadata"]["labels"]
 
 
 def test_spec_change_after_start_is_flagged_and_not_applied():
