@@ -187,6 +187,19 @@ def _finished(terminated: Mapping[str, Any]) -> str:
     return terminated.get("finishedAt") or ""
 
 
+def failure_text(terminated: Mapping[str, Any]) -> str:
+    """What a failed container said: the stage's `{"error": ...}` summary, else the message (or log
+    tail, FallbackToLogsOnError), else the container's reason (OOMKilled, Error, ...)."""
+    text = (terminated.get("message") or "").strip()
+    try:
+        document = json.loads(text) if text.startswith("{") else None
+    except ValueError:
+        document = None
+    if isinstance(document, dict) and document.get("error"):
+        return str(document["error"])
+    return text or str(terminated.get("reason") or f"exit code {terminated.get('exitCode')}")
+
+
 @dataclass
 class StageObservation:
     state: str  # Running | Succeeded | Failed
@@ -220,8 +233,7 @@ def observe_stage(stage: str, job: Mapping[str, Any], pods: list[dict], workers:
     complete = _job_condition(job, "Complete")
     failed = _job_condition(job, "Failed")
     if failed is not None:
-        detail = bad[-1][1] if bad else {}
-        text = (detail.get("message") or detail.get("reason") or "").strip()
+        text = failure_text(bad[-1][1]) if bad else ""
         reason = failed.get("reason") or "Failed"
         message = f"{reason}: {failed.get('message') or 'the stage Job failed'}"
         if text:
@@ -267,7 +279,7 @@ def observe_stage(stage: str, job: Mapping[str, Any], pods: list[dict], workers:
                 name = (pod.get("metadata") or {}).get("name", "?")
                 message = _short(f"pod {name}: {cond['reason']}: {cond.get('message') or ''}".rstrip(": "))
     if bad and message is None:
-        message = _short(f"retrying after a failed pod: {(bad[-1][1].get('message') or bad[-1][1].get('reason') or '').strip()}")
+        message = _short(f"retrying after a failed pod: {failure_text(bad[-1][1])}")
     return StageObservation("Running", message=message, failed_pods=failed_pods)
 
 
@@ -643,7 +655,8 @@ class _Run:
         result = self.status["stages"]["evaluate"].get("result") or {}
         paired = result.get("paired")
         if not isinstance(paired, dict) or not paired:
-            return self.fail("ResultInvalid", "the evaluate summary has no `paired` tables; the gate cannot run")
+            why = " (it was truncated to fit the 4 KB termination message)" if result.get("truncated") else ""
+            return self.fail("ResultInvalid", f"the evaluate summary has no `paired` tables{why}; the gate cannot run")
         try:
             verdict = self.gate(paired, spec.regression)
             gate_status = GateStatus.model_validate(verdict.to_status()).to_wire()

@@ -323,12 +323,13 @@ def test_failed_pod_with_backoff_left_is_a_retry_not_a_failure():
 def test_failed_stage_job_fails_the_finetunejob_with_the_stage_message():
     job, observed, _ = through("baseline")
     observed.jobs["train"] = stage_job(job, "train", failed=True, failed_pods=3)
-    observed.pods["train"] = [pod("train", exit_code=4, message="stage train failed: no such file /data/x.jsonl")]
+    observed.pods["train"] = [pod("train", exit_code=4,
+                                  message=json.dumps({"stage": "train", "error": "no such file /data/x.jsonl"}))]
     decision = run(job, observed, T0 + timedelta(minutes=11))
     status = decision.status
     assert status["phase"] == "Failed"
     assert status["stages"]["train"]["phase"] == "Failed"
-    assert "no such file /data/x.jsonl" in status["message"] and "BackoffLimitExceeded" in status["message"]
+    assert status["message"].endswith("last pod: no such file /data/x.jsonl") and "BackoffLimitExceeded" in status["message"]
     assert (cond(status, "Failed")["reason"], cond(status, "Ready")["reason"]) == ("TrainFailed", "TrainFailed")
     assert [(e.type, e.reason) for e in decision.events] == [("Warning", "TrainFailed")]
     assert decision.actions == []
@@ -524,3 +525,15 @@ def test_multi_worker_stage_waits_for_job_completion_and_reads_rank_zero():
     observed.jobs["train"] = stage_job(job, "train", complete=True)
     done = run(job, observed, T0 + timedelta(minutes=12))
     assert done.status["stages"]["train"]["result"] == TRAIN and done.status["phase"] == "Evaluating"
+
+
+@pytest.mark.parametrize("terminated, text", [
+    ({"exitCode": 4, "message": '{"stage":"train","error":"dataset.task.path: /x missing"}'}, "dataset.task.path: /x missing"),
+    ({"exitCode": 1, "message": "Traceback ...\nRuntimeError: boom"}, "Traceback ...\nRuntimeError: boom"),
+    ({"exitCode": 137, "reason": "OOMKilled"}, "OOMKilled"),
+    ({"exitCode": 2}, "exit code 2"),
+])
+def test_failure_text_prefers_the_stage_error(terminated, text):
+    from forgetless_operator.reconcile import failure_text
+
+    assert failure_text(terminated) == text
