@@ -24,12 +24,6 @@ CRD = REPO / "crds" / "finetunejobs.forgetless.dev.yaml"
 UNPULLABLE_IMAGE = "forgetless.invalid/trainer:e2e"  # the Job controller's own pods never start
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if "tests/e2e/" in str(item.fspath).replace(os.sep, "/"):
-            item.add_marker(pytest.mark.e2e)
-
-
 @pytest.fixture(scope="session")
 def kube() -> object:
     """The kubernetes client module, configured; skips when no cluster answers."""

@@ -14,7 +14,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Callable
 
+import pytest
 import yaml
+
+pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
 GROUP, VERSION, PLURAL = "forgetless.dev", "v1alpha1", "finetunejobs"
