@@ -338,3 +338,16 @@ def test_merge_patch_turns_old_into_new():
                      "stages": {"baseline": {"phase": "Succeeded", "message": None}, "train": {"phase": "Running"}}}
     assert merge(old, patch) == new
     assert merge_patch(new, new) == {}
+
+
+def test_cli_needs_a_scope_and_a_valid_port(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
+    from forgetless.cli import main
+
+    monkeypatch.delenv("FORGETLESS_NAMESPACE", raising=False)
+    monkeypatch.delenv("POD_NAMESPACE", raising=False)
+    assert main(["operator"]) == 2
+    assert "--namespace" in capsys.readouterr().err
+    assert main(["operator", "-n", "a", "--metrics-port", "70000"]) == 2
+    assert "--metrics-port 70000" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["operator", "--namespace", "a", "--all-namespaces"])
