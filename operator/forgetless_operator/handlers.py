@@ -260,6 +260,8 @@ class Runtime:
             created = await kube.create(action.obj)
             meta = (created or {}).get("metadata") or {}
             if meta.get("resourceVersion") and action.obj["kind"] in ("Job", "Pod"):
+                if len(self._echoes) > 10_000:  # echoes whose event never came (watch relist): forget them
+                    self._echoes.clear()
                 self._echoes.add((action.obj["kind"], meta.get("namespace", ""), meta["name"], meta["resourceVersion"]))
         elif isinstance(action, DeleteObject):
             await kube.delete(action.api_version, action.kind, action.namespace, action.name, action.propagation_policy)
