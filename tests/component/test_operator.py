@@ -149,26 +149,34 @@ def submit(api: FakeApi, name: str = "ft", **spec: Any) -> dict:
     })
 
 
-def finish_stage(api: FakeApi, job_name: str, summary: dict | None, exit_code: int = 0, failed: bool = False) -> None:
-    """What kubelet + the job controller would write: a terminated pod and the Job's final condition."""
+def finish_stage(api: FakeApi, job_name: str, summary: dict | None, exit_code: int = 0, failed: bool = False,
+                 ranks: int = 1) -> None:
+    """What kubelet + the job controller would write: terminated pods (one per rank of an Indexed Job,
+    rank 0 holding the summary) and the Job's final condition."""
     job = api.get("batch/v1", "Job", NS, job_name)
     labels = job["spec"]["template"]["metadata"]["labels"]
-    message = json.dumps(summary) if summary is not None else "stage failed: data path /x missing"
-    api.create({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": f"{job_name}-abcde", "namespace": NS, "labels": {**labels, "batch.kubernetes.io/job-name": job_name},
-                     "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": job_name,
-                                          "uid": job["metadata"]["uid"], "controller": True}]},
-        "spec": job["spec"]["template"]["spec"],
-        "status": {"phase": "Failed" if failed else "Succeeded", "containerStatuses": [{
-            "name": "stage", "ready": False, "restartCount": 0, "image": "x", "imageID": "", "state": {
-                "terminated": {"exitCode": exit_code, "reason": "Error" if exit_code else "Completed",
-                               "message": message, "finishedAt": "2026-11-29T10:00:00Z"}}}]},
-    })
+    for rank in range(ranks):
+        message = "stage failed: data path /x missing" if summary is None else json.dumps(
+            summary if rank == 0 else {"stage": summary["stage"], "rank": rank})
+        meta: dict[str, Any] = {
+            "name": f"{job_name}-{rank}-abcde", "namespace": NS,
+            "labels": {**labels, "batch.kubernetes.io/job-name": job_name},
+            "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": job_name,
+                                 "uid": job["metadata"]["uid"], "controller": True}],
+        }
+        if ranks > 1:
+            meta["annotations"] = {"batch.kubernetes.io/job-completion-index": str(rank)}
+        api.create({
+            "apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": job["spec"]["template"]["spec"],
+            "status": {"phase": "Failed" if failed else "Succeeded", "containerStatuses": [{
+                "name": "stage", "ready": False, "restartCount": 0, "image": "x", "imageID": "", "state": {
+                    "terminated": {"exitCode": exit_code, "reason": "Error" if exit_code else "Completed",
+                                   "message": message, "finishedAt": f"2026-11-29T10:00:0{rank + 1}Z"}}}]},
+        })
     condition = {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "message": "backoff limit"} \
         if failed else {"type": "Complete", "status": "True"}
     api.update("batch/v1", "Job", NS, job_name,
-               {"status": {"succeeded": 0 if failed else 1, "failed": 1 if failed else 0, "conditions": [condition]}},
+               {"status": {"succeeded": 0 if failed else ranks, "failed": 1 if failed else 0, "conditions": [condition]}},
                subresource="status")
 
 
@@ -351,3 +359,20 @@ def test_cli_needs_a_scope_and_a_valid_port(monkeypatch: pytest.MonkeyPatch, cap
     assert "--metrics-port 70000" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["operator", "--namespace", "a", "--all-namespaces"])
+
+
+async def test_multi_worker_training_gets_an_indexed_job_and_a_headless_service(api: FakeApi, operator: Operator):
+    submit(api, resources={"workers": 3, "gpusPerWorker": 1})
+    await until(lambda: api.get("batch/v1", "Job", NS, "ft-baseline"), what="baseline Job")
+    finish_stage(api, "ft-baseline", SUMMARIES["baseline"])
+    job = await until(lambda: api.get("batch/v1", "Job", NS, "ft-train-workers"), what="the workers Job")
+    service = await until(lambda: api.get("v1", "Service", NS, "ft-train-workers"), what="the headless Service")
+    for request in api.requests_for("POST", "/jobs") + api.requests_for("POST", "/services"):
+        kubernetes_validate.validate(request.body, "1.35", strict=True)
+    assert (job["spec"]["completionMode"], job["spec"]["completions"], job["spec"]["parallelism"]) == ("Indexed", 3, 3)
+    assert job["spec"]["template"]["spec"]["subdomain"] == service["metadata"]["name"]
+    assert service["spec"]["clusterIP"] == "None"
+    finish_stage(api, "ft-train-workers", SUMMARIES["train"], ranks=3)  # rank 0 finished first, rank 2 last
+    await until(lambda: status(api).get("phase") == "Evaluating", what="evaluation after all ranks")
+    assert status(api)["stages"]["train"]["result"] == SUMMARIES["train"]
+    assert status(api)["stages"]["train"]["jobName"] == "ft-train-workers"
