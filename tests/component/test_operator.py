@@ -324,7 +324,7 @@ async def test_suspend_deadline_and_ttl_through_the_api(api: FakeApi, operator: 
                 what="the stage Job suspended")
     (suspend,) = [r for r in api.requests_for("PATCH", "/jobs/ft-baseline")]
     assert suspend.content_type == "application/merge-patch+json" and suspend.body["spec"] == {"suspend": True}
-    assert status(api)["phase"] == "Suspended"
+    await until(lambda: status(api).get("phase") == "Suspended", what="phase Suspended")  # patched after the Job
     # The deadline (3 s from the start) passes while suspended: the resync timer fails the job,
     # deletes its running stage Job, and the TTL of 0 then deletes the FineTuneJob itself.
     await until(lambda: api.get(*FTJ, NS, "ft") is None, timeout=20, what="deadline, then TTL deletion")
