@@ -274,7 +274,7 @@ async def test_failed_stage_fails_the_job_with_its_message(api: FakeApi, operato
     finish_stage(api, "ft-baseline", None, exit_code=4, failed=True)
     final = await until(lambda: status(api).get("phase") == "Failed" and status(api), what="Failed")
     assert "data path /x missing" in final["message"]
-    assert "BaselineFailed" in event_reasons(api)
+    await until(lambda: "BaselineFailed" in event_reasons(api), what="the BaselineFailed event")
     await metrics_with(operator, 'forgetless_finetunejobs{namespace="default",phase="Failed"} 1.0')
 
 
