@@ -17,6 +17,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from forgetless import __version__
 from forgetless.api.schema import API_VERSION, KIND, FineTuneJobSpec
 from forgetless.locations import JOB_SPEC_MOUNT, configmap_mount_path, pvc_mount_path
 
@@ -37,7 +38,8 @@ TERMINATION_LOG = "/dev/termination-log"
 HOME = "/home/forgetless"
 CACHE_SUBDIR = ".forgetless-cache"
 RUN_AS_USER = 1000
-DEFAULT_TRAINER_IMAGE = "ghcr.io/forgetless/trainer:latest"
+DEFAULT_TRAINER_IMAGE = f"ghcr.io/forgetless/trainer:{__version__}"
+"""The image of the same release (the chart passes its own default through FORGETLESS_TRAINER_IMAGE)."""
 
 
 @dataclass(frozen=True)
