@@ -82,8 +82,22 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _delete_finetunejobs(kube, namespace: str) -> None:
+    """While the operator still runs (it releases its finalizer); strip finalizers as a last resort so
+    that the namespace never hangs in Terminating."""
+    custom = kube.client.CustomObjectsApi()
+    args = ("forgetless.dev", "v1alpha1", namespace, "finetunejobs")
+    for item in custom.list_namespaced_custom_object(*args)["items"]:
+        custom.delete_namespaced_custom_object(*args, item["metadata"]["name"], body={"propagationPolicy": "Background"})
+    deadline = time.monotonic() + 30
+    while custom.list_namespaced_custom_object(*args)["items"] and time.monotonic() < deadline:
+        time.sleep(0.5)
+    for item in custom.list_namespaced_custom_object(*args)["items"]:
+        custom.patch_namespaced_custom_object(*args, item["metadata"]["name"], {"metadata": {"finalizers": None}})
+
+
 @pytest.fixture
-def operator(crd, namespace: str, tmp_path: Path) -> Iterator[int]:
+def operator(kube, crd, namespace: str, tmp_path: Path) -> Iterator[int]:
     """`forgetless operator --standalone` watching the test namespace; yields its metrics port."""
     port = _free_port()
     log = (tmp_path / "operator.log").open("w")
@@ -111,7 +125,10 @@ def operator(crd, namespace: str, tmp_path: Path) -> Iterator[int]:
     try:
         yield port
     finally:
-        proc.terminate()
+        try:
+            _delete_finetunejobs(kube, namespace)
+        finally:
+            proc.terminate()
         try:
             proc.wait(20)
         except subprocess.TimeoutExpired:
