@@ -326,7 +326,9 @@ def build_registry(runtime: Runtime, resync_seconds: float = 30.0) -> kopf.Opera
         await runtime.on_child("Pod", namespace, labels[LABEL_JOB], event.get("object") or {})
 
     @kopf.timer(GROUP, VERSION, PLURAL, interval=resync_seconds, initial_delay=resync_seconds, registry=registry)
-    async def resync(namespace: str, name: str, **_: Any) -> None:
+    async def resync(namespace: str, name: str, spec: Any, status: Any, **_: Any) -> None:
+        if (status or {}).get("phase") in TERMINAL and (spec or {}).get("ttlSecondsAfterFinished") is None:
+            return  # finished for good: nothing time-based left (the usual case for old jobs)
         # In the background: a reconcile that deletes the FineTuneJob (TTL) must not keep its own
         # timer running, or kopf would hold the finalizer until its next stop poll.
         runtime.spawn(runtime.trigger(namespace, name))
