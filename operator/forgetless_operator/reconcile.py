@@ -426,7 +426,7 @@ class _Run:
         cm_name = children.spec_configmap_name(self.name)
         if cm_name not in self.observed.configmaps:
             self.actions.append(CreateObject(children.spec_configmap(self.job, spec)))
-        if self.deadline(spec):
+        if self.deadline():
             return
         if raw_spec.get("suspend"):
             return self.suspend(started=True)
@@ -480,10 +480,8 @@ class _Run:
         self.fail("SpecLost", "the started spec's ConfigMap is gone and the spec has changed since the start")
         return None
 
-    def deadline(self, spec: FineTuneJobSpec) -> bool:
-        limit = spec.active_deadline_seconds
-        if limit is None:
-            limit = (self.job.get("spec") or {}).get("activeDeadlineSeconds")
+    def deadline(self) -> bool:
+        limit = (self.job.get("spec") or {}).get("activeDeadlineSeconds")  # a run control: the live value counts
         start = parse_time(self.status.get("startTime"))
         if limit is None or start is None or self.now < start + timedelta(seconds=limit):
             return False

@@ -365,6 +365,17 @@ def test_deadline_exceeded_deletes_running_children_and_fails():
     assert [(e.type, e.reason) for e in decision.events] == [("Warning", "DeadlineExceeded")]
 
 
+def test_deadline_is_a_live_control_that_may_be_extended_after_the_start():
+    job = ftj({**SPEC, "activeDeadlineSeconds": 600})
+    job = started(job, run(job))
+    observed = Observed(configmaps={"ft-spec": spec_cm(job)}, jobs={"baseline": stage_job(job, "baseline", active=1)})
+    job["spec"]["activeDeadlineSeconds"] = 1200
+    decision = run(job, observed, T0 + timedelta(seconds=900))
+    assert decision.status["phase"] == "Baseline" and decision.actions == []
+    assert "SpecChanged" not in [c["type"] for c in decision.status["conditions"]]
+    assert run(job, observed, T0 + timedelta(seconds=1200)).status["phase"] == "Failed"
+
+
 # --------------------------------------------------------------------------- controls
 
 
