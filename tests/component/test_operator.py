@@ -21,7 +21,7 @@ import kubernetes_validate
 import pytest
 
 from forgetless.api.schema import FineTuneJobStatus
-from forgetless_operator.children import LABEL_JOB, LABEL_STAGE, OperatorConfig
+from forgetless_operator.children import LABEL_JOB, OperatorConfig
 from forgetless_operator.fakeapi import FakeApi, free_port, kubeconfig, serve
 from forgetless_operator.handlers import Options, run_operator
 from tests.conftest import tool_or_skip
