@@ -28,6 +28,7 @@ class OperatorMetrics:
     def __init__(self, metrics: ForgettingMetrics | None = None) -> None:
         self.metrics = metrics or ForgettingMetrics()
         self._phases: dict[tuple[str, str], str] = {}
+        self._counts: dict[tuple[str, str], int] = {}  # (namespace, phase) -> jobs
         self._namespaces: set[str] = set()
 
     def observe(self, namespace: str, name: str, old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
@@ -35,9 +36,8 @@ class OperatorMetrics:
         m = self.metrics
         self._namespaces.add(namespace)
         phase = new.get("phase")
-        if phase and self._phases.get((namespace, name)) != phase:
-            self._phases[(namespace, name)] = phase
-            self._publish_phases()
+        if phase:
+            self._set_phase(namespace, name, phase)
         old_stages = old.get("stages") or {}
         for stage, record in (new.get("stages") or {}).items():
             before = old_stages.get(stage) or {}
@@ -62,17 +62,24 @@ class OperatorMetrics:
 
     def forget(self, namespace: str, name: str) -> None:
         self.metrics.forget_job(namespace, name)
-        if self._phases.pop((namespace, name), None) is not None:
-            self._publish_phases()
+        self._set_phase(namespace, name, None)
 
     def error(self, namespace: str) -> None:
         self.metrics.reconcile_errors.labels(namespace).inc()
 
-    def _publish_phases(self) -> None:
-        counts: dict[tuple[str, str], int] = {}
-        for (namespace, _), phase in self._phases.items():
-            counts[(namespace, phase)] = counts.get((namespace, phase), 0) + 1
-        self.metrics.set_phase_counts(counts, self._namespaces)
+    def _set_phase(self, namespace: str, name: str, phase: str | None) -> None:
+        """Move one job between phase counts (None: gone) and publish that namespace's counts."""
+        before = self._phases.pop((namespace, name), None)
+        if before == phase:
+            if phase is not None:
+                self._phases[(namespace, name)] = phase
+            return
+        if before is not None:
+            self._counts[(namespace, before)] -= 1
+        if phase is not None:
+            self._phases[(namespace, name)] = phase
+            self._counts[(namespace, phase)] = self._counts.get((namespace, phase), 0) + 1
+        self.metrics.set_phase_counts({k: v for k, v in self._counts.items() if k[0] == namespace}, [namespace])
 
     def exposition(self) -> bytes:
         return generate_latest(self.metrics.registry)

@@ -238,6 +238,7 @@ async def test_job_runs_through_all_stages_to_the_gate(api: FakeApi, operator: O
         'forgetless_gate_passed{finetunejob="ft",namespace="default"} 1.0',
         'forgetless_gate_verdicts_total{namespace="default",verdict="Passed"} 1.0',
         'forgetless_finetunejobs{namespace="default",phase="Succeeded"} 1.0',
+        'forgetless_finetunejobs{namespace="default",phase="Evaluating"} 0.0',
         'forgetless_stage_duration_seconds_count{namespace="default",stage="train"} 1.0',
         'forgetless_forgetting_ratio{category="mean",finetunejob="ft",namespace="default"} 0.0',
     )
@@ -302,7 +303,8 @@ async def test_deleting_the_finetunejob_removes_children_and_its_series(api: Fak
     assert [j for j in api.list("batch/v1", "Job", NS) if (j["metadata"].get("labels") or {}).get(LABEL_JOB) == "ft"] == []
     assert api.list("v1", "ConfigMap", NS) == [api.get("v1", "ConfigMap", NS, "forgetless-baseline-cache")]
     deadline = time.monotonic() + 10
-    while 'finetunejob="ft"' in (await operator.get("/metrics"))[1]:
+    while 'finetunejob="ft"' in (text := (await operator.get("/metrics"))[1]) or \
+            'forgetless_finetunejobs{namespace="default",phase="Training"} 0.0' not in text:
         assert time.monotonic() < deadline, "per-job series still served after the FineTuneJob was deleted"
         await asyncio.sleep(0.05)
 
