@@ -17,22 +17,22 @@ from typing import Any
 READ = ["get", "list", "watch"]
 
 NAMESPACED_RULES: list[dict[str, Any]] = [
-    # The custom resource: read, delete after ttlSecondsAfterFinished, kopf finalizer/annotations.
-    {"apiGroups": ["forgetless.dev"], "resources": ["finetunejobs"], "verbs": READ + ["patch", "update", "delete"]},
-    {"apiGroups": ["forgetless.dev"], "resources": ["finetunejobs/status"], "verbs": ["get", "patch", "update"]},
+    # The custom resource: read, delete after ttlSecondsAfterFinished, kopf finalizer/annotations (merge patches).
+    {"apiGroups": ["forgetless.dev"], "resources": ["finetunejobs"], "verbs": READ + ["patch", "delete"]},
+    {"apiGroups": ["forgetless.dev"], "resources": ["finetunejobs/status"], "verbs": ["get", "patch"]},
     # Stage Jobs: create, mirror spec.suspend (patch), delete on deadline / spec reset.
     {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": READ + ["create", "patch", "delete"]},
     # Stage results are read from the pods' termination messages; failures from waiting reasons.
     {"apiGroups": [""], "resources": ["pods"], "verbs": READ},
-    # <job>-spec and the forgetless-baseline-cache ConfigMap.
-    {"apiGroups": [""], "resources": ["configmaps"], "verbs": READ + ["create", "patch", "update", "delete"]},
+    # <job>-spec and the forgetless-baseline-cache ConfigMap (created, then merge-patched; never updated or deleted:
+    # owner references garbage-collect <job>-spec).
+    {"apiGroups": [""], "resources": ["configmaps"], "verbs": READ + ["create", "patch"]},
     # Headless Service of multi-worker training.
     {"apiGroups": [""], "resources": ["services"], "verbs": READ + ["create", "delete"]},
     # Operator-side check that the volumes a job names exist (reported as a condition).
     {"apiGroups": [""], "resources": ["persistentvolumeclaims"], "verbs": ["get"]},
     # Events at every transition and rejection (core/v1 Events; kopf posts the same kind).
-    {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
-    {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
     # kopf peering inside a namespace (--namespace mode, not --standalone).
     {"apiGroups": ["kopf.dev"], "resources": ["kopfpeerings"], "verbs": READ + ["patch"]},
 ]

@@ -415,7 +415,11 @@ class OutputSpec(ApiModel):
     path: Optional[ShortText] = Field(
         default=None, description="Where the adapter/model and reports go (local dir, or a path in `pvc`)."
     )
-    pvc: Optional[PvcRef] = Field(default=None, description="Writable volume for outputs (and the baseline cache).")
+    pvc: Optional[PvcRef] = Field(
+        default=None,
+        description="Volume for the work dir, outputs and the baseline cache. Required in a cluster (the stage "
+        "pods share results through it); always mounted writable, whatever readOnly says.",
+    )
     promote: bool = Field(default=True, description="Promote the model when the gate passes.")
     promote_path: Optional[ShortText] = Field(default=None, description="Copy the promoted model here.")
 
