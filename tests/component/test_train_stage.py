@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 torch = pytest.importorskip("torch")
-torch.set_num_threads(2)
+torch.set_num_threads(1)
 
 from forgetless.api.schema import FineTuneJob, parse_job  # noqa: E402
 from forgetless_trainer.stages import StageError, compact, run_stage  # noqa: E402

@@ -23,15 +23,17 @@ and keeps EWC's "importance of each trained parameter" meaning. In an online cha
 each job trains a fresh adapter, so the anchor stays at this adapter's init and only Fisher values
 of parameters with the same name and shape accumulate.
 
-Memory layout: Fisher and anchor are two flat fp32 buffers; per-parameter views into them feed
-one fused pass of `torch._foreach_*` ops (a custom autograd function returns λ·F·(θ−θ*) as the
-gradient directly), so the penalty adds a few vectorised kernels per step. With ZeRO 0–2 every
+Memory layout: Fisher and anchor are two flat fp32 buffers; every step θ − θ* is written into a
+third, and the penalty is a couple of flat kernels and a dot product
+(`FusedPenalty`; a custom autograd function hands back λ·F·(θ−θ*) as the gradient directly, no
+autograd graph over the parameters), so it adds a few memory passes per step. With ZeRO 0–2 every
 rank holds whole parameters, so this works unchanged; ZeRO-3 is refused by the schema.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import random
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -135,52 +137,79 @@ def estimate_fisher(
     return {n: s / count.clamp(min=1) for n, s in sums.items()}
 
 
+def _flat_views(flat: torch.Tensor, shapes: Sequence[torch.Size]) -> list[torch.Tensor]:
+    views, offset = [], 0
+    for shape in shapes:
+        size = math.prod(shape)
+        views.append(flat[offset : offset + size].view(shape))
+        offset += size
+    return views
+
+
 class FlatState:
     """Named tensors stored in one flat fp32 buffer, with per-name views into it."""
 
     def __init__(self, named: dict[str, torch.Tensor], device: Any = None):
         self.names = list(named)
         tensors = [named[n].detach().to(device=device, dtype=torch.float32) for n in self.names]
-        self.flat = torch.cat([t.reshape(-1) for t in tensors]) if tensors else torch.zeros(0)
-        self.views: list[torch.Tensor] = []
-        offset = 0
-        for t in tensors:
-            self.views.append(self.flat[offset : offset + t.numel()].view_as(t))
-            offset += t.numel()
+        self.shapes = [t.shape for t in tensors]
+        self.flat = torch.cat([t.reshape(-1) for t in tensors]) if tensors else torch.zeros(0, device=device)
+        self.views = _flat_views(self.flat, self.shapes)
 
     def as_dict(self) -> dict[str, torch.Tensor]:
         return {n: v.clone().cpu() for n, v in zip(self.names, self.views)}
 
 
-class _Penalty(torch.autograd.Function):
-    """λ/2·Σ F(θ−θ*)² in one fused pass; the backward hands back λ·F(θ−θ*) computed in the forward."""
+class FusedPenalty:
+    """λ/2·Σ F(θ−θ*)² over flat fp32 buffers, reusing two work buffers every step.
 
+    Forward (no autograd graph): θ − θ* written straight into a flat work buffer (per tensor,
+    `out=`; also casts bf16 → fp32), times F into a second buffer, one dot product. Backward: one
+    scaled copy of F·(θ−θ*), split into views shaped like the parameters. Four memory passes over
+    the trainable parameters, with no per-step allocation but the returned gradient.
+    """
+
+    def __init__(self, fisher: torch.Tensor, anchor: torch.Tensor, shapes: Sequence[torch.Size], lam: float):
+        if fisher.shape != anchor.shape or fisher.numel() != sum(math.prod(s) for s in shapes):
+            raise ValueError("fisher, anchor and parameter shapes do not line up")
+        self.fisher, self.anchor, self.shapes, self.lam = fisher, anchor, list(shapes), float(lam)
+        self.sizes = [math.prod(s) for s in self.shapes]
+        self.diff = torch.empty_like(anchor)
+        self.weighted = torch.empty_like(anchor)
+        self.diff_views = _flat_views(self.diff, self.shapes)
+        self.anchor_views = _flat_views(anchor, self.shapes)
+
+    def __call__(self, params: Sequence[torch.Tensor]) -> torch.Tensor:
+        return _Penalty.apply(self, *params)
+
+
+class _Penalty(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, lam: float, fisher: list[torch.Tensor], anchor: list[torch.Tensor], *params: torch.Tensor):
+    def forward(ctx, state: FusedPenalty, *params: torch.Tensor):
         with torch.no_grad():
-            theta = [p.detach().float() for p in params]
-            diff = torch._foreach_sub(theta, anchor)
-            weighted = torch._foreach_mul(diff, fisher)  # F·(θ−θ*)
-            squares = torch._foreach_mul(weighted, diff)  # F·(θ−θ*)² ≥ 0, so its L1 norm is its sum
-            total = torch.stack(torch._foreach_norm(squares, 1)).sum() if squares else torch.zeros(())
-            torch._foreach_mul_(weighted, lam)
-        ctx.grads = weighted
+            for p, a, d in zip(params, state.anchor_views, state.diff_views):
+                torch.sub(p.detach(), a, out=d)  # θ − θ* straight into the flat buffer (casts bf16 → fp32)
+            torch.mul(state.diff, state.fisher, out=state.weighted)  # F·(θ − θ*)
+            value = torch.dot(state.diff, state.weighted) * (state.lam / 2.0)
+        ctx.state = state
         ctx.dtypes = [p.dtype for p in params]
-        return total * (lam / 2.0)
+        return value
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
-        grads = torch._foreach_mul(ctx.grads, grad_output)
+        state = ctx.state
+        flat = state.weighted * (grad_output * state.lam)  # λ·F·(θ − θ*), a fresh tensor autograd may keep
+        grads = [g.view(shape) for g, shape in zip(flat.split(state.sizes), state.shapes)]
         grads = [g if g.dtype == dt else g.to(dt) for g, dt in zip(grads, ctx.dtypes)]
-        ctx.grads = None
-        return (None, None, None, *grads)
+        return (None, *grads)
 
 
 def ewc_penalty(
     params: Sequence[torch.Tensor], fisher: Sequence[torch.Tensor], anchor: Sequence[torch.Tensor], lam: float
 ) -> torch.Tensor:
-    """λ/2·Σ_i F_i(θ_i − θ*_i)² over aligned lists (differentiable w.r.t. `params`)."""
-    return _Penalty.apply(float(lam), list(fisher), list(anchor), *params)
+    """λ/2·Σ_i F_i(θ_i − θ*_i)² over aligned lists (differentiable w.r.t. `params`); one-off form of FusedPenalty."""
+    flat = lambda ts: torch.cat([t.detach().reshape(-1).float() for t in ts])  # noqa: E731
+    return FusedPenalty(flat(fisher), flat(anchor), [p.shape for p in params], lam)(params)
 
 
 # --------------------------------------------------------------------------- mitigation
@@ -222,6 +251,7 @@ class Ewc(Mitigation):
         device = named[0][1].device
         self.fisher = FlatState(fisher, device)
         self.anchor = FlatState(anchor, device)
+        self.penalty = FusedPenalty(self.fisher.flat, self.anchor.flat, self.fisher.shapes, self.lam)
         self.samples = len(samples)
         return model
 
@@ -248,7 +278,7 @@ class Ewc(Mitigation):
         self.params = [by_name[n] for n in self.fisher.names]
 
     def loss_term(self, model: Any) -> torch.Tensor:
-        penalty = ewc_penalty(self.params, self.fisher.views, self.anchor.views, self.lam)
+        penalty = self.penalty(self.params)
         self.last_penalty = penalty.detach()
         return penalty
 

@@ -259,7 +259,8 @@ class Trainer:
         self.message(f"resumed from {path} (step {self.step})")
         return state["epoch"], state["step_in_epoch"], state.get("finished"), state.get("final_weights")
 
-    def _micro_step(self, batch) -> tuple[Any, Any]:
+    def micro_step(self, batch) -> tuple[Any, Any]:
+        """Forward, mitigation loss terms, backward and `engine.step()` (an optimizer step at the accumulation boundary)."""
         batch = {k: v.to(self.device) for k, v in batch.items()}
         out = self.engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
         loss = out.loss
@@ -359,7 +360,7 @@ class Trainer:
                 for batch_examples in micro[step_in_epoch * accumulation : (step_in_epoch + 1) * accumulation]:
                     batch = self.encoder.batch(batch_examples)
                     step_tokens += int(batch["attention_mask"].sum())
-                    loss, extra = self._micro_step(batch)
+                    loss, extra = self.micro_step(batch)
                     losses.append(loss)
                 self.step += 1
                 step_in_epoch += 1

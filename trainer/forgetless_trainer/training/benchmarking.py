@@ -1,0 +1,107 @@
+"""Shared pieces of the trainer benchmarks (benchmarks/ewc_overhead.py, fisher_speed.py,
+trainer_overhead.py): the benchmark model, jobs on the bundled data, and step timing.
+
+Model: `bundled:tiny-world` when it is installed, else a Llama built from its calibration config
+(word-level vocab of the bundled data, d_model 256, 4 layers, 4 heads, FFN 672, tied embeddings:
+~3.3 M parameters) with random weights — step times do not depend on what the weights know.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from forgetless import bundled
+from forgetless.api.schema import FineTuneJob, parse_job
+
+SPECIALS = ["<pad>", "<unk>", "<s>", "</s>"]
+
+
+def bench_model_dir(folder: Path) -> str:
+    """A model directory (or `bundled:tiny-world`) for the benchmarks."""
+    try:
+        bundled.resolve("bundled:tiny-world", "model")
+        return "bundled:tiny-world"
+    except bundled.UnknownBundledAsset:
+        pass
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    words = [w for w in (bundled.ROOT / "data" / "vocab.txt").read_text().split() if w not in SPECIALS]
+    vocab = {tok: i for i, tok in enumerate(SPECIALS + ["=>"] + [w for w in words if w != "=>"])}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", unk_token="<unk>", bos_token="<s>", eos_token="</s>"
+    )
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(vocab), hidden_size=256, intermediate_size=672, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=4, max_position_embeddings=128, tie_word_embeddings=True,
+        pad_token_id=0, bos_token_id=2, eos_token_id=3,
+    )
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+def bench_job(model: str, name: str = "bench", **spec: Any) -> FineTuneJob:
+    """A job on the bundled data; `spec` sections replace the defaults' sections key by key."""
+    document: dict[str, Any] = {
+        "model": {"name": model},
+        "dataset": {"task": {"path": "bundled:support-tickets"}, "general": {"path": "bundled:general"}},
+        "training": {"batchSize": 16, "maxSeqLength": 64, "epochs": 1, "checkpointIntervalSteps": 100000,
+                     "logIntervalSteps": 100000, "warmupRatio": 0.0, "lrScheduler": "constant"},
+    }
+    for section, values in spec.items():
+        document[section] = {**document.get(section, {}), **values}
+    return parse_job({"apiVersion": "forgetless.dev/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": name},
+                      "spec": document})
+
+
+def make_trainer(job: FineTuneJob, workdir: Path):
+    """A set-up Trainer (model, mitigations, DeepSpeed engine) whose steps the benchmark drives."""
+    import io
+
+    from forgetless_trainer.training.loop import Trainer
+
+    trainer = Trainer(job, workdir, progress_stream=io.StringIO())
+    trainer.setup()
+    trainer.progress = None
+    for mitigation in trainer.mitigations:
+        mitigation.on_train_start(trainer)
+    return trainer
+
+
+def first_batches(trainer, n: int) -> list[dict]:
+    """The trainer's first `n` micro-batches (epoch 0, this rank), collated, cycling if the epoch is shorter."""
+    from forgetless_trainer import data as D
+
+    spec = trainer.spec.training
+    examples = D.build_epoch(trainer.ctx.task_train, trainer.parts, 0, spec.seed)
+    micro = D.shard_micro_batches(examples, rank=0, world_size=1, batch_size=spec.batch_size, accumulation=1)
+    return [trainer.encoder.batch(micro[i % len(micro)]) for i in range(n)]
+
+
+def interleaved(step_fns: dict[str, Callable[[dict], Any]], batches: list[dict], warmup: int) -> dict[str, list[float]]:
+    """Run every step function on each batch in turn, alternating the order (a b, b a, a b, ...), so
+    machine-load drift and cache effects hit all alike. Returns each function's per-step wall times
+    after `warmup` batches.
+    """
+    times: dict[str, list[float]] = {name: [] for name in step_fns}
+    items = list(step_fns.items())
+    for i, batch in enumerate(batches):
+        for name, fn in items if i % 2 == 0 else items[::-1]:
+            start = time.perf_counter()
+            fn(batch)
+            elapsed = time.perf_counter() - start
+            if i >= warmup:
+                times[name].append(elapsed)
+    return times
+
+
+def ratio_of_medians(times: dict[str, list[float]], numerator: str, denominator: str) -> float:
+    return statistics.median(times[numerator]) / statistics.median(times[denominator])
