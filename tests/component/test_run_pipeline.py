@@ -91,7 +91,11 @@ def test_run_passes_writes_the_report_and_exits_0(tmp_path, tiny_model_dir, worl
         assert (workdir / stage / "summary.json").exists()
     reports = {p.suffix for p in (workdir / "report").iterdir()}
     assert {".json", ".md", ".png"} <= reports
-    assert (workdir / "promoted").is_dir()
+    promoted = workdir / "promoted"
+    assert (promoted / "config.json").exists() and (promoted / "adapter" / "adapter_config.json").exists()
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(promoted)  # the promoted LoRA job is a plain, deployable model
 
 
 def test_run_blocked_by_the_gate_exits_3_and_promotes_nothing(tmp_path, tiny_model_dir, world, capsys):

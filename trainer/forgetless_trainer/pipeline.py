@@ -175,7 +175,16 @@ def _promote(job: FineTuneJob, workdir: Path) -> Path | None:
         shutil.rmtree(destination)
     tmp = destination.with_name(destination.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(source, tmp)
+    if (source / "adapter_config.json").exists():
+        # a deployable model: the adapter merged into the base weights (and the adapter beside it)
+        from forgetless_trainer.modeling import load_model_and_tokenizer
+
+        model, tokenizer = load_model_and_tokenizer(job.spec.model, adapter_path=source)
+        model.merge_and_unload().save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        shutil.copytree(source, tmp / "adapter")
+    else:
+        shutil.copytree(source, tmp)
     os.replace(tmp, destination)
     return destination
 
