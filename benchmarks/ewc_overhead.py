@@ -14,17 +14,15 @@ Usage: python benchmarks/ewc_overhead.py [--steps 60] [--warmup 5] [--threads 2]
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
-import tempfile
 from pathlib import Path
 
 import torch
 
 from forgetless_trainer.training.benchmarking import (
     bench_job,
-    bench_model_dir,
+    setup,
+    write_json,
     first_batches,
     interleaved,
     make_trainer,
@@ -33,15 +31,7 @@ from forgetless_trainer.training.benchmarking import (
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=60)
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--json", type=Path)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    tmp = Path(tempfile.mkdtemp(prefix="ewc-bench-"))
-    model = bench_model_dir(tmp / "model")
+    args, tmp, model = setup(__doc__, "ewc-bench-", steps=60, warmup=5)
     results = {}
     for method, batch in (("lora", 16), ("full", 16), ("full", 64)):
         training = {"batchSize": batch}
@@ -68,8 +58,7 @@ def main() -> None:
     for method, r in results.items():
         print(f"{method:12} {r['trainableParameters']:10d} {r['stepWithout_s'] * 1000:10.1f}ms "
               f"{r['stepWith_s'] * 1000:10.1f}ms {r['ratio']:7.3f}")
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+    write_json(args.json, results)
 
 
 if __name__ == "__main__":

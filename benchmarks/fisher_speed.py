@@ -11,9 +11,6 @@ Usage: python benchmarks/fisher_speed.py [--samples 128] [--repeats 3] [--thread
 
 from __future__ import annotations
 
-import argparse
-import json
-import tempfile
 import time
 from pathlib import Path
 
@@ -22,7 +19,7 @@ import torch
 from forgetless_trainer import data as D
 from forgetless_trainer.mitigations.ewc import estimate_fisher, fisher_examples, sequence_nll
 from forgetless_trainer.modeling import load_model_and_tokenizer
-from forgetless_trainer.training.benchmarking import bench_job, bench_model_dir
+from forgetless_trainer.training.benchmarking import bench_job, setup, write_json
 
 
 def reference_fisher(model, examples, encoder) -> dict[str, torch.Tensor]:
@@ -52,15 +49,8 @@ def best_time(fn, repeats: int):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--samples", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--json", type=Path)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    tmp = Path(tempfile.mkdtemp(prefix="fisher-bench-"))
-    job = bench_job(bench_model_dir(tmp / "model"))
+    args, tmp, model = setup(__doc__, "fisher-bench-", samples=128, repeats=3)
+    job = bench_job(model)
     general = D.read_source(job.spec.dataset.general, None, field_name="dataset.general", tag="general")
     samples = fisher_examples(general, args.samples, seed=0)
     results = {}
@@ -97,8 +87,7 @@ def main() -> None:
     for method, r in results.items():
         print(f"{method:6} {r['parameters']:9d} {r['ours_s']:11.2f}s {r['reference_s']:10.2f}s {r['speedup']:7.1f}x "
               f"{r['maxRelativeDifference']:9.1e}")
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+    write_json(args.json, results)
 
 
 if __name__ == "__main__":

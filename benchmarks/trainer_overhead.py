@@ -13,10 +13,7 @@ Usage: python benchmarks/trainer_overhead.py [--steps 60] [--warmup 5] [--thread
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
-import tempfile
 from pathlib import Path
 
 import torch
@@ -25,7 +22,8 @@ from forgetless_trainer.modeling import load_model_and_tokenizer
 from forgetless_trainer.training import config
 from forgetless_trainer.training.benchmarking import (
     bench_job,
-    bench_model_dir,
+    setup,
+    write_json,
     first_batches,
     interleaved,
     make_trainer,
@@ -70,15 +68,7 @@ def ours_step_fn(trainer):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=60)
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--json", type=Path)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    tmp = Path(tempfile.mkdtemp(prefix="trainer-bench-"))
-    model = bench_model_dir(tmp / "model")
+    args, tmp, model = setup(__doc__, "trainer-bench-", steps=60, warmup=5)
     no_mitigation = {"dataMixing": {"generalFraction": 0.0}}
     jobs = {f"zero{z}": bench_job(model, deepspeed={"zeroStage": z}, mitigation=no_mitigation) for z in (0, 2)}
     trainers = {name: make_trainer(job, tmp / name) for name, job in jobs.items()}
@@ -96,8 +86,7 @@ def main() -> None:
     print(f"{'loop':10} {'median step':>12} {'ratio to bare':>14}  (goal <= 1.03)")
     for name, r in results.items():
         print(f"{name:10} {r['step_s'] * 1000:10.1f}ms {r['ratio']:14.3f}")
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+    write_json(args.json, results)
 
 
 if __name__ == "__main__":

@@ -91,10 +91,11 @@ def run_stage(name: str, job, workdir: Path) -> dict[str, Any]:
     workdir.mkdir(parents=True, exist_ok=True)
     try:
         summary = module.run(job, workdir)
-    except StageError as exc:
+    except Exception as exc:  # the operator reads why from the termination message; the caller still sees the error
         target = os.environ.get(TERMINATION_MESSAGE_ENV)
         if target:
-            Path(target).write_text(compact({"stage": name, "error": str(exc)}))
+            reason = str(exc) if isinstance(exc, StageError) else f"{type(exc).__name__}: {exc}"
+            Path(target).write_text(compact({"stage": name, "error": reason}))
         raise
     write_summary(name, summary, workdir)
     return summary

@@ -48,6 +48,32 @@ def bench_model_dir(folder: Path) -> str:
     return str(folder)
 
 
+def setup(doc: str, prefix: str, **options: int):
+    """Parse the common benchmark options (`--threads`, `--json`, plus int `options` with their
+    defaults, e.g. steps=60), set torch's thread count; returns (args, temp dir, model reference)."""
+    import argparse
+    import tempfile
+
+    import torch
+
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    for name, default in options.items():
+        parser.add_argument(f"--{name}", type=int, default=default)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: no oversubscription on a shared host)")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    return args, tmp, bench_model_dir(tmp / "model")
+
+
+def write_json(path: Path | None, results: dict) -> None:
+    if path is not None:
+        import json
+
+        path.write_text(json.dumps(results, indent=2))
+
+
 def bench_job(model: str, name: str = "bench", **spec: Any) -> FineTuneJob:
     """A job on the bundled data; `spec` sections replace the defaults' sections key by key."""
     document: dict[str, Any] = {
