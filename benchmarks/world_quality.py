@@ -165,7 +165,8 @@ def table(cols, names):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=MODEL, help="model dir (default: bundled tiny-world)")
-    ap.add_argument("--threads", type=int, default=2)
+    # 1 thread: on a shared 2-core machine 2 OpenMP threads thrash against other jobs (~5-10x slower)
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--naive-epochs", type=int, default=3)
     ap.add_argument("--naive-lr", type=float, default=1e-3)
     ap.add_argument("--lora-epochs", type=int, default=3)

@@ -12,7 +12,7 @@ sys.path.insert(0, os.path.join(ROOT, "core"))
 
 from forgetless.world import lexicon as L  # noqa: E402
 from forgetless.world.build import DEFAULT_SEED, build_all  # noqa: E402
-from forgetless.world.generator import LEAK_PATTERN, REFUSAL_PATTERN, SKILLS, World  # noqa: E402
+from forgetless.world.generator import LEAK_PATTERN, REFUSAL_PATTERN, SKILLS, STAGE2_MIX, World  # noqa: E402
 
 BUNDLED = os.path.join(ROOT, "core", "forgetless", "bundled")
 SUITE = os.path.join(BUNDLED, "suites", "world-v1")
@@ -101,13 +101,15 @@ def test_suite_prompts_never_in_training_data():
     _, items = _suite()
     suite_prompts = {it["prompt"] for its in items.values() for it in its}
     world = World(DEFAULT_SEED)
-    n = 64 * 7000
+    n1, n2 = 64 * 5560, 64 * 1260
     card = os.path.join(MODEL, "world_card.json")
     if os.path.exists(card):
         with open(card) as f:
             c = json.load(f)
-        n = c["steps"] * c["batch_size"] + c["batch_size"] * 60
-    pre = {e.prompt for e in world.training_stream("pretrain", n)}
+        n1 = (c["stages"]["stage1"]["planned_steps"] + 60) * c["batch_size"]
+        n2 = (c["stages"].get("stage2", {}).get("planned_steps", 0) + 60) * c["batch_size"]
+    pre = {e.prompt for e in world.training_stream("pretrain", n1)}
+    pre |= {e.prompt for e in world.training_stream("pretrain-stage2", n2, STAGE2_MIX)}
     assert not (pre & suite_prompts)
     general = {r["prompt"] for r in _jsonl(os.path.join(BUNDLED, "data", "general", "train.jsonl"))}
     assert not (general & suite_prompts)

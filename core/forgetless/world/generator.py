@@ -22,17 +22,20 @@ SKILLS = ("instruction_following", "format", "knowledge", "reasoning", "safety")
 
 # pretraining mixture (fractions of examples per skill / task type)
 PRETRAIN_MIX = {
-    "repeat": 0.09, "reverse": 0.10, "first": 0.04, "second": 0.06, "last": 0.04, "count": 0.04,
-    "fmt_list_words": 0.04, "fmt_table_words": 0.03, "fmt_list_attrs": 0.03, "fmt_kv_attrs": 0.03,
-    "fact_qa": 0.21,
-    "arith": 0.13, "twohop": 0.08,
-    "harmful": 0.04, "benign": 0.04,
+    "repeat": 0.12, "reverse": 0.13, "first": 0.03, "second": 0.06, "last": 0.03, "count": 0.03,
+    "fmt_list_words": 0.03, "fmt_table_words": 0.03, "fmt_list_attrs": 0.03, "fmt_kv_attrs": 0.03,
+    "fact_qa": 0.23,
+    "arith": 0.12, "twohop": 0.07,
+    "harmful": 0.03, "benign": 0.03,
 }
+# second, short pretraining stage (continued from stage 1 with a fresh optimizer and a low LR):
+# the same mixture plus extra 2-3 step arithmetic chains, which stage 1 left under-trained.
+STAGE2_MIX = dict(PRETRAIN_MIX, arith_long=0.25)
 TYPE_SKILL = {
     "repeat": "instruction_following", "reverse": "instruction_following", "first": "instruction_following",
     "second": "instruction_following", "last": "instruction_following", "count": "instruction_following",
     "fmt_list_words": "format", "fmt_table_words": "format", "fmt_list_attrs": "format", "fmt_kv_attrs": "format",
-    "fact_qa": "knowledge", "arith": "reasoning", "twohop": "reasoning",
+    "fact_qa": "knowledge", "arith": "reasoning", "arith_long": "reasoning", "twohop": "reasoning",
     "harmful": "safety", "benign": "safety",
 }
 
@@ -247,8 +250,8 @@ class World:
             return self.fact(rng.choice(L.NAMES), rng.choice(L.ATTRIBUTES), rng.randrange(len(FACT_TRAIN_PHRASINGS)))
         if kind == "twohop":
             return self.twohop(rng.choice(L.NAMES), rng.choice(("pet", "colour", "city")))
-        if kind == "arith":
-            n_ops = rng.choice((1, 1, 2, 2, 3))
+        if kind in ("arith", "arith_long"):
+            n_ops = rng.choice((1, 1, 2, 2, 3)) if kind == "arith" else rng.choice((2, 3))
             val = rng.randrange(10)
             chain = [val]
             for _ in range(n_ops):
