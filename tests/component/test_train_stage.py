@@ -88,8 +88,19 @@ def test_train_stage_writes_adapter_summary_and_termination_message(tmp_path, ma
 
     message = tmp_path / "termination-log"
     monkeypatch.setenv("FORGETLESS_TERMINATION_MESSAGE_PATH", str(message))
+    from forgetless_trainer.training.loop import train
+
     job = make_job(manifest, tiny_model_dir, tmp_path / "data")
-    summary = run_stage("train", job, tmp_path / "work")
+    result = train(job, tmp_path / "work")
+    summary = result.summary
+    from forgetless_trainer.stages import write_summary
+
+    write_summary("train", summary, tmp_path / "work")  # what run_stage does after run()
+    base, _ = load_model_and_tokenizer(job.spec.model)
+    frozen = {n.replace("base_model.model.", "").replace(".base_layer", ""): p
+              for n, p in result.model.named_parameters() if "lora_" not in n}
+    assert frozen.keys() == dict(base.named_parameters()).keys()
+    assert all(torch.equal(frozen[n], p) for n, p in base.named_parameters())  # LoRA under DeepSpeed: base bit-identical
 
     # 36 train examples (4 held out) + 20 % general → epoch of 45 → 12 steps of 4
     assert summary["stage"] == "train" and summary["method"] == "lora"
