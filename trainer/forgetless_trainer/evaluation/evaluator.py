@@ -19,13 +19,17 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from forgetless.suites import Suite, SuiteTask
 from forgetless_trainer.evaluation import scorers
 from forgetless_trainer.evaluation.results import EvaluationResult, ItemResult
 
 PROMPT_SUFFIX = " =>"
+
+
+Progress = Callable[[int, int], None]
+"""progress(done, total) for generated items."""
 
 
 def generation_input(prompt: str) -> str:
@@ -53,7 +57,9 @@ def _max_context(model: Any) -> int | None:
     return getattr(config, "max_position_embeddings", None)
 
 
-def _generate(model: Any, tokenizer: Any, requests: list[_Request], batch_size: int) -> list[str]:
+def _generate(
+    model: Any, tokenizer: Any, requests: list[_Request], batch_size: int, progress: Progress | None = None
+) -> list[str]:
     import torch
 
     pad, eos = _special_ids(tokenizer)
@@ -90,6 +96,8 @@ def _generate(model: Any, tokenizer: Any, requests: list[_Request], batch_size: 
             if eos is not None and eos in tokens:
                 tokens = tokens[: tokens.index(eos)]
             answers[order[start + row]] = tokenizer.decode(tokens, skip_special_tokens=True).strip()
+        if progress is not None:
+            progress(start + len(batch), len(requests))
     return answers
 
 
@@ -138,9 +146,18 @@ def _device(model: Any) -> Any:
 
 
 def evaluate_suite(
-    model: Any, tokenizer: Any, suite: Suite, *, limit: int | None = None, batch_size: int = 32
+    model: Any,
+    tokenizer: Any,
+    suite: Suite,
+    *,
+    limit: int | None = None,
+    batch_size: int = 32,
+    progress: Progress | None = None,
 ) -> EvaluationResult:
-    """Score `model` on `suite` (first `limit` items per task when given); see the module doc."""
+    """Score `model` on `suite` (first `limit` items per task when given); see the module doc.
+
+    `progress(done, total)` is called after each generation batch (long evaluations show progress).
+    """
     import torch
 
     if batch_size < 1:
@@ -165,7 +182,7 @@ def evaluate_suite(
                 choice_spans.append((task, item, first, len(choice_rows)))
     try:
         with torch.no_grad():
-            answers = _generate(model, tokenizer, generation, batch_size) if generation else []
+            answers = _generate(model, tokenizer, generation, batch_size, progress) if generation else []
             logliks = _loglikelihoods(model, tokenizer, choice_rows, batch_size) if choice_rows else []
     finally:
         if was_training:

@@ -83,7 +83,20 @@ def evaluate_model(
         return lmeval.evaluate_lm_eval(model, tokenizer, target.lm_eval_tasks, limit=limit, batch_size=batch_size)
     from forgetless_trainer.evaluation.evaluator import evaluate_suite
 
-    return evaluate_suite(model, tokenizer, target.suite, limit=limit, batch_size=batch_size)
+    return evaluate_suite(model, tokenizer, target.suite, limit=limit, batch_size=batch_size, progress=_log_progress())
+
+
+def _log_progress():
+    """Log `[evaluate] done/total items` to stderr about every 10 % (long evaluations show progress)."""
+    last = {"decile": -1}
+
+    def report(done: int, total: int) -> None:
+        decile = done * 10 // max(total, 1)
+        if decile != last["decile"]:
+            last["decile"] = decile
+            print(f"[evaluate] {done}/{total} generated answers", file=sys.stderr, flush=True)
+
+    return report
 
 
 def load_and_evaluate(
