@@ -169,6 +169,15 @@ def save_model(model, tok, out, card):
     os.makedirs(out, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
+    # portable class name: transformers 5 writes "TokenizersBackend", which 4.x cannot load;
+    # "PreTrainedTokenizerFast" loads in both.
+    tc_path = os.path.join(out, "tokenizer_config.json")
+    with open(tc_path) as f:
+        tc = json.load(f)
+    tc["tokenizer_class"] = "PreTrainedTokenizerFast"
+    with open(tc_path, "w") as f:
+        json.dump(tc, f, indent=2, ensure_ascii=False)
+        f.write("\n")
     with open(os.path.join(out, "world_card.json"), "w") as f:
         json.dump(card, f, indent=2)
         f.write("\n")
