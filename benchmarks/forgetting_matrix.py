@@ -48,18 +48,32 @@ def _variant(base: str, name: str, **spec_patch: Any) -> dict[str, Any]:
 
 
 def policies() -> dict[str, list[dict[str, Any]]]:
-    """name -> the job(s) it runs (a sequential pair has two)."""
+    """name -> the job(s) it runs (a sequential pair has two; the second starts from the first's model)."""
     return {
         "naive full FT": [_variant("naive", "m-naive")],
         "full + low LR + early stop": [_variant("low-lr-early-stop", "m-lowlr")],
         "full + EWC": [_variant("ewc", "m-ewc")],
-        "LoRA": [_variant("recommended", "m-lora", mitigation__dataMixing={"generalFraction": 0.0}, mitigation__earlyStopping=None)],
-        "LoRA + 20% mix (recommended)": [_variant("recommended", "m-recommended")],
-        "LoRA + mix + replay (pair)": [
-            _variant("replay-1", "m-replay-1"),
-            _variant("replay-2", "m-replay-2"),
+        "LoRA (no mixing)": [
+            _variant("recommended", "m-lora", mitigation__dataMixing={"generalFraction": 0.0}, mitigation__earlyStopping=None)
         ],
+        "LoRA + 30% mix (recommended)": [_variant("recommended", "m-recommended")],
+        "LoRA + mix + replay (pair)": [_variant("replay-1", "m-replay-1"), _variant("replay-2", "m-replay-2")],
     }
+
+
+def _first_task_retention(job_document: dict[str, Any], workdir: Path) -> float:
+    """Score of the pair's final model on the FIRST job's task (world-v1's support tickets)."""
+    from forgetless.api.manifests import validate_document
+    from forgetless.suites import load_suite
+    from forgetless_trainer.evaluation.evaluator import evaluate_suite
+    from forgetless_trainer.modeling import load_model_and_tokenizer
+
+    job = validate_document(job_document)
+    suite = load_suite("bundled:world-v1")
+    tickets = [task for task in suite.tasks if task.category == "task"]
+    model, tokenizer = load_model_and_tokenizer(job.spec.model, adapter_path=workdir / "train" / "output")
+    result = evaluate_suite(model, tokenizer, type(suite)(suite.name, suite.version, tuple(tickets)))
+    return result.category_scores()["task"]
 
 
 def _run(document: dict[str, Any], workdir: Path) -> Any:
@@ -93,12 +107,20 @@ def main() -> int:
         started = time.monotonic()
         chain = []
         for document in documents:
-            # a pair's second job replays from the first job's work dir
-            for source in document["spec"].get("mitigation", {}).get("replay", {}).get("sources", []):
-                if "path" in source and chain:
+            if chain:  # the pair's second job starts from the first's model and replays its buffer
+                from forgetless.api.manifests import validate_document
+                from forgetless_trainer.pipeline import _promote
+
+                previous = validate_document(documents[len(chain) - 1])
+                promoted = _promote(previous, chain[-1].workdir)
+                document["spec"]["model"]["name"] = str(promoted)
+                for source in document["spec"].get("mitigation", {}).get("replay", {}).get("sources", []):
                     source["path"] = str(chain[-1].workdir)
             chain.append(_run(document, args.out / document["metadata"]["name"]))
         result = chain[-1]
+        first_task_after = (
+            _first_task_retention(documents[-1], chain[-1].workdir) if len(chain) > 1 else None
+        )
         status = result.status
         rows.append(
             {
@@ -111,6 +133,7 @@ def main() -> int:
                 "reasons": status.get("reasons", []),
                 "seconds": time.monotonic() - started,
                 "first_job_task": chain[0].final.get("task") if len(chain) > 1 else None,
+                "first_job_task_after_second": first_task_after,
             }
         )
 
@@ -122,12 +145,18 @@ def main() -> int:
             f"{row['policy']:<30} {row['task']:5.2f} {cells} {row['mean_retained'] * 100:5.1f}% "
             f"{row['verdict']:>7} {row['seconds'] / 60:5.1f}m"
         )
-    print("(task: exact match on held-out tickets; other columns: share of the base model's score kept)")
+    print("(task: exact match on the job's held-out task items; other columns: share of the base model's score kept)")
+    for row in rows:
+        if row["first_job_task"] is not None:
+            print(
+                f"{row['policy']}: first task (support tickets) {row['first_job_task']:.2f} after job 1, "
+                f"{row['first_job_task_after_second']:.2f} after job 2 (orders {row['task']:.2f})"
+            )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
 
     by_name = {row["policy"]: row for row in rows}
-    naive, recommended = by_name.get("naive full FT"), by_name.get("LoRA + 20% mix (recommended)")
+    naive, recommended = by_name.get("naive full FT"), by_name.get("LoRA + 30% mix (recommended)")
     checks = []
     if recommended:
         checks.append(("recommended keeps >= 98% of the mean general score", recommended["mean_retained"] >= 0.98))
@@ -137,9 +166,10 @@ def main() -> int:
         checks.append(("naive gate blocks", naive["verdict"] == "Failed"))
     if naive and recommended:
         checks.append(("recommended reaches >= 95% of naive's task score", recommended["task"] >= 0.95 * naive["task"]))
-    lora, full = by_name.get("LoRA"), by_name.get("naive full FT")
+    lora, full = by_name.get("LoRA (no mixing)"), by_name.get("naive full FT")
     if lora and full:
-        checks.append(("LoRA forgets less than full fine-tuning", lora["mean_retained"] > full["mean_retained"]))
+        label = f"LoRA forgets less than full fine-tuning (task {lora['task']:.2f} vs {full['task']:.2f})"
+        checks.append((label, lora["mean_retained"] > full["mean_retained"]))
     for label, ok in checks:
         print(f"{'PASS' if ok else 'MISS'}  {label}")
     return 0 if all(ok for _, ok in checks) else 1
