@@ -13,6 +13,7 @@ import socket
 import subprocess
 import threading
 import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable
 
@@ -149,6 +150,13 @@ def submit(api: FakeApi, name: str = "ft", **spec: Any) -> dict:
     })
 
 
+
+def _finished_at(rank: int) -> str:
+    """A kubelet-style finish time: now (plus the rank in seconds), never a fixed date in the past."""
+    finished = datetime.now(timezone.utc) + timedelta(seconds=rank + 1)
+    return finished.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def finish_stage(api: FakeApi, job_name: str, summary: dict | None, exit_code: int = 0, failed: bool = False,
                  ranks: int = 1) -> None:
     """What kubelet + the job controller would write: terminated pods (one per rank of an Indexed Job,
@@ -171,7 +179,7 @@ def finish_stage(api: FakeApi, job_name: str, summary: dict | None, exit_code: i
             "status": {"phase": "Failed" if failed else "Succeeded", "containerStatuses": [{
                 "name": "stage", "ready": False, "restartCount": 0, "image": "x", "imageID": "", "state": {
                     "terminated": {"exitCode": exit_code, "reason": "Error" if exit_code else "Completed",
-                                   "message": message, "finishedAt": f"2026-11-29T10:00:0{rank + 1}Z"}}}]},
+                                   "message": message, "finishedAt": _finished_at(rank)}}}]},
         })
     condition = {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "message": "backoff limit"} \
         if failed else {"type": "Complete", "status": "True"}
