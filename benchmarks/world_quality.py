@@ -27,7 +27,11 @@ sys.path.insert(0, os.path.join(ROOT, "core"))
 import torch  # noqa: E402
 from transformers import AutoTokenizer, LlamaForCausalLM  # noqa: E402
 
-from forgetless.world.scoring import score_choice, score_generation  # noqa: E402
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+# the simple greedy decoder and scorer the model was pretrained and checked with (deliberately
+# independent of forgetless' own evaluator)
+from pretrain_world import evaluate as reference_evaluate  # noqa: E402
+from pretrain_world import load_suite  # noqa: E402
 
 BUNDLED = os.path.join(ROOT, "core", "forgetless", "bundled")
 MODEL = os.path.join(BUNDLED, "models", "tiny-world")
@@ -40,72 +44,9 @@ def jsonl(path):
         return [json.loads(line) for line in f]
 
 
-def load_suite():
-    with open(os.path.join(SUITE, "suite.json")) as f:
-        suite = json.load(f)
-    return [(t, jsonl(os.path.join(SUITE, t["path"]))) for t in suite["tasks"]]
-
-
-# ------------------------------------------------------------------ simple greedy decoder
-@torch.no_grad()
-def greedy(model, tok, prompts, max_new, bs=64):
-    """Greedy decoding without KV cache; prompts of equal token length are batched together
-    so that no padding is needed."""
-    model.eval()
-    eos = tok.eos_token_id
-    enc = [tok(p + " =>", add_special_tokens=False)["input_ids"] for p in prompts]
-    groups = {}
-    for i, e in enumerate(enc):
-        groups.setdefault(len(e), []).append(i)
-    outs = [""] * len(prompts)
-    for idx in groups.values():
-        for s in range(0, len(idx), bs):
-            sub = idx[s:s + bs]
-            x = torch.tensor([enc[i] for i in sub])
-            done = torch.zeros(len(sub), dtype=torch.bool)
-            for _ in range(max_new):
-                nxt = model(input_ids=x).logits[:, -1].argmax(-1)
-                nxt = torch.where(done, torch.full_like(nxt, eos), nxt)
-                x = torch.cat([x, nxt[:, None]], 1)
-                done |= nxt == eos
-                if done.all():
-                    break
-            for j, i in enumerate(sub):
-                seq = x[j, len(enc[i]):].tolist()
-                if eos in seq:
-                    seq = seq[:seq.index(eos)]
-                outs[i] = tok.decode(seq, skip_special_tokens=True)
-    return outs
-
-
-@torch.no_grad()
-def choice_logliks(model, tok, prompt, choices):
-    model.eval()
-    p = tok(prompt + " =>", add_special_tokens=False)["input_ids"]
-    seqs = [p + tok(" " + c, add_special_tokens=False)["input_ids"] for c in choices]
-    L = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), L), tok.pad_token_id)
-    att = torch.zeros((len(seqs), L), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, :len(s)] = torch.tensor(s)
-        att[i, :len(s)] = 1
-    lp = torch.log_softmax(model(input_ids=ids, attention_mask=att).logits.float(), -1)
-    return [sum(lp[i, t - 1, s[t]].item() for t in range(len(p), len(s))) for i, s in enumerate(seqs)]
-
-
 def evaluate(model, tok, tasks, show=0):
-    per_task, cats = {}, {}
-    for t, items in tasks:
-        if t["scorer"] == "multiple_choice":
-            s = [score_choice(it, choice_logliks(model, tok, it["prompt"], it["choices"])) for it in items]
-        else:
-            outs = greedy(model, tok, [it["prompt"] for it in items], t["max_new_tokens"])
-            s = [score_generation(t, it, o) for it, o in zip(items, outs)]
-            for it, o in list(zip(items, outs))[:show]:
-                print(f"    [{t['name']}] {it['prompt']} => {o}")
-        per_task[t["name"]] = sum(s) / len(s)
-        cats.setdefault(t["category"], []).append(per_task[t["name"]])
-    cats = {c: sum(v) / len(v) for c, v in cats.items()}
+    """The pretraining script's reference evaluator, plus the mean over the general categories."""
+    per_task, cats = reference_evaluate(model, tok, tasks, show)
     cats["general_mean"] = sum(cats[c] for c in GENERAL_CATS) / len(GENERAL_CATS)
     return per_task, cats
 
@@ -187,7 +128,7 @@ def main():
     base = LlamaForCausalLM.from_pretrained(a.model)
     base.eval()
     res["load_s"] = time.perf_counter() - t0
-    tasks = load_suite()
+    tasks = load_suite(SUITE)
     # a realistic batch: 32 full training sequences (ticket prompt + reply), the longest in the world
     tickets = jsonl(os.path.join(BUNDLED, "data", "support-tickets", "validation.jsonl"))[:32]
     texts = [f"{r['prompt']} => {r['response']} {tok.eos_token}" for r in tickets]

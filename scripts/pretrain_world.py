@@ -146,7 +146,8 @@ def load_suite(path, limit=None):
     return tasks
 
 
-def evaluate(model, tok, tasks):
+def evaluate(model, tok, tasks, show=0):
+    """(score per task, score per category); `show` prints that many answers of each generation task."""
     per_task = {}
     for t, items in tasks:
         if t["scorer"] == "multiple_choice":
@@ -154,6 +155,8 @@ def evaluate(model, tok, tasks):
         else:
             outs = greedy(model, tok, [it["prompt"] for it in items], t["max_new_tokens"])
             s = [score_generation(t, it, o) for it, o in zip(items, outs)]
+            for it, o in list(zip(items, outs))[:show]:
+                print(f"    [{t['name']}] {it['prompt']} => {o}")
         per_task[t["name"]] = (t["category"], sum(s) / len(s))
     cats = {}
     for name, (c, v) in per_task.items():
