@@ -1,9 +1,7 @@
 """Shared pieces of the trainer benchmarks (benchmarks/ewc_overhead.py, fisher_speed.py,
 trainer_overhead.py): the benchmark model, jobs on the bundled data, and step timing.
 
-Model: `bundled:tiny-world` when it is installed, else a Llama built from its calibration config
-(word-level vocab of the bundled data, d_model 256, 4 layers, 4 heads, FFN 672, tied embeddings:
-~3.3 M parameters) with random weights — step times do not depend on what the weights know.
+Model: `bundled:tiny-world` (3.2 M parameters), which ships with forgetless.
 """
 
 from __future__ import annotations
@@ -16,36 +14,7 @@ from typing import Any, Callable
 from forgetless import bundled
 from forgetless.api.schema import FineTuneJob, parse_job
 
-SPECIALS = ["<pad>", "<unk>", "<s>", "</s>"]
-
-
-def bench_model_dir(folder: Path) -> str:
-    """A model directory (or `bundled:tiny-world`) for the benchmarks."""
-    try:
-        bundled.resolve("bundled:tiny-world", "model")
-        return "bundled:tiny-world"
-    except bundled.UnknownBundledAsset:
-        pass
-    import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    words = [w for w in (bundled.ROOT / "data" / "vocab.txt").read_text().split() if w not in SPECIALS]
-    vocab = {tok: i for i, tok in enumerate(SPECIALS + ["=>"] + [w for w in words if w != "=>"])}
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, pad_token="<pad>", unk_token="<unk>", bos_token="<s>", eos_token="</s>"
-    )
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(vocab), hidden_size=256, intermediate_size=672, num_hidden_layers=4, num_attention_heads=4,
-        num_key_value_heads=4, max_position_embeddings=128, tie_word_embeddings=True,
-        pad_token_id=0, bos_token_id=2, eos_token_id=3,
-    )
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
+BENCH_MODEL = "bundled:tiny-world"
 
 
 def setup(doc: str, prefix: str, **options: int):
@@ -64,7 +33,8 @@ def setup(doc: str, prefix: str, **options: int):
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     tmp = Path(tempfile.mkdtemp(prefix=prefix))
-    return args, tmp, bench_model_dir(tmp / "model")
+    bundled.resolve(BENCH_MODEL, "model")  # fails loudly if the package lost its bundled model
+    return args, tmp, BENCH_MODEL
 
 
 def write_json(path: Path | None, results: dict) -> None:
