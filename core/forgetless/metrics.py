@@ -12,7 +12,7 @@ from typing import Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from forgetless.api.schema import PHASES
+from forgetless.api.schema import CATEGORIES, PHASES
 
 STAGE_DURATION_BUCKETS = (10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800, 86400)
 
@@ -69,7 +69,6 @@ class ForgettingMetrics:
         self.reconcile_errors = Counter(
             "forgetless_reconcile_errors_total", "Reconcile attempts that raised an error.", ["namespace"], registry=r
         )
-        self._jobs_seen: set[tuple[str, str]] = set()
         self._categories: dict[tuple[str, str], set[str]] = {}
 
     def set_phase_counts(self, counts: Mapping[tuple[str, str], int], namespaces: Iterable[str]) -> None:
@@ -87,8 +86,11 @@ class ForgettingMetrics:
         task_gain: float | None = None,
     ) -> None:
         key = (namespace, job)
-        self._jobs_seen.add(key)
         categories = self._categories.setdefault(key, set())
+        general = [c for c in CATEGORIES if c in baseline and c in final]
+        if general:  # category "mean": the mean general score, as the gate's mean drop sees it
+            baseline = {**baseline, "mean": sum(baseline[c] for c in general) / len(general)}
+            final = {**final, "mean": sum(final[c] for c in general) / len(general)}
         for category, value in baseline.items():
             self.baseline_score.labels(namespace, job, category).set(value)
             categories.add(category)
@@ -101,7 +103,6 @@ class ForgettingMetrics:
             self.task_gain.labels(namespace, job).set(task_gain)
 
     def record_verdict(self, namespace: str, job: str, verdict: str) -> None:
-        self._jobs_seen.add((namespace, job))
         self.gate_verdicts.labels(namespace, verdict).inc()
         self.gate_passed.labels(namespace, job).set(0 if verdict == "Failed" else 1)
 
@@ -119,4 +120,3 @@ class ForgettingMetrics:
                 gauge.remove(namespace, job)
             except KeyError:
                 pass
-        self._jobs_seen.discard(key)

@@ -13,15 +13,9 @@ from typing import Any, Callable, Mapping
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from forgetless.api.schema import CATEGORIES
 from forgetless.metrics import ForgettingMetrics
 
 from forgetless_operator.reconcile import parse_time
-
-
-def _mean(scores: Mapping[str, float], categories: set[str]) -> float | None:
-    values = [scores[c] for c in categories]
-    return sum(values) / len(values) if values else None
 
 
 class OperatorMetrics:
@@ -49,10 +43,6 @@ class OperatorMetrics:
         final = dict(new.get("finalScores") or {})
         gate = new.get("gate") or {}
         if baseline or final:
-            general = {c for c in CATEGORIES if c in baseline and c in final}
-            if general:
-                baseline["mean"] = _mean(baseline, general)  # type: ignore[assignment]
-                final["mean"] = _mean(final, general)  # type: ignore[assignment]
             m.record_scores(namespace, name, baseline, final, gate.get("taskGain"))
         if gate:
             if not old.get("gate"):

@@ -249,13 +249,11 @@ def execute(
         baseline = summaries["baseline"].get("scores", {})
         final = summaries["evaluate"].get("scores", {})
         gate = evaluate_gate(summaries["evaluate"]["paired"], job.spec.regression)
-        status = gate.to_status()
-        forgetting.record_scores(namespace, name, baseline, final, status.get("taskGain"))
-        forgetting.forgetting.labels(namespace, name, "mean").set(status["meanDrop"])
-        forgetting.record_verdict(namespace, name, status["verdict"])
-        passed = status["verdict"] in ("Passed", "Warned")
-        forgetting.set_phase_counts({(namespace, "Succeeded" if passed else "Blocked"): 1}, [namespace])
-    return PipelineResult(workdir, summaries, gate, baseline, final, time.monotonic() - began)
+        result = PipelineResult(workdir, summaries, gate, baseline, final, time.monotonic() - began)
+        forgetting.record_scores(namespace, name, baseline, final, result.status.get("taskGain"))
+        forgetting.record_verdict(namespace, name, result.status["verdict"])
+        forgetting.set_phase_counts({(namespace, "Succeeded" if result.passed else "Blocked"): 1}, [namespace])
+    return result
 
 
 def run_pipeline(
