@@ -78,11 +78,11 @@ def _first_task_retention(job_document: dict[str, Any], workdir: Path) -> float:
 
 def _run(document: dict[str, Any], workdir: Path) -> Any:
     from forgetless.api.manifests import validate_document
-    from forgetless_trainer.pipeline import _prepare_workdir, execute, preflight
+    from forgetless_trainer.pipeline import prepare_workdir, execute, preflight
 
     job = validate_document(document)
     preflight(job)
-    _prepare_workdir(job, workdir, restart=False)
+    prepare_workdir(job, workdir, restart=False)
     return execute(job, workdir, log=lambda message: print(f"    {message}", file=sys.stderr))
 
 
@@ -109,10 +109,10 @@ def main() -> int:
         for document in documents:
             if chain:  # the pair's second job starts from the first's model and replays its buffer
                 from forgetless.api.manifests import validate_document
-                from forgetless_trainer.pipeline import _promote
+                from forgetless_trainer.pipeline import promote
 
                 previous = validate_document(documents[len(chain) - 1])
-                promoted = _promote(previous, chain[-1].workdir)
+                promoted = promote(previous, chain[-1].workdir)
                 document["spec"]["model"]["name"] = str(promoted)
                 for source in document["spec"].get("mitigation", {}).get("replay", {}).get("sources", []):
                     source["path"] = str(chain[-1].workdir)

@@ -168,15 +168,15 @@ def test_missing_dataset_path_is_named_before_anything_runs(tmp_path, tiny_model
 
 
 def test_a_work_dir_of_another_spec_is_not_overwritten(tmp_path, tiny_model_dir, world, capsys):
-    from forgetless_trainer.pipeline import _prepare_workdir
+    from forgetless_trainer.pipeline import prepare_workdir
     from forgetless.api.manifests import load_job
     from forgetless_trainer.pipeline import PreflightError
 
     job = load_job(_job(tmp_path, tiny_model_dir, world))
     workdir = tmp_path / "work"
-    _prepare_workdir(job, workdir, restart=False)
+    prepare_workdir(job, workdir, restart=False)
     other = job.model_copy(deep=True)
     other.spec.training.seed = 7
     with pytest.raises(PreflightError, match="different spec"):
-        _prepare_workdir(other, workdir, restart=False)
-    _prepare_workdir(other, workdir, restart=True)
+        prepare_workdir(other, workdir, restart=False)
+    prepare_workdir(other, workdir, restart=True)

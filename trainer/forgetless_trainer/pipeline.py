@@ -90,7 +90,8 @@ def _stage_done(workdir: Path, stage: str) -> dict[str, Any] | None:
     return None
 
 
-def _prepare_workdir(job: FineTuneJob, workdir: Path, restart: bool) -> None:
+def prepare_workdir(job: FineTuneJob, workdir: Path, restart: bool) -> None:
+    """Create `workdir` and record the spec; refuse a work dir holding another spec unless `restart`."""
     job_file = workdir / JOB_FILE
     wire = job.to_wire()
     wire.pop("status", None)
@@ -165,7 +166,8 @@ def render_table(gate: Any, baseline: dict[str, float], final: dict[str, float])
     return "\n".join(rows)
 
 
-def _promote(job: FineTuneJob, workdir: Path) -> Path | None:
+def promote(job: FineTuneJob, workdir: Path) -> Path | None:
+    """Copy the trained model to the promote path (LoRA: merged into the base, adapter kept beside it)."""
     source = workdir / "train" / "output"
     target = job.spec.output.promote_path
     if not job.spec.output.promote or not source.exists():
@@ -264,7 +266,7 @@ def run_pipeline(
         job = load_job(manifest)
         preflight(job)
         workdir = workdir or default_workdir(job)
-        _prepare_workdir(job, workdir, restart)
+        prepare_workdir(job, workdir, restart)
     except ManifestError as exc:
         print(str(exc), file=sys.stderr)
         return exit_codes.INVALID
@@ -286,7 +288,7 @@ def run_pipeline(
     for report in sorted(report_dir.glob("*")) if report_dir.exists() else []:
         print(f"report: {report}")
     if result.passed:
-        promoted = _promote(job, workdir)
+        promoted = promote(job, workdir)
         if promoted is not None:
             print(f"promoted: {promoted}")
         return exit_codes.OK
