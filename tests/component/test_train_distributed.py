@@ -32,6 +32,7 @@ WORKER = textwrap.dedent(
     job_path, workdir = sys.argv[1], sys.argv[2]
     result = train(load_job(Path(job_path)), Path(workdir))
     rank = int(os.environ["RANK"])
+    assert not torch.distributed.is_initialized(), "train() must leave no process group behind"
     weights = {n: p.detach().clone() for n, p in result.model.named_parameters() if p.requires_grad}
     torch.save(weights, os.path.join(workdir, f"rank{rank}.pt"))
     json.dump(result.summary, open(os.path.join(workdir, f"summary{rank}.json"), "w"))
@@ -67,7 +68,7 @@ def test_two_ranks_end_with_identical_weights(tmp_path, manifest, tiny_model_dir
             for i in range(2)
         ]
     outputs = [p.communicate(timeout=300)[0] for p in procs]
-    assert all(p.returncode == 0 for p in procs), "\n".join(o[-3000:] for o in outputs)
+    assert [p.returncode for p in procs] == [0] * len(procs), "\n".join(o[-3000:] for o in outputs)
 
     rank0, rank1 = (torch.load(workdir / f"rank{r}.pt") for r in range(2))
     assert rank0.keys() == rank1.keys() and len(rank0) > 0

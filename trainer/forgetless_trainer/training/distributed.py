@@ -78,6 +78,21 @@ def init_process_group() -> None:
         deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
 
 
+def shutdown() -> None:
+    """End a multi-rank run cleanly: wait for every rank, then destroy the process group.
+
+    Without it a rank that exits first can take its gloo/shm connections down while the others are
+    still tearing down theirs, and a rank dies at interpreter exit with "terminate called without an
+    active exception" (seen in CI, rarely) although training finished. A single-rank group is left
+    alone: in-process callers (tests, benchmarks) train several times in one process.
+    """
+    import torch.distributed as dist
+
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def barrier() -> None:
     import torch.distributed as dist
 

@@ -423,10 +423,15 @@ def train(job: FineTuneJob, workdir: Path, **options: Any) -> TrainResult:
     Options (all keyword, see `Trainer`): `base_dir` for relative paths; `probe` replaces the
     forgetting-budget probe (tests); `after_step(step)` runs after every step and its checkpoint
     (e.g. to inject a failure); `progress_stream` where progress goes (stderr).
+
+    With several ranks the process group is destroyed before returning (distributed.shutdown): the
+    returned engine can no longer run collectives; the model's (ZeRO-1/2) weights stay usable.
     """
     trainer = Trainer(job, workdir, **options)
     trainer.setup()
-    return trainer.run()
+    result = trainer.run()
+    distributed.shutdown()
+    return result
 
 
 def env_base_dir() -> Path | None:
