@@ -244,7 +244,8 @@ def observe_stage(stage: str, job: Mapping[str, Any], pods: list[dict], workers:
         finished_at, terminated = ok[-1]
         raw = terminated.get("message") or ""
         try:
-            result = json.loads(raw)
+            # NaN/Infinity (a diverged loss) would make the status patch invalid JSON for the API server
+            result = json.loads(raw, parse_constant=lambda _constant: None)
         except ValueError:
             return StageObservation(
                 "Failed",

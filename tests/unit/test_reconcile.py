@@ -343,6 +343,16 @@ def test_unreadable_termination_message_fails_the_stage():
     assert decision.status["phase"] == "Failed" and "ResultUnreadable" in decision.status["message"]
 
 
+def test_non_finite_loss_in_the_result_becomes_null_so_the_status_stays_valid_json():
+    job, observed, _ = through("baseline")
+    observed.jobs["train"] = stage_job(job, "train", complete=True)
+    observed.pods["train"] = [pod("train", message=json.dumps({**TRAIN, "finalLoss": float("nan")}))]
+    status = run(job, observed, T0 + timedelta(minutes=11)).status
+    assert status["phase"] == "Evaluating"
+    assert "loss" not in status["progress"] and status["progress"]["step"] == 120
+    json.dumps(status, allow_nan=False)  # what the API server accepts
+
+
 def test_waiting_pod_problem_is_surfaced_in_the_stage_message():
     job = ftj()
     job = started(job, run(job))

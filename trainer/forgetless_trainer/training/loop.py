@@ -317,7 +317,7 @@ class Trainer:
             "steps": self.step,
             "totalSteps": self.total_steps,
             "epochs": round(self.step / self.steps_per_epoch, 4),
-            "finalLoss": self.last_loss,
+            "finalLoss": self.last_loss if math.isfinite(self.last_loss) else None,  # NaN is not JSON
             "stoppedReason": reason,
             "tokensPerSecond": round(tokens_all / seconds, 2) if seconds > 0 else 0.0,
             "outputPath": str(output),
