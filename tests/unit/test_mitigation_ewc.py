@@ -1,4 +1,4 @@
-"""EWC: the penalty and its gradient match λ/2·Σ F(θ−θ*)², vmap Fisher equals a per-sample loop,
+"""EWC: the penalty and its gradient match λ/2·Σ F(θ−θ*)², batched Fisher (hooks and vmap) equals a per-sample loop,
 a huge λ pins the weights to θ*, and online EWC accumulates F = γ·F_prev + F_new."""
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from forgetless_trainer.mitigations.ewc import (  # noqa: E402
     estimate_fisher,
     ewc_penalty,
     fisher_examples,
+    hook_plan,
     sequence_nll,
 )
 from forgetless_trainer.stages import StageError  # noqa: E402
@@ -117,11 +118,22 @@ def examples(n: int) -> list[D.Example]:
     return [D.Example(" ".join(words[i % 7 : i % 7 + 2]), " ".join(words[i % 5 : i % 5 + 1 + i % 3])) for i in range(n)]
 
 
-def test_vmap_fisher_equals_a_per_sample_loop(lora_model):
-    model, tokenizer = lora_model
-    encoder = D.Encoder(tokenizer, 32)
-    samples = examples(7)
-    ours = estimate_fisher(model, samples, encoder, chunk_size=3)
+@pytest.fixture(scope="module")
+def full_model(tiny_model_dir):
+    """Every weight trainable: Linear layers, RMSNorms and the embedding tied to the LM head."""
+    from forgetless_trainer.modeling import load_model_and_tokenizer
+    from forgetless.api.schema import ModelSpec
+
+    model, tokenizer = load_model_and_tokenizer(ModelSpec(name=str(tiny_model_dir)))
+    assert model.get_input_embeddings().weight is model.get_output_embeddings().weight
+    with torch.no_grad():  # RMSNorm weights start at 1: move them so a wrong norm gradient shows
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.uniform_(0.5, 1.5)
+    return model, tokenizer
+
+
+def loop_fisher(model, samples, encoder):
     reference = {n: torch.zeros_like(p) for n, p in model.named_parameters() if p.requires_grad}
     model.eval()
     for example in samples:
@@ -132,10 +144,36 @@ def test_vmap_fisher_equals_a_per_sample_loop(lora_model):
             if p.requires_grad:
                 reference[n] += p.grad.detach() ** 2 / len(samples)
     model.zero_grad()
-    assert set(ours) == set(reference) and len(ours) == 8
+    return reference
+
+
+@pytest.mark.parametrize("method", ["auto", "vmap"])
+@pytest.mark.parametrize("which", ["lora", "full"])
+def test_batched_fisher_equals_a_per_sample_loop(request, which, method):
+    model, tokenizer = request.getfixturevalue(f"{which}_model")
+    encoder = D.Encoder(tokenizer, 32)
+    samples = examples(7)
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert hook_plan(model, names) is not None  # "auto" takes the hook path on these models
+    ours = estimate_fisher(model, samples, encoder, chunk_size=3, method=method)
+    reference = loop_fisher(model, samples, encoder)
+    assert set(ours) == set(reference) and len(ours) == (8 if which == "lora" else len(names))
     for n in ours:
         assert torch.allclose(ours[n], reference[n], rtol=1e-4, atol=1e-9), n
     assert all(ours[n].abs().sum() > 0 for n in ours)
+    assert [n for n, p in model.named_parameters() if p.requires_grad] == names  # unfrozen again afterwards
+
+
+def test_unsupported_parameters_fall_back_to_vmap(lora_model):
+    model, _ = lora_model
+    rotary = next(m for n, m in model.named_modules() if n.endswith("rotary_emb"))
+    extra = torch.nn.Parameter(torch.zeros(3))
+    rotary.register_parameter("extra", extra)
+    try:
+        names = [n for n, p in model.named_parameters() if p.requires_grad]
+        assert hook_plan(model, names) is None
+    finally:
+        del rotary._parameters["extra"]
 
 
 def test_fisher_examples_are_a_seeded_choice():

@@ -3,10 +3,14 @@
 Penalty   λ/2 · Σ_i F_i (θ_i − θ*_i)², added to the task loss at every micro-step.
 Fisher    diagonal empirical Fisher on `mitigation.ewc.fisherSamples` general examples
           (`dataset.general`, a seeded choice): F_i = mean over samples of (∂ℓ_s/∂θ_i)², where ℓ_s
-          is one example's mean NLL over its response tokens. Per-sample gradients are vectorised
-          with torch.func (`vmap(grad(functional_call))`), in chunks, never a Python loop over
-          samples; with several ranks each rank takes every world-th sample and the sums are
-          all-reduced.
+          is one example's mean NLL over its response tokens. Per-sample gradients come from one
+          batched forward + backward per chunk, never a Python loop over samples: hooks keep each
+          layer's input and output gradient, and the per-sample weight gradient is formed from
+          them (Linear: Σ_t g_t x_tᵀ; Embedding: g scattered by token id; RMSNorm: Σ_t g_t ⊙ x̂_t;
+          a tied weight sums its uses before squaring), the way Opacus does. The backward pass only
+          computes activation gradients (parameters are frozen for it). Models with any other kind
+          of trainable parameter fall back to torch.func `vmap(grad(functional_call))`. With several
+          ranks each rank takes every world-th sample and the sums are all-reduced.
 Anchor    θ* = the weights training starts from.
 Online    `online: true` with `previous` (an earlier job, see `find_job_artifact`):
           F = decay · F_prev + F_new, and for full fine-tuning θ* = the previous job's final weights
@@ -77,6 +81,120 @@ def per_sample_squared_grads(
     return {n: g.pow(2).sum(0) for n, g in grads.items()}
 
 
+def _kind(module: torch.nn.Module) -> str | None:
+    if isinstance(module, torch.nn.Linear):
+        return "linear"
+    if isinstance(module, torch.nn.Embedding):
+        return "embedding"
+    if type(module).__name__.endswith("RMSNorm") and hasattr(module, "variance_epsilon"):
+        return "rmsnorm"
+    return None
+
+
+def _direct_parameters(module: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
+    return list(module.named_parameters(recurse=False))
+
+
+def hook_plan(model: torch.nn.Module, names: Sequence[str]) -> list[tuple[torch.nn.Module, str]] | None:
+    """The (module, kind) uses of the parameters `names`, or None when one of them sits in a module
+    the hook path cannot differentiate per sample (then vmap is used)."""
+    wanted = {id(p): n for n, p in model.named_parameters() if n in set(names)}
+    covered: set[int] = set()
+    plan = []
+    for module in model.modules():
+        mine = [(local, p) for local, p in _direct_parameters(module) if id(p) in wanted]
+        if not mine:
+            continue
+        kind = _kind(module)
+        if kind is None or any(local not in ("weight", "bias") for local, _ in mine):
+            return None
+        if kind != "linear" and any(local == "bias" for local, _ in mine):
+            return None
+        plan.append((module, kind))
+        covered.update(id(p) for _, p in mine)
+    if covered != set(wanted):
+        return None
+    return plan
+
+
+def per_sample_squared_grads_hooked(
+    model: torch.nn.Module,
+    names: Sequence[str],
+    input_ids: torch.Tensor,
+    labels: torch.Tensor,
+    plan: list[tuple[torch.nn.Module, str]],
+) -> dict[str, torch.Tensor]:
+    """Σ over the rows of (∂ℓ_row/∂θ)², from one batched forward + backward (see the module docstring).
+
+    Rows are independent (right padding + the causal mask, no batch statistics, eval mode), so the
+    gradient of Σ_row ℓ_row with respect to one row's activations is that row's own gradient.
+    """
+    by_id = {id(p): n for n, p in model.named_parameters() if n in set(names)}
+    records: list[tuple[torch.nn.Module, str, torch.Tensor, dict[str, torch.Tensor]]] = []
+    embeddings = model.get_input_embeddings()
+    source: list[torch.Tensor] = []
+
+    kinds = {id(m): k for m, k in plan}
+
+    def forward_hook(module, inputs, output):
+        kind = kinds.get(id(module))
+        if module is embeddings and not output.requires_grad:
+            output = output.detach().requires_grad_()  # the graph starts here: parameters are frozen
+            source.append(output)
+        if kind is not None:
+            store: dict[str, torch.Tensor] = {}
+            output.register_hook(lambda g, store=store: store.__setitem__("g", g.detach()))
+            records.append((module, kind, inputs[0].detach(), store))
+        return output
+
+    hooked = {id(m): m for m, _ in plan}
+    hooked.setdefault(id(embeddings), embeddings)
+    handles = [m.register_forward_hook(forward_hook) for m in hooked.values()]
+    frozen = [p for p in model.parameters() if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        out = model(input_ids=input_ids, use_cache=False)
+        loss = sequence_nll(out.logits, labels).sum()
+        torch.autograd.grad(loss, source)
+    finally:
+        for h in handles:
+            h.remove()
+        for p in frozen:
+            p.requires_grad_(True)
+
+    rows = input_ids.shape[0]
+    per_sample: dict[str, torch.Tensor] = {}
+
+    def add(param: torch.Tensor | None, grad: torch.Tensor) -> None:
+        name = by_id.get(id(param)) if param is not None else None
+        if name is None:
+            return
+        per_sample[name] = per_sample[name] + grad if name in per_sample else grad
+
+    for module, kind, x, store in records:
+        g = store["g"].float()
+        if kind == "linear":
+            x = x.float()
+            add(module.weight, torch.einsum("b...o,b...i->boi", g, x))
+            if module.bias is not None:
+                add(module.bias, g.reshape(rows, -1, g.shape[-1]).sum(1))
+        elif kind == "embedding":
+            vocab, dim = module.weight.shape
+            flat = torch.zeros(rows * vocab, dim, dtype=g.dtype, device=g.device)
+            offsets = (torch.arange(rows, device=x.device) * vocab).view(rows, *([1] * (x.dim() - 1)))
+            flat.index_add_(0, (x + offsets).reshape(-1), g.reshape(-1, dim))
+            grad = flat.view(rows, vocab, dim)
+            if module.padding_idx is not None:
+                grad[:, module.padding_idx] = 0
+            add(module.weight, grad)
+        else:  # rmsnorm: y = w ⊙ x̂ with x̂ = x / rms(x), computed in float32 as the module does
+            h = x.float()
+            normed = (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + module.variance_epsilon)).to(x.dtype).float()
+            add(module.weight, (g * normed).reshape(rows, -1, g.shape[-1]).sum(1))
+    return {n: per_sample[n].pow(2).sum(0) for n in names}
+
+
 @contextlib.contextmanager
 def eager_attention(model: torch.nn.Module):
     """Run with eager attention: SDPA's backward has no vmap batching rule (it would fall back to a loop)."""
@@ -101,8 +219,14 @@ def estimate_fisher(
     chunk_size: int | None = None,
     rank: int = 0,
     world_size: int = 1,
+    method: str = "auto",
 ) -> dict[str, torch.Tensor]:
-    """Diagonal empirical Fisher of the trainable parameters over `examples` (mean of squared per-sample grads)."""
+    """Diagonal empirical Fisher of the trainable parameters over `examples` (mean of squared per-sample grads).
+
+    `method`: "auto" (hooks when every trainable parameter sits in a Linear, Embedding or RMSNorm,
+    else vmap) or "vmap" (always torch.func)."""
+    if method not in ("auto", "vmap"):
+        raise ValueError(f"method must be 'auto' or 'vmap', not {method!r}")
     named = trainable_parameters(model)
     names = [n for n, _ in named]
     if chunk_size is None:
@@ -112,13 +236,18 @@ def estimate_fisher(
     sums = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in named}
     # similar lengths share a chunk: less padding to compute through (the sum does not depend on order)
     mine = sorted(list(examples)[rank::world_size], key=lambda e: len(encoder.encode(e)[0]))
+    plan = hook_plan(model, names) if method == "auto" else None
     was_training = model.training
     model.eval()
     try:
-        with eager_attention(model):
+        with contextlib.nullcontext() if plan is not None else eager_attention(model):
             for start in range(0, len(mine), chunk_size):
                 batch = encoder.batch(mine[start : start + chunk_size])
-                sq = per_sample_squared_grads(model, names, batch["input_ids"].to(device), batch["labels"].to(device))
+                ids, labels = batch["input_ids"].to(device), batch["labels"].to(device)
+                if plan is not None:
+                    sq = per_sample_squared_grads_hooked(model, names, ids, labels, plan)
+                else:
+                    sq = per_sample_squared_grads(model, names, ids, labels)
                 for n in names:
                     sums[n] += sq[n].float()
     finally:
