@@ -164,19 +164,34 @@ def per_sample_squared_grads_hooked(
             p.requires_grad_(True)
 
     rows = input_ids.shape[0]
-    per_sample: dict[str, torch.Tensor] = {}
+    # a weight used by several modules (embedding tied to the LM head) sums its per-sample parts
+    # before squaring; every other per-sample gradient is squared and summed as soon as it exists,
+    # so at most one layer's (rows × weight) tensor is alive at a time
+    uses: dict[str, int] = {}
+    for module, kind, _, _ in records:
+        for p in (module.weight, getattr(module, "bias", None) if kind == "linear" else None):
+            if p is not None and id(p) in by_id:
+                uses[by_id[id(p)]] = uses.get(by_id[id(p)], 0) + 1
+    pending: dict[str, torch.Tensor] = {}
+    squared: dict[str, torch.Tensor] = {}
 
     def add(param: torch.Tensor | None, grad: torch.Tensor) -> None:
         name = by_id.get(id(param)) if param is not None else None
         if name is None:
             return
-        per_sample[name] = per_sample[name] + grad if name in per_sample else grad
+        grad = pending.pop(name) + grad if name in pending else grad
+        uses[name] -= 1
+        if uses[name]:
+            pending[name] = grad
+        else:
+            part = grad.pow_(2).sum(0)
+            squared[name] = squared[name] + part if name in squared else part
 
     for module, kind, x, store in records:
         g = store["g"].float()
         if kind == "linear":
             x = x.float()
-            add(module.weight, torch.einsum("b...o,b...i->boi", g, x))
+            add(module.weight, torch.bmm(g.reshape(rows, -1, g.shape[-1]).transpose(1, 2), x.reshape(rows, -1, x.shape[-1])))
             if module.bias is not None:
                 add(module.bias, g.reshape(rows, -1, g.shape[-1]).sum(1))
         elif kind == "embedding":
@@ -192,7 +207,7 @@ def per_sample_squared_grads_hooked(
             h = x.float()
             normed = (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + module.variance_epsilon)).to(x.dtype).float()
             add(module.weight, (g * normed).reshape(rows, -1, g.shape[-1]).sum(1))
-    return {n: per_sample[n].pow(2).sum(0) for n in names}
+    return {n: squared[n] for n in names}
 
 
 @contextlib.contextmanager
@@ -229,14 +244,18 @@ def estimate_fisher(
         raise ValueError(f"method must be 'auto' or 'vmap', not {method!r}")
     named = trainable_parameters(model)
     names = [n for n, _ in named]
-    if chunk_size is None:
-        per_sample_bytes = 4 * sum(p.numel() for _, p in named)
-        chunk_size = int(max(1, min(32, (256 << 20) // max(per_sample_bytes, 1))))
+    plan = hook_plan(model, names) if method == "auto" else None
+    if chunk_size is None:  # ≤ 256 MB of per-sample gradients alive at once
+        if plan is not None:  # one layer at a time (a tied weight: its uses summed, so twice its size)
+            per_sample_bytes = 8 * max((p.numel() for _, p in named), default=1)
+            chunk_size = int(max(1, min(32, (256 << 20) // per_sample_bytes)))
+        else:  # vmap materialises every parameter's per-sample gradient
+            per_sample_bytes = 4 * sum(p.numel() for _, p in named)
+            chunk_size = int(max(1, min(32, (256 << 20) // max(per_sample_bytes, 1))))
     device = named[0][1].device if named else torch.device("cpu")
     sums = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in named}
     # similar lengths share a chunk: less padding to compute through (the sum does not depend on order)
     mine = sorted(list(examples)[rank::world_size], key=lambda e: len(encoder.encode(e)[0]))
-    plan = hook_plan(model, names) if method == "auto" else None
     was_training = model.training
     model.eval()
     try:
