@@ -133,7 +133,6 @@ def per_sample_squared_grads_hooked(
     records: list[tuple[torch.nn.Module, str, torch.Tensor, dict[str, torch.Tensor]]] = []
     embeddings = model.get_input_embeddings()
     source: list[torch.Tensor] = []
-
     kinds = {id(m): k for m, k in plan}
 
     def forward_hook(module, inputs, output):
@@ -164,6 +163,7 @@ def per_sample_squared_grads_hooked(
             p.requires_grad_(True)
 
     rows = input_ids.shape[0]
+    records = [r for r in records if "g" in r[3]]  # a layer off the loss's path has zero gradient
     # a weight used by several modules (embedding tied to the LM head) sums its per-sample parts
     # before squaring; every other per-sample gradient is squared and summed as soon as it exists,
     # so at most one layer's (rows × weight) tensor is alive at a time
@@ -207,7 +207,8 @@ def per_sample_squared_grads_hooked(
             h = x.float()
             normed = (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + module.variance_epsilon)).to(x.dtype).float()
             add(module.weight, (g * normed).reshape(rows, -1, g.shape[-1]).sum(1))
-    return {n: squared[n] for n in names}
+    params = dict(model.named_parameters())
+    return {n: squared[n] if n in squared else torch.zeros_like(params[n], dtype=torch.float32) for n in names}
 
 
 @contextlib.contextmanager
