@@ -91,10 +91,6 @@ def _kind(module: torch.nn.Module) -> str | None:
     return None
 
 
-def _direct_parameters(module: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
-    return list(module.named_parameters(recurse=False))
-
-
 def hook_plan(model: torch.nn.Module, names: Sequence[str]) -> list[tuple[torch.nn.Module, str]] | None:
     """The (module, kind) uses of the parameters `names`, or None when one of them sits in a module
     the hook path cannot differentiate per sample (then vmap is used)."""
@@ -102,7 +98,7 @@ def hook_plan(model: torch.nn.Module, names: Sequence[str]) -> list[tuple[torch.
     covered: set[int] = set()
     plan = []
     for module in model.modules():
-        mine = [(local, p) for local, p in _direct_parameters(module) if id(p) in wanted]
+        mine = [(local, p) for local, p in module.named_parameters(recurse=False) if id(p) in wanted]
         if not mine:
             continue
         kind = _kind(module)
@@ -189,11 +185,11 @@ def per_sample_squared_grads_hooked(
 
     for module, kind, x, store in records:
         g = store["g"].float()
+        per_row = g.reshape(rows, -1, g.shape[-1])  # (rows, positions, features)
         if kind == "linear":
-            x = x.float()
-            add(module.weight, torch.bmm(g.reshape(rows, -1, g.shape[-1]).transpose(1, 2), x.reshape(rows, -1, x.shape[-1])))
+            add(module.weight, torch.bmm(per_row.transpose(1, 2), x.float().reshape(rows, -1, x.shape[-1])))
             if module.bias is not None:
-                add(module.bias, g.reshape(rows, -1, g.shape[-1]).sum(1))
+                add(module.bias, per_row.sum(1))
         elif kind == "embedding":
             vocab, dim = module.weight.shape
             flat = torch.zeros(rows * vocab, dim, dtype=g.dtype, device=g.device)
@@ -206,7 +202,7 @@ def per_sample_squared_grads_hooked(
         else:  # rmsnorm: y = w ⊙ x̂ with x̂ = x / rms(x), computed in float32 as the module does
             h = x.float()
             normed = (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + module.variance_epsilon)).to(x.dtype).float()
-            add(module.weight, (g * normed).reshape(rows, -1, g.shape[-1]).sum(1))
+            add(module.weight, (per_row * normed.reshape(per_row.shape)).sum(1))
     params = dict(model.named_parameters())
     return {n: squared[n] if n in squared else torch.zeros_like(params[n], dtype=torch.float32) for n in names}
 
@@ -249,10 +245,9 @@ def estimate_fisher(
     if chunk_size is None:  # ≤ 256 MB of per-sample gradients alive at once
         if plan is not None:  # one layer at a time (a tied weight: its uses summed, so twice its size)
             per_sample_bytes = 8 * max((p.numel() for _, p in named), default=1)
-            chunk_size = int(max(1, min(32, (256 << 20) // per_sample_bytes)))
         else:  # vmap materialises every parameter's per-sample gradient
             per_sample_bytes = 4 * sum(p.numel() for _, p in named)
-            chunk_size = int(max(1, min(32, (256 << 20) // max(per_sample_bytes, 1))))
+        chunk_size = int(max(1, min(32, (256 << 20) // max(per_sample_bytes, 1))))
     device = named[0][1].device if named else torch.device("cpu")
     sums = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in named}
     # similar lengths share a chunk: less padding to compute through (the sum does not depend on order)
