@@ -108,12 +108,10 @@ def main() -> int:
         chain = []
         for document in documents:
             if chain:  # the pair's second job starts from the first's model and replays its buffer
-                from forgetless.api.manifests import validate_document
-                from forgetless_trainer.pipeline import promote
-
-                previous = validate_document(documents[len(chain) - 1])
-                promoted = promote(previous, chain[-1].workdir)
-                document["spec"]["model"]["name"] = str(promoted)
+                promoted = chain[-1].promoted_model  # written by the first job's evaluate stage
+                if promoted is None:
+                    raise SystemExit(f"{policy}: the first job was not promoted ({chain[-1].status['verdict']})")
+                document["spec"]["model"]["name"] = promoted["path"]
                 for source in document["spec"].get("mitigation", {}).get("replay", {}).get("sources", []):
                     source["path"] = str(chain[-1].workdir)
             chain.append(_run(document, args.out / document["metadata"]["name"]))

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from forgetless import __version__ as FORGETLESS_VERSION
+from forgetless import atomic
 from forgetless.api.schema import FineTuneJobSpec
 
 EVALUATOR_VERSION = "1"
@@ -149,8 +150,5 @@ class BaselineCache:
         written = []
         for key in keys:
             target = self.path(key)
-            tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-            tmp.write_text(text)
-            os.replace(tmp, target)
-            written.append(target)
+            written.append(atomic.write_text(target, text))
         return written

@@ -2,7 +2,8 @@
 
 Names are deterministic (docs/contracts.md "Children in the cluster"): ConfigMap `<job>-spec`,
 Jobs `<job>-baseline`, `<job>-train` (one worker) or `<job>-train-workers` (Indexed Job + headless
-Service of the same name), `<job>-evaluate`. Every child carries the labels `forgetless.dev/job`,
+Service of the same name; a restarted group's attempt N is `<job>-train-workers-g<N>`, label
+`forgetless.dev/attempt`), `<job>-evaluate`. Every child carries the labels `forgetless.dev/job`,
 `forgetless.dev/stage` and a controller owner reference to the FineTuneJob, so deleting the
 FineTuneJob garbage-collects all of them.
 
@@ -23,6 +24,7 @@ from forgetless.locations import JOB_SPEC_MOUNT, configmap_mount_path, pvc_mount
 
 LABEL_JOB = "forgetless.dev/job"
 LABEL_STAGE = "forgetless.dev/stage"
+LABEL_ATTEMPT = "forgetless.dev/attempt"
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 MANAGED_BY = {"app.kubernetes.io/name": "forgetless", "app.kubernetes.io/managed-by": "forgetless-operator"}
 SUSPENDED_BY_OPERATOR = "forgetless.dev/suspended-by-operator"
@@ -59,9 +61,10 @@ def spec_configmap_name(job: str) -> str:
     return f"{job}-spec"
 
 
-def stage_job_name(job: str, stage: str, workers: int = 1) -> str:
+def stage_job_name(job: str, stage: str, workers: int = 1, attempt: int = 1) -> str:
+    """`attempt` counts group restarts of multi-worker training (single pods are retried by the Job)."""
     if stage == "train" and workers > 1:
-        return f"{job}-train-workers"
+        return f"{job}-train-workers" + (f"-g{attempt}" if attempt > 1 else "")
     return f"{job}-{stage}"
 
 
@@ -200,7 +203,7 @@ def _volumes(ftj: dict[str, Any], spec: FineTuneJobSpec, stage: str) -> tuple[li
 # --------------------------------------------------------------------------- stage Jobs
 
 
-def _env(ftj: dict[str, Any], spec: FineTuneJobSpec, stage: str) -> list[dict[str, Any]]:
+def _env(ftj: dict[str, Any], spec: FineTuneJobSpec, stage: str, attempt: int = 1) -> list[dict[str, Any]]:
     meta = ftj["metadata"]
     claim = output_claim(spec)
     cache_root = f"{pvc_mount_path(claim)}/{CACHE_SUBDIR}" if claim else f"/tmp/{CACHE_SUBDIR}"
@@ -229,7 +232,7 @@ def _env(ftj: dict[str, Any], spec: FineTuneJobSpec, stage: str) -> list[dict[st
                 },
             },
             {"name": "WORLD_SIZE", "value": str(workers)},
-            {"name": "MASTER_ADDR", "value": f"{stage_job_name(meta['name'], 'train', workers)}-0.{service}"},
+            {"name": "MASTER_ADDR", "value": f"{stage_job_name(meta['name'], 'train', workers, attempt)}-0.{service}"},
             {"name": "MASTER_PORT", "value": str(MASTER_PORT)},
             {"name": "LOCAL_RANK", "value": "0"},
         ]
@@ -269,20 +272,25 @@ CONTAINER_SECURITY_CONTEXT = {
 }
 
 
-def stage_job(ftj: dict[str, Any], spec: FineTuneJobSpec, stage: str, config: OperatorConfig) -> dict[str, Any]:
-    """The batch/v1 Job running `forgetless stage <stage>` (an Indexed Job for multi-worker training)."""
+def stage_job(
+    ftj: dict[str, Any], spec: FineTuneJobSpec, stage: str, config: OperatorConfig, attempt: int = 1
+) -> dict[str, Any]:
+    """The batch/v1 Job running `forgetless stage <stage>` (an Indexed Job for multi-worker training).
+
+    Multi-worker: backoffLimit 0, so one failed rank fails the Job and the operator restarts the whole
+    group as attempt N+1 (a retried index alone would wait for peers that are gone)."""
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
     name = ftj["metadata"]["name"]
     workers = spec.resources.workers if stage == "train" else 1
-    job_name = stage_job_name(name, stage, workers)
+    job_name = stage_job_name(name, stage, workers, attempt)
     volumes, mounts = _volumes(ftj, spec, stage)
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": spec.resources.trainer_image or config.trainer_image,
         "imagePullPolicy": config.image_pull_policy,
         "args": ["stage", stage, "--job", f"{JOB_SPEC_MOUNT}/{SPEC_KEY}", "--workdir", workdir(ftj, spec)],
-        "env": _env(ftj, spec, stage),
+        "env": _env(ftj, spec, stage, attempt),
         "resources": _resources(spec),
         "securityContext": CONTAINER_SECURITY_CONTEXT,
         "terminationMessagePath": TERMINATION_LOG,
@@ -308,20 +316,19 @@ def stage_job(ftj: dict[str, Any], spec: FineTuneJobSpec, stage: str, config: Op
         pod_spec["tolerations"] = [t.to_wire() for t in resources.tolerations]
     if resources.priority_class_name:
         pod_spec["priorityClassName"] = resources.priority_class_name
+    pod_labels = child_labels(ftj, stage, queue=False)
     job_spec: dict[str, Any] = {
         "suspend": False,
         "backoffLimit": spec.backoff_limit,
-        "template": {"metadata": {"labels": child_labels(ftj, stage, queue=False)}, "spec": pod_spec},
+        "template": {"metadata": {"labels": pod_labels}, "spec": pod_spec},
     }
+    metadata = child_metadata(ftj, job_name, stage)
     if workers > 1:
         pod_spec["subdomain"] = workers_service_name(name)
-        job_spec.update({"completionMode": "Indexed", "completions": workers, "parallelism": workers})
-    return {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": child_metadata(ftj, job_name, stage),
-        "spec": job_spec,
-    }
+        job_spec.update({"completionMode": "Indexed", "completions": workers, "parallelism": workers,
+                         "backoffLimit": 0})
+        pod_labels[LABEL_ATTEMPT] = metadata["labels"][LABEL_ATTEMPT] = str(attempt)
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": job_spec}
 
 
 def workers_service(ftj: dict[str, Any]) -> dict[str, Any]:

@@ -42,6 +42,7 @@ from forgetless_operator.reconcile import (
     Observed,
     PatchObject,
     RecordBaselineCache,
+    index_jobs,
     reconcile,
 )
 
@@ -93,7 +94,6 @@ class Runtime:
     config: OperatorConfig = field(default_factory=OperatorConfig)
     metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
     instance: str = "forgetless-operator"
-    gate: Optional[Callable[..., Any]] = None
     cache_key: Optional[Callable[..., Any]] = None
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(timezone.utc))
     _jobs: dict[tuple[str, str], _JobState] = field(default_factory=dict)
@@ -194,11 +194,9 @@ class Runtime:
             self.kube.list("v1", "Service", namespace, selector),
             self.kube.get("v1", "ConfigMap", namespace, children.spec_configmap_name(name)),
         )
-        observed = Observed(services={s["metadata"]["name"]: s for s in services})
-        for job in jobs:
-            stage = (job["metadata"].get("labels") or {}).get(LABEL_STAGE)
-            if stage:
-                observed.jobs[stage] = job
+        current, superseded = index_jobs(jobs)
+        observed = Observed(jobs=current, superseded_jobs=superseded,
+                            services={s["metadata"]["name"]: s for s in services})
         for pod in pods:
             stage = (pod["metadata"].get("labels") or {}).get(LABEL_STAGE)
             if stage:
@@ -230,7 +228,7 @@ class Runtime:
             self.forget(namespace, name)
             return None
         observed = await self.observe(ftj)
-        decision = reconcile(ftj, observed, self.clock(), self.config, gate=self.gate, cache_key=self.cache_key)
+        decision = reconcile(ftj, observed, self.clock(), self.config, cache_key=self.cache_key)
         results = await asyncio.gather(*(self.apply(a) for a in decision.actions), return_exceptions=True)
         for result in results:
             if isinstance(result, BaseException):

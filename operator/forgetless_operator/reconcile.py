@@ -9,8 +9,10 @@ are re-read from pod termination messages and kept in `status.stages.<stage>.res
 are emitted only for transitions between the old and the new status.
 
 Flow: Pending (preflight: an output volume, the volumes named exist) → [Suspended] →
-Baseline (skipped on a baseline-cache hit) → Training → Evaluating → gate → Succeeded | Blocked,
+Baseline (skipped on a baseline-cache hit) → Training → Evaluating → Succeeded | Blocked,
 or Failed (a stage Job failed after its backoffLimit, deadline exceeded, unreadable result).
+The gate runs in the evaluate stage (one place, as in `forgetless run`); the operator records the
+verdict and the promoted model the stage reports.
 
 Decisions where the spec is silent (see docs in docker/README.md and the report):
 - The spec is frozen at start: `status.specHash` (sha256 of the spec without the run controls
@@ -20,8 +22,14 @@ Decisions where the spec is silent (see docs in docker/README.md and the report)
 - The deadline counts from `status.startTime`, suspended time included.
 - Suspending a started job suspends its running stage Job (annotated as suspended by the operator);
   resuming un-suspends only those, never a Job that Kueue holds for admission.
-- Promotion: the evaluate stage writes the model; the operator records `promoted` = gate did not
-  block (Passed or Warned) and `spec.output.promote`.
+- Promotion: the evaluate stage runs the gate and, when it did not block, writes the model
+  (forgetless_trainer.promotion); the operator records `status.promotedModel` (path in the volume,
+  `pvc://` URI, digest) from the stage's summary and `promoted` = a model was written.
+- Multi-worker training restarts as a group: the Indexed Job has backoffLimit 0 (a lone retried
+  index would wait for peers that are gone), and when any rank fails the operator creates the next
+  attempt `<job>-train-workers-g<N>` (label forgetless.dev/attempt) once the failed attempt's pods
+  are gone; it resumes from the last checkpoint. At most spec.backoffLimit group restarts, each
+  recorded in `status.stages.train.restarts`. Superseded attempts' Jobs are deleted.
 """
 
 from __future__ import annotations
@@ -35,7 +43,7 @@ from typing import Any, Callable, Mapping, Optional, Union
 
 from pydantic import ValidationError
 
-from forgetless.api.schema import FineTuneJobSpec, GateStatus
+from forgetless.api.schema import FineTuneJobSpec, GateStatus, PromotedModelStatus
 
 from forgetless_operator import children
 from forgetless_operator.children import CONTAINER, STAGES, OperatorConfig
@@ -53,8 +61,9 @@ WAITING_PROBLEMS = {
     "CrashLoopBackOff",
 }
 MESSAGE_LIMIT = 1024
+RESTARTS_KEPT = 10
+ALIVE_POD_PHASES = ("Pending", "Running", "Unknown")
 
-GateFn = Callable[[Mapping[str, Any], Any], Any]
 CacheKeyFn = Callable[[FineTuneJobSpec], str]
 
 
@@ -66,7 +75,9 @@ class Observed:
     """What the edge read from the API for one FineTuneJob."""
 
     jobs: dict[str, dict] = field(default_factory=dict)
-    """stage -> batch/v1 Job (by label forgetless.dev/stage)."""
+    """stage -> batch/v1 Job (by label forgetless.dev/stage; the newest attempt, see `index_jobs`)."""
+    superseded_jobs: list[dict] = field(default_factory=list)
+    """Jobs of earlier attempts of a stage (a multi-worker group that was restarted)."""
     pods: dict[str, list[dict]] = field(default_factory=dict)
     """stage -> pods of that stage."""
     configmaps: dict[str, dict] = field(default_factory=dict)
@@ -183,6 +194,43 @@ def _rank(pod: Mapping[str, Any]) -> int:
     return 0
 
 
+def job_attempt(job: Mapping[str, Any]) -> int:
+    """The attempt a stage Job runs (label forgetless.dev/attempt; 1 when absent)."""
+    value = ((job.get("metadata") or {}).get("labels") or {}).get(children.LABEL_ATTEMPT, "1")
+    try:
+        return max(1, int(value))
+    except ValueError:
+        return 1
+
+
+def index_jobs(jobs: list[dict]) -> tuple[dict[str, dict], list[dict]]:
+    """stage -> its newest attempt's Job, and the Jobs of earlier attempts."""
+    current: dict[str, dict] = {}
+    superseded: list[dict] = []
+    for job in sorted(jobs, key=job_attempt):
+        stage = ((job.get("metadata") or {}).get("labels") or {}).get(children.LABEL_STAGE)
+        if not stage:
+            continue
+        if stage in current:
+            superseded.append(current[stage])
+        current[stage] = job
+    return current, superseded
+
+
+def _pod_job_name(pod: Mapping[str, Any]) -> str | None:
+    labels = (pod.get("metadata") or {}).get("labels") or {}
+    return labels.get("batch.kubernetes.io/job-name") or labels.get("job-name")
+
+
+def pods_of(job_name: str, pods: list[dict]) -> list[dict]:
+    """The pods of one Job (by the Job controller's job-name label; pods without it are kept)."""
+    return [p for p in pods if _pod_job_name(p) in (None, job_name)]
+
+
+def _alive(pod: Mapping[str, Any]) -> bool:
+    return ((pod.get("status") or {}).get("phase") or "Pending") in ALIVE_POD_PHASES
+
+
 def _finished(terminated: Mapping[str, Any]) -> str:
     return terminated.get("finishedAt") or ""
 
@@ -284,12 +332,6 @@ def observe_stage(stage: str, job: Mapping[str, Any], pods: list[dict], workers:
     return StageObservation("Running", message=message, failed_pods=failed_pods)
 
 
-def _default_gate(paired: Mapping[str, Any], regression: Any) -> Any:
-    from forgetless.gate import evaluate_gate
-
-    return evaluate_gate(paired, regression)
-
-
 def _default_cache_key(spec: FineTuneJobSpec) -> str | None:
     try:
         from forgetless.baseline_cache import spec_cache_key
@@ -313,7 +355,7 @@ class _Run:
     """One reconcile pass: mutable working state, so the steps stay short."""
 
     def __init__(self, job: dict, observed: Observed, now: datetime, config: OperatorConfig,
-                 gate: GateFn, cache_key: CacheKeyFn) -> None:
+                 cache_key: CacheKeyFn) -> None:
         self.job = job
         self.meta = job["metadata"]
         self.name = self.meta["name"]
@@ -323,7 +365,6 @@ class _Run:
         self.now = now
         self.now_s = fmt_time(now)
         self.config = config
-        self.gate = gate
         self.cache_key = cache_key
         self.old = copy.deepcopy(job.get("status") or {})
         self.old.pop("kopf", None)
@@ -432,6 +473,7 @@ class _Run:
         if raw_spec.get("suspend"):
             return self.suspend(started=True)
         self.resume()
+        self.delete_superseded()
         self.stages(spec)
 
     def preflight(self, spec: FineTuneJobSpec) -> bool:
@@ -531,6 +573,13 @@ class _Run:
 
     # ------------------------------------------------------------ stages
 
+    def delete_superseded(self) -> None:
+        """Jobs of earlier attempts of a restarted group go once they have stopped."""
+        for job in self.observed.superseded_jobs:
+            meta = job.get("metadata") or {}
+            if owned_by(job, self.uid) and not meta.get("deletionTimestamp"):
+                self.actions.append(DeleteObject("batch/v1", "Job", self.namespace, meta["name"]))
+
     def stages(self, spec: FineTuneJobSpec) -> None:
         for stage in STAGES:
             record = self.stage(stage)
@@ -540,7 +589,7 @@ class _Run:
                 continue
             if not self.step(stage, spec, record):
                 return
-        self.run_gate(spec)
+        self.record_verdict(spec)
 
     def cache_hit(self, spec: FineTuneJobSpec, record: dict) -> bool:
         if "baseline" in self.observed.jobs or record.get("jobName"):
@@ -566,27 +615,26 @@ class _Run:
     def step(self, stage: str, spec: FineTuneJobSpec, record: dict) -> bool:
         """Advance one stage; True when it is done and the next may start."""
         workers = spec.resources.workers if stage == "train" else 1
-        job_name = children.stage_job_name(self.name, stage, workers)
+        group = workers > 1
         job = self.observed.jobs.get(stage)
         self.status["phase"] = STAGE_PHASE[stage]
         if job is not None and not owned_by(job, self.uid):
-            self.status["message"] = f"waiting for Job {job_name} of an earlier FineTuneJob of this name to be deleted"
+            name = job["metadata"]["name"]
+            self.status["message"] = f"waiting for Job {name} of an earlier FineTuneJob of this name to be deleted"
             return False
+        attempt = max(1, record.get("attempts") or 0)
+        if group and job is not None and job_attempt(job) < attempt:
+            job = None  # the status moved on to a new group attempt whose Job is not created yet
         if job is None:
-            self.actions.append(CreateObject(children.stage_job(self.job, spec, stage, self.config)))
-            if workers > 1:
-                self.actions.append(CreateObject(children.workers_service(self.job)))
-            if record["phase"] != "Running":
-                self.event(f"{STAGE_TITLE[stage]}Started", f"created Job {job_name}")
-            record.update(phase="Running", jobName=job_name, attempts=max(1, record.get("attempts") or 0))
-            record.setdefault("startTime", self.now_s)
-            self.status["message"] = f"{stage} running (Job {job_name})"
-            return False
-        if workers > 1 and children.workers_service_name(self.name) not in self.observed.services:
+            return self.start(stage, spec, record, attempt)
+        job_name = job["metadata"]["name"]
+        if group and children.workers_service_name(self.name) not in self.observed.services:
             self.actions.append(CreateObject(children.workers_service(self.job)))
-        seen = observe_stage(stage, job, self.observed.pods.get(stage, []), workers)
+        seen = observe_stage(stage, job, pods_of(job_name, self.observed.pods.get(stage, [])), workers)
         record["jobName"] = job_name
         record.setdefault("startTime", (job.get("metadata") or {}).get("creationTimestamp") or self.now_s)
+        if seen.state == "Failed" and group:
+            return self.restart_group(stage, spec, record, job, seen.message or "a rank failed")
         if seen.state == "Failed":
             record.update(phase="Failed", message=seen.message, completionTime=self.now_s,
                           attempts=max(seen.failed_pods, record.get("attempts") or 1))
@@ -594,23 +642,70 @@ class _Run:
             return False
         if seen.state == "Succeeded":
             record.update(phase="Succeeded", result=seen.result, completionTime=seen.completion_time or self.now_s,
-                          attempts=seen.failed_pods + 1)
+                          attempts=job_attempt(job) if group else seen.failed_pods + 1)
             record.pop("message", None)
             self.event(f"{STAGE_TITLE[stage]}Succeeded", f"stage {stage} succeeded (Job {job_name})")
             self.stage_done(stage, spec, seen.result or {})
             return self.status.get("phase") != "Failed"
-        attempts = seen.failed_pods + 1
-        if attempts > (record.get("attempts") or 1):
-            self.event(f"{STAGE_TITLE[stage]}Retrying",
-                       f"stage {stage}: attempt {attempts} of {spec.backoff_limit + 1} ({seen.message or 'pod failed'})",
-                       warning=True)
-        record.update(phase="Running", attempts=attempts)
+        if not group:
+            attempts = seen.failed_pods + 1
+            if attempts > (record.get("attempts") or 1):
+                self.event(f"{STAGE_TITLE[stage]}Retrying",
+                           f"stage {stage}: attempt {attempts} of {spec.backoff_limit + 1} ({seen.message or 'pod failed'})",
+                           warning=True)
+            record["attempts"] = attempts
+        record["phase"] = "Running"
         if seen.message:
             record["message"] = seen.message
         else:
             record.pop("message", None)
         self.status["message"] = f"{stage} running (Job {job_name})" + (f": {seen.message}" if seen.message else "")
         return False
+
+    def start(self, stage: str, spec: FineTuneJobSpec, record: dict, attempt: int) -> bool:
+        """Create the stage's Job (attempt `attempt`) once no pod of an earlier attempt is still alive."""
+        workers = spec.resources.workers if stage == "train" else 1
+        job_name = children.stage_job_name(self.name, stage, workers, attempt)
+        lingering = [p["metadata"]["name"] for p in self.observed.pods.get(stage, [])
+                     if _pod_job_name(p) not in (None, job_name) and _alive(p)]
+        record.update(jobName=job_name, attempts=attempt)
+        record.setdefault("startTime", self.now_s)
+        if lingering:
+            record["phase"] = "Pending"
+            self.status["message"] = (f"{stage}: waiting for the pods of the previous attempt to stop before starting "
+                                      f"attempt {attempt} ({', '.join(sorted(lingering)[:4])})")
+            return False
+        record["phase"] = "Running"
+        self.actions.append(CreateObject(children.stage_job(self.job, spec, stage, self.config, attempt)))
+        if workers > 1:
+            self.actions.append(CreateObject(children.workers_service(self.job)))
+        if not self.old_stage_running(stage, job_name):
+            self.event(f"{STAGE_TITLE[stage]}Started", f"created Job {job_name}")
+        self.status["message"] = f"{stage} running (Job {job_name})"
+        return False
+
+    def old_stage_running(self, stage: str, job_name: str) -> bool:
+        old = (self.old.get("stages") or {}).get(stage) or {}
+        return old.get("phase") == "Running" and old.get("jobName") == job_name
+
+    def restart_group(self, stage: str, spec: FineTuneJobSpec, record: dict, job: dict, why: str) -> bool:
+        """A rank of a multi-worker group failed: restart all of them from the last checkpoint, or give up."""
+        attempt = job_attempt(job)
+        allowed = spec.backoff_limit + 1
+        if attempt >= allowed:
+            record.update(phase="Failed", message=why, completionTime=self.now_s, attempts=attempt)
+            self.fail(f"{STAGE_TITLE[stage]}Failed",
+                      f"stage {stage} failed: {why} (group attempt {attempt} of {allowed}; backoffLimit "
+                      f"{spec.backoff_limit} group restarts used)")
+            return False
+        restarts = [r for r in record.get("restarts") or [] if r.get("attempt") != attempt]
+        restarts.append({"attempt": attempt, "time": self.now_s, "message": _short(why)})
+        record["restarts"] = restarts[-RESTARTS_KEPT:]
+        record["message"] = _short(f"group attempt {attempt} failed: {why}")
+        self.event(f"{STAGE_TITLE[stage]}GroupRestarted",
+                   f"stage {stage}: {why}; restarting all {spec.resources.workers} workers from the last "
+                   f"checkpoint (attempt {attempt + 1} of {allowed})", warning=True)
+        return self.start(stage, spec, record, attempt + 1)
 
     def stage_done(self, stage: str, spec: FineTuneJobSpec, result: dict) -> None:
         if stage == "baseline":
@@ -650,34 +745,62 @@ class _Run:
                 data[old_key] = None
         self.actions.append(RecordBaselineCache(self.namespace, self.config.baseline_cache_configmap, data))
 
-    def run_gate(self, spec: FineTuneJobSpec) -> None:
+    def record_verdict(self, spec: FineTuneJobSpec) -> None:
+        """The evaluate stage ran the gate (and promoted): record its verdict and the promoted model."""
         result = self.status["stages"]["evaluate"].get("result") or {}
-        paired = result.get("paired")
-        if not isinstance(paired, dict) or not paired:
-            why = " (it was truncated to fit the 4 KB termination message)" if result.get("truncated") else ""
-            return self.fail("ResultInvalid", f"the evaluate summary has no `paired` tables{why}; the gate cannot run")
         try:
-            verdict = self.gate(paired, spec.regression)
-            gate_status = GateStatus.model_validate(verdict.to_status()).to_wire()
-        except (ValueError, TypeError, KeyError) as exc:
-            return self.fail("GateError", f"the gate could not be computed: {exc}")
+            gate_status = GateStatus.model_validate(result.get("gate")).to_wire()
+        except (ValueError, TypeError) as exc:
+            why = " (it was truncated to fit the termination message)" if result.get("truncated") else ""
+            return self.fail("ResultInvalid", f"the evaluate summary has no valid gate verdict{why}: "
+                             f"{str(exc).splitlines()[0]}")
+        promoted_model = None
+        if result.get("promotedModel") is not None:
+            try:
+                promoted_model = self.promoted_model(result["promotedModel"], spec)
+            except (ValueError, TypeError) as exc:
+                return self.fail("ResultInvalid", f"the evaluate summary's promotedModel is invalid: "
+                                 f"{str(exc).splitlines()[0]}")
         self.status["gate"] = gate_status
+        self.status["forgettingPoints"] = f"{gate_status['meanDrop'] * 100:.1f} pts"
         outcome = gate_status["verdict"]
         reasons = "; ".join(gate_status.get("reasons") or [])
         self.status["completionTime"] = self.now_s
         if outcome == "Failed":
+            if promoted_model is not None:  # the stage never promotes a blocked model; never record one
+                return self.fail("ResultInvalid", "the evaluate stage reported a promoted model for a blocked job")
             self.status.update(phase="Blocked", promoted=False,
                                message=f"the regression gate blocked promotion: {reasons or 'forgetting above threshold'}")
             self.event("GateBlocked", self.status["message"], warning=True)
             return
-        promoted = bool(spec.output.promote)
+        if spec.output.promote and promoted_model is None:
+            return self.fail("PromotionMissing", f"the gate {outcome.lower()} but the evaluate stage reported no "
+                             "promoted model (output.promote is true)")
+        promoted = promoted_model is not None
+        if promoted:
+            self.status["promotedModel"] = promoted_model
         self.status.update(phase="Succeeded", promoted=promoted,
                            message=f"gate {outcome.lower()}" + (f": {reasons}" if reasons else "")
                            + ("; model promoted" if promoted else ""))
         self.event("GatePassed" if outcome == "Passed" else "GateWarned", self.status["message"],
                    warning=outcome == "Warned")
         if promoted:
-            self.event("Promoted", "the fine-tuned model is promoted (written by the evaluate stage)")
+            where = promoted_model.get("uri") or promoted_model["path"]
+            self.event("Promoted", f"the fine-tuned model is promoted to {where} ({promoted_model['digest']})")
+
+    @staticmethod
+    def promoted_model(reported: Mapping[str, Any], spec: FineTuneJobSpec) -> dict:
+        """`status.promotedModel` from the stage's record: the path inside the volume where there is one."""
+        if not isinstance(reported, Mapping):
+            raise TypeError("promotedModel is not an object")
+        record = {
+            "path": reported.get("pathInVolume") or reported.get("path"),
+            "uri": reported.get("uri"),
+            "claimName": reported.get("claimName"),
+            "digest": reported.get("digest"),
+            "format": reported.get("format"),
+        }
+        return PromotedModelStatus.model_validate({k: v for k, v in record.items() if v is not None}).to_wire()
 
     # ------------------------------------------------------------ conditions
 
@@ -685,17 +808,21 @@ class _Run:
         phase = self.status.get("phase") or "Pending"
         self.status["phase"] = phase
         message = self.status.get("message") or phase
+        # kstatus: Stalled=True says "will not make progress without a change" (Flux fails fast on it)
         if phase == "Succeeded":
             self.set_condition("Ready", "True", "Succeeded", message)
             self.set_condition("Progressing", "False", "Finished", message)
+            self.set_condition("Stalled", "False", "Succeeded", message)
         elif phase == "Blocked":
             self.set_condition("Ready", "False", "GateBlocked", message)
             self.set_condition("Progressing", "False", "Finished", message)
+            self.set_condition("Stalled", "True", "GateBlocked", message)
         elif phase == "Failed":
             failed = self.condition("Failed")
             reason = failed["reason"] if failed else "Failed"
             self.set_condition("Ready", "False", reason, message)
             self.set_condition("Progressing", "False", reason, message)
+            self.set_condition("Stalled", "True", reason, message)
         elif phase == "Pending":
             reason, text = self.reason or ("Pending", "waiting to start")
             self.set_condition("Ready", "False", reason, text)
@@ -714,9 +841,7 @@ def reconcile(
     now: datetime,
     config: OperatorConfig | None = None,
     *,
-    gate: GateFn | None = None,
     cache_key: CacheKeyFn | None = None,
 ) -> Decision:
     """Decide what to do for one FineTuneJob. Pure: no I/O, `job` and `observed` are not modified."""
-    return _Run(job, observed, now, config or OperatorConfig(), gate or _default_gate,
-                cache_key or _default_cache_key).run()
+    return _Run(job, observed, now, config or OperatorConfig(), cache_key or _default_cache_key).run()

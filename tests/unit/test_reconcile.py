@@ -43,22 +43,18 @@ EVALUATE = {"stage": "evaluate", "scores": {"knowledge": 0.85, "format": 1.0, "t
             "paired": {"knowledge_qa": {"category": "knowledge", "n11": 17, "n10": 1, "n01": 0, "n00": 2}}}
 
 
-class FakeGate:
-    """Stands in for forgetless.gate.evaluate_gate; records its inputs."""
+PROMOTED = {"path": "/mnt/pvc/outputs/forgetless/team/ft/promoted", "claimName": "outputs",
+            "pathInVolume": "forgetless/team/ft/promoted", "uri": "pvc://outputs/forgetless/team/ft/promoted",
+            "digest": "sha256:" + "ab" * 32, "format": "merged+adapter"}
 
-    def __init__(self, verdict: str = "Passed") -> None:
-        self.verdict = verdict
-        self.calls: list[tuple[dict, Any]] = []
 
-    def __call__(self, paired: dict, regression: Any) -> "FakeGate":
-        self.calls.append((paired, regression))
-        return self
-
-    def to_status(self) -> dict:
-        reasons = [] if self.verdict == "Passed" else ["knowledge dropped 0.05 (interval 0.01..0.09) > 0.02"]
-        return {"verdict": self.verdict, "reasons": reasons, "meanDrop": 0.025, "taskGain": 0.6, "categories": [
-            {"category": "knowledge", "baseline": 0.9, "final": 0.85, "drop": 0.05, "dropUpper": 0.09,
-             "dropLower": 0.01, "threshold": 0.05, "passed": self.verdict == "Passed"}]}
+def evaluate_result(verdict: str = "Passed", promoted: dict | None = PROMOTED) -> dict:
+    """An evaluate summary as the stage reports it: the gate ran in the stage, the model promoted unless blocked."""
+    reasons = [] if verdict == "Passed" else ["knowledge dropped 0.05 (interval 0.01..0.09) > 0.02"]
+    gate = {"verdict": verdict, "reasons": reasons, "meanDrop": 0.025, "taskGain": 0.6, "categories": [
+        {"category": "knowledge", "baseline": 0.9, "final": 0.85, "drop": 0.05, "dropUpper": 0.09,
+         "dropLower": 0.01, "threshold": 0.05, "passed": verdict == "Passed"}]}
+    return {**EVALUATE, "gate": gate, "promotedModel": None if verdict == "Failed" else promoted}
 
 
 def cache_key(spec: Any) -> str:
@@ -77,8 +73,8 @@ def ftj(spec: dict | None = None, status: dict | None = None, **meta: Any) -> di
     return body
 
 
-def run(job: dict, observed: Observed | None = None, now: datetime = T0, gate: FakeGate | None = None):
-    decision = reconcile(job, observed or Observed(), now, CONFIG, gate=gate or FakeGate(), cache_key=cache_key)
+def run(job: dict, observed: Observed | None = None, now: datetime = T0):
+    decision = reconcile(job, observed or Observed(), now, CONFIG, cache_key=cache_key)
     FineTuneJobStatus.model_validate(decision.status)  # the exact wire shape of the CRD status
     for action in decision.actions:
         if isinstance(action, CreateObject):
@@ -142,11 +138,11 @@ def through(stage_done: str, verdict: str = "Passed", spec: dict | None = None):
     decision = run(job)
     job = started(job, decision)
     observed = Observed(configmaps={f"ft-spec": spec_cm(job)})
-    results = {"baseline": BASELINE, "train": TRAIN, "evaluate": EVALUATE}
+    results = {"baseline": BASELINE, "train": TRAIN, "evaluate": evaluate_result(verdict)}
     for stage in children.STAGES:
         observed.jobs[stage] = stage_job(job, stage, complete=True)
         observed.pods[stage] = [pod(stage, message=json.dumps(results[stage]))]
-        decision = run(job, observed, T0 + timedelta(minutes=10), gate=FakeGate(verdict))
+        decision = run(job, observed, T0 + timedelta(minutes=10))
         job = started(job, decision)
         if stage == stage_done:
             break
@@ -251,27 +247,56 @@ def test_gate_verdict_decides_the_final_phase(verdict, phase, promoted, ready, e
     assert event in reasons(decision)
     assert ("Promoted" in reasons(decision)) is promoted
     assert status["completionTime"]
-    replay = run(job, observed, T0 + timedelta(minutes=20), gate=FakeGate(verdict))
+    assert status["forgettingPoints"] == "2.5 pts"  # the printer column: readable at a glance
+    # kstatus: a blocked job will not progress without a change (Flux fails fast on Stalled=True)
+    assert cond(status, "Stalled")["status"] == ("True" if phase == "Blocked" else "False")
+    replay = run(job, observed, T0 + timedelta(minutes=20))
     assert replay.events == [] and replay.actions == [] and replay.status == status
 
 
-def test_gate_receives_the_evaluate_paired_tables_and_the_started_regression_spec():
-    gate = FakeGate()
-    job, observed, _ = through("train")
-    observed.jobs["evaluate"] = stage_job(job, "evaluate", complete=True)
-    observed.pods["evaluate"] = [pod("evaluate", message=json.dumps(EVALUATE))]
-    run(job, observed, T0 + timedelta(minutes=10), gate=gate)
-    (paired, regression), = gate.calls
-    assert paired == EVALUATE["paired"] and regression.on_regression == "Block"
+def test_promoted_model_is_recorded_with_its_volume_path_uri_and_digest():
+    job, observed, decision = through("evaluate", "Passed")
+    assert decision.status["promotedModel"] == {
+        "path": "forgetless/team/ft/promoted", "uri": "pvc://outputs/forgetless/team/ft/promoted",
+        "claimName": "outputs", "digest": PROMOTED["digest"], "format": "merged+adapter"}
+    (event,) = [e for e in decision.events if e.reason == "Promoted"]
+    assert "pvc://outputs/forgetless/team/ft/promoted" in event.message and PROMOTED["digest"] in event.message
 
 
-def test_evaluate_without_paired_fails_with_a_clear_reason():
-    job, observed, _ = through("train")
+def finish_evaluate(result: dict, spec: dict | None = None):
+    job, observed, _ = through("train", spec=spec)
     observed.jobs["evaluate"] = stage_job(job, "evaluate", complete=True)
-    observed.pods["evaluate"] = [pod("evaluate", message=json.dumps({**EVALUATE, "paired": {}}))]
-    decision = run(job, observed, T0 + timedelta(minutes=10))
+    observed.pods["evaluate"] = [pod("evaluate", message=json.dumps(result))]
+    return run(job, observed, T0 + timedelta(minutes=10))
+
+
+def test_the_operator_records_the_stage_verdict_and_never_recomputes_it():
+    # the paired table says "no forgetting", the stage's gate said Failed: the stage's verdict stands
+    blocked = {**evaluate_result("Failed"), "paired": {"knowledge_qa": {"category": "knowledge", "n11": 20,
+                                                                         "n10": 0, "n01": 0, "n00": 0}}}
+    assert finish_evaluate(blocked).status["phase"] == "Blocked"
+
+
+@pytest.mark.parametrize("result, reason", [
+    ({**EVALUATE}, "ResultInvalid"),  # no gate verdict at all
+    ({**evaluate_result(), "gate": {"verdict": "Maybe", "meanDrop": 0.0}}, "ResultInvalid"),
+    ({**evaluate_result(), "truncated": True, "gate": None}, "ResultInvalid"),
+    ({**evaluate_result("Failed"), "promotedModel": PROMOTED}, "ResultInvalid"),  # a blocked model reported promoted
+    (evaluate_result("Passed", promoted=None), "PromotionMissing"),  # promote: true but nothing written
+])
+def test_an_inconsistent_evaluate_result_fails_with_a_clear_reason(result, reason):
+    decision = finish_evaluate(result)
     assert decision.status["phase"] == "Failed"
-    assert cond(decision.status, "Failed")["reason"] == "ResultInvalid"
+    assert cond(decision.status, "Failed")["reason"] == reason
+    assert cond(decision.status, "Stalled")["status"] == "True"
+    assert "promotedModel" not in decision.status
+
+
+def test_promote_false_succeeds_without_a_promoted_model():
+    spec = {**SPEC, "output": {**SPEC["output"], "promote": False}}
+    decision = finish_evaluate(evaluate_result("Passed", promoted=None), spec=spec)
+    assert decision.status["phase"] == "Succeeded" and decision.status["promoted"] is False
+    assert "promotedModel" not in decision.status and "Promoted" not in reasons(decision)
 
 
 def test_baseline_cache_hit_skips_the_baseline():
@@ -299,7 +324,7 @@ def test_cache_keeps_at_most_max_entries_dropping_the_oldest():
                         pods={"baseline": [pod("baseline", message=json.dumps(BASELINE))]},
                         baseline_cache={"old": json.dumps({"storedAt": "2026-01-01T00:00:00Z"}),
                                         "new": json.dumps({"storedAt": "2026-06-01T00:00:00Z"})})
-    decision = reconcile(job, observed, T0, config, gate=FakeGate(), cache_key=cache_key)
+    decision = reconcile(job, observed, T0, config, cache_key=cache_key)
     (record,) = [a for a in decision.actions if isinstance(a, RecordBaselineCache)]
     assert record.data["old"] is None and "new" not in record.data and record.data["s-bundled-tiny-world"]
 
@@ -558,3 +583,126 @@ def test_failure_text_prefers_the_stage_error(terminated, text):
     from forgetless_operator.reconcile import failure_text
 
     assert failure_text(terminated) == text
+
+
+# --------------------------------------------------------------------------- multi-worker group restarts
+
+
+def group_pod(job_name: str, rank: int, *, exit_code: int | None = None, phase: str | None = None,
+              message: str = "") -> dict:
+    state = {"running": {}} if exit_code is None else {"terminated": {
+        "exitCode": exit_code, "message": message, "finishedAt": fmt_time(T0 + timedelta(minutes=5))}}
+    return {"metadata": {"name": f"{job_name}-{rank}-abcde",
+                         "labels": {children.LABEL_JOB: "ft", children.LABEL_STAGE: "train",
+                                    "batch.kubernetes.io/job-name": job_name},
+                         "annotations": {children.COMPLETION_INDEX_ANNOTATION: str(rank)}},
+            "status": {"phase": phase or ("Running" if exit_code is None else ("Succeeded" if exit_code == 0 else "Failed")),
+                       "containerStatuses": [{"name": children.CONTAINER, "state": state}]}}
+
+
+def group_job(job: dict, attempt: int, **state: Any) -> dict:
+    spec = FineTuneJobSpec.model_validate(job["spec"])
+    obj = children.stage_job(job, spec, "train", CONFIG, attempt)
+    base = stage_job(job, "train", **state)
+    obj["metadata"]["creationTimestamp"] = fmt_time(T0)
+    obj["status"] = base["status"]
+    return obj
+
+
+def training_group(backoff_limit: int = 2):
+    spec = {**SPEC, "resources": {"workers": 2}, "backoffLimit": backoff_limit}
+    job, observed, decision = through("baseline", spec=spec)
+    job = started(job, decision)
+    observed.services["ft-train-workers"] = children.workers_service(job)
+    return job, observed
+
+
+def test_group_jobs_never_retry_one_index_alone_and_each_attempt_has_its_own_name():
+    job, _ = training_group()
+    spec = FineTuneJobSpec.model_validate(job["spec"])
+    first, third = (children.stage_job(job, spec, "train", CONFIG, n) for n in (1, 3))
+    assert first["spec"]["backoffLimit"] == 0 and third["spec"]["backoffLimit"] == 0
+    assert (first["metadata"]["name"], third["metadata"]["name"]) == ("ft-train-workers", "ft-train-workers-g3")
+    assert third["metadata"]["labels"][children.LABEL_ATTEMPT] == "3"
+    assert third["spec"]["template"]["metadata"]["labels"][children.LABEL_ATTEMPT] == "3"
+    env = {e["name"]: e.get("value") for e in third["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["MASTER_ADDR"] == "ft-train-workers-g3-0.ft-train-workers"
+    single = children.stage_job(job, spec.model_copy(update={"resources": spec.resources.model_copy(
+        update={"workers": 1})}), "train", CONFIG)
+    assert single["spec"]["backoffLimit"] == 2  # one worker: the Job retries its pod (it resumes)
+
+
+def test_a_failed_rank_restarts_the_whole_group_from_a_new_attempt():
+    job, observed = training_group()
+    observed.jobs["train"] = group_job(job, 1, failed=True, failed_pods=1)
+    observed.pods["train"] = [group_pod("ft-train-workers", 1, exit_code=137, message="")]
+    decision = run(job, observed, T0 + timedelta(minutes=11))
+    train = decision.status["stages"]["train"]
+    assert decision.status["phase"] == "Training"
+    assert train["attempts"] == 2 and train["jobName"] == "ft-train-workers-g2"
+    assert [r["attempt"] for r in train["restarts"]] == [1] and "exit code 137" in train["restarts"][0]["message"]
+    assert "ft-train-workers-g2" in created(decision)
+    assert [(e.type, e.reason) for e in decision.events] == [("Warning", "TrainGroupRestarted"),
+                                                             ("Normal", "TrainStarted")]
+    # replayed (a restarted operator, the create answered AlreadyExists): nothing new happens
+    job = started(job, decision)
+    replay = run(job, observed, T0 + timedelta(minutes=11))
+    assert replay.events == [] and replay.status["stages"]["train"] == train
+    # the new attempt exists: the failed one is deleted, the new one observed
+    observed.jobs["train"] = group_job(job, 2, active=2)
+    observed.superseded_jobs = [group_job(job, 1, failed=True, failed_pods=1)]
+    observed.pods["train"] += [group_pod("ft-train-workers-g2", 0), group_pod("ft-train-workers-g2", 1)]
+    later = run(job, observed, T0 + timedelta(minutes=12))
+    assert DeleteObject("batch/v1", "Job", "team", "ft-train-workers") in later.actions
+    assert later.status["stages"]["train"]["attempts"] == 2 and later.events == []
+
+
+def test_the_next_attempt_waits_until_the_failed_attempts_pods_are_gone():
+    job, observed = training_group()
+    observed.jobs["train"] = group_job(job, 1, failed=True, failed_pods=1)
+    observed.pods["train"] = [group_pod("ft-train-workers", 0),  # rank 0 still running
+                              group_pod("ft-train-workers", 1, exit_code=1, message="boom")]
+    decision = run(job, observed, T0 + timedelta(minutes=11))
+    assert "ft-train-workers-g2" not in created(decision)
+    assert "waiting for the pods of the previous attempt" in decision.status["message"]
+    job = started(job, decision)
+    observed.pods["train"] = [group_pod("ft-train-workers", 1, exit_code=1, message="boom")]
+    decision = run(job, observed, T0 + timedelta(minutes=12))
+    assert "ft-train-workers-g2" in created(decision)
+    assert reasons(decision) == ["TrainStarted"]
+
+
+def test_group_restarts_stop_at_backoff_limit():
+    job, observed = training_group(backoff_limit=1)
+    observed.jobs["train"] = group_job(job, 2, failed=True, failed_pods=1)
+    observed.pods["train"] = [group_pod("ft-train-workers-g2", 0, exit_code=1, message='{"error": "NaN loss"}')]
+    job["status"]["stages"]["train"] = {"phase": "Running", "attempts": 2, "jobName": "ft-train-workers-g2"}
+    decision = run(job, observed, T0 + timedelta(minutes=20))
+    assert decision.status["phase"] == "Failed"
+    assert "group attempt 2 of 2" in decision.status["message"] and "NaN loss" in decision.status["message"]
+    assert not created(decision)
+
+
+def test_group_success_reads_rank_zero_of_the_current_attempt():
+    job, observed = training_group()
+    job["status"]["stages"]["train"] = {"phase": "Running", "attempts": 2, "jobName": "ft-train-workers-g2"}
+    observed.jobs["train"] = group_job(job, 2, complete=True)
+    observed.superseded_jobs = [group_job(job, 1, failed=True, failed_pods=1)]
+    observed.pods["train"] = [group_pod("ft-train-workers", 0, exit_code=0, message=json.dumps({**TRAIN, "steps": 1})),
+                              group_pod("ft-train-workers-g2", 0, exit_code=0, message=json.dumps(TRAIN)),
+                              group_pod("ft-train-workers-g2", 1, exit_code=0, message=json.dumps(TRAIN))]
+    decision = run(job, observed, T0 + timedelta(minutes=30))
+    train = decision.status["stages"]["train"]
+    assert train["phase"] == "Succeeded" and train["result"] == TRAIN and train["attempts"] == 2
+    assert decision.status["phase"] == "Evaluating"
+
+
+def test_index_jobs_picks_the_newest_attempt():
+    from forgetless_operator.reconcile import index_jobs
+
+    job, _ = training_group()
+    jobs = [group_job(job, 2), stage_job(job, "baseline"), group_job(job, 1), group_job(job, 3)]
+    current, superseded = index_jobs(jobs)
+    assert current["train"]["metadata"]["name"] == "ft-train-workers-g3"
+    assert current["baseline"]["metadata"]["name"] == "ft-baseline"
+    assert sorted(j["metadata"]["name"] for j in superseded) == ["ft-train-workers", "ft-train-workers-g2"]

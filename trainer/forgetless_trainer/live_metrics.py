@@ -66,9 +66,16 @@ def serve(local_rank: int = 0) -> int | None:
     try:
         port = int(value)
     except ValueError:
-        raise ValueError(f"{PORT_ENV}={value!r} is not a port number") from None
+        print(f"warning: {PORT_ENV}={value!r} is not a port number; training goes on without live metrics",
+              file=sys.stderr)
+        return None
     if port not in _server_started:
-        _server_started[port] = start_http_server(port, registry=REGISTRY)
+        try:
+            _server_started[port] = start_http_server(port, registry=REGISTRY)
+        except OSError as exc:  # metrics are an aid: a taken port must never cost a training run
+            print(f"warning: cannot serve live metrics on port {port} ({exc}); training goes on without them",
+                  file=sys.stderr)
+            return None
     return port
 
 

@@ -1,7 +1,8 @@
-"""The local pipeline behind `forgetless run`: the stages in-process, then the gate.
+"""The local pipeline behind `forgetless run`: the stages in-process, as the cluster runs them.
 
-Stages are the very functions trainer pods run (`forgetless_trainer.stages.run_stage`); the gate
-is the core's pure function the operator also calls. A stage counts as finished when its
+Stages are the very functions trainer pods run (`forgetless_trainer.stages.run_stage`); the
+evaluate stage runs the gate and promotes, here as in a pod, and this module only reads its
+verdict (one place runs the gate). A stage counts as finished when its
 `WORKDIR/<stage>/summary.json` exists, so an interrupted run started again with the same work
 dir continues where it stopped (and `train` resumes from its last checkpoint).
 """
@@ -9,7 +10,6 @@ dir continues where it stopped (and `train` resumes from its last checkpoint).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 import time
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from forgetless import exit_codes
+from forgetless import atomic, exit_codes
 from forgetless.api.manifests import ManifestError, load_job
 from forgetless.api.schema import CATEGORIES, DataSource, FineTuneJob
 from forgetless.locations import resolve_path
@@ -105,10 +105,7 @@ def prepare_workdir(job: FineTuneJob, workdir: Path, restart: bool) -> None:
             raise PreflightError(
                 f"{workdir} holds a run of a different spec; use another --workdir, or --restart to discard it"
             )
-    workdir.mkdir(parents=True, exist_ok=True)
-    tmp = job_file.with_suffix(".tmp")
-    tmp.write_text(json.dumps(wire, indent=2, sort_keys=True))
-    os.replace(tmp, job_file)
+    atomic.write_text(job_file, json.dumps(wire, indent=2, sort_keys=True))
 
 
 class _CombinedRegistry:
@@ -132,7 +129,12 @@ def _metrics_server(port: int | None, forgetting: Any) -> Iterator[None]:
     from forgetless_trainer import live_metrics
 
     registry = _CombinedRegistry(forgetting.registry, live_metrics.REGISTRY)
-    server, thread = start_http_server(port, registry=registry)  # type: ignore[arg-type]
+    try:
+        server, thread = start_http_server(port, registry=registry)  # type: ignore[arg-type]
+    except OSError as exc:  # metrics are an aid: a taken port must never cost a run
+        print(f"warning: cannot serve metrics on port {port} ({exc}); running without them", file=sys.stderr)
+        yield
+        return
     print(f"metrics: http://127.0.0.1:{port}/metrics", file=sys.stderr)
     try:
         yield
@@ -141,12 +143,8 @@ def _metrics_server(port: int | None, forgetting: Any) -> Iterator[None]:
         thread.join(timeout=5)
 
 
-def _fmt(value: float | None) -> str:
-    return "   -  " if value is None else f"{value:6.3f}"
-
-
-def render_table(gate: Any, baseline: dict[str, float], final: dict[str, float]) -> str:
-    status = gate.to_status()
+def render_table(status: dict[str, Any], baseline: dict[str, float], final: dict[str, float]) -> str:
+    """The per-category table `forgetless run` prints, from the gate's `status.gate` form."""
     rows = [f"{'category':<22} {'baseline':>8} {'final':>7} {'drop':>7} {'drop interval':>17} {'max':>6}  result"]
     for verdict in status.get("categories", []):
         interval = f"[{verdict['dropLower']:+.3f}, {verdict['dropUpper']:+.3f}]"
@@ -166,47 +164,23 @@ def render_table(gate: Any, baseline: dict[str, float], final: dict[str, float])
     return "\n".join(rows)
 
 
-def promote(job: FineTuneJob, workdir: Path) -> Path | None:
-    """Copy the trained model to the promote path (LoRA: merged into the base, adapter kept beside it)."""
-    source = workdir / "train" / "output"
-    target = job.spec.output.promote_path
-    if not job.spec.output.promote or not source.exists():
-        return None
-    destination = Path(target) if target else workdir / "promoted"
-    if destination.exists():
-        shutil.rmtree(destination)
-    tmp = destination.with_name(destination.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    if (source / "adapter_config.json").exists():
-        # a deployable model: the adapter merged into the base weights (and the adapter beside it)
-        from forgetless_trainer.modeling import load_model_and_tokenizer
-
-        model, tokenizer = load_model_and_tokenizer(job.spec.model, adapter_path=source)
-        model.merge_and_unload().save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        shutil.copytree(source, tmp / "adapter")
-    else:
-        shutil.copytree(source, tmp)
-    os.replace(tmp, destination)
-    return destination
-
-
 @dataclass
 class PipelineResult:
     workdir: Path
     summaries: dict[str, dict[str, Any]]
-    gate: Any
+    status: dict[str, Any]
+    """The gate's verdict in its `status.gate` form, as the evaluate stage computed it."""
     baseline: dict[str, float]
     final: dict[str, float]
     seconds: float
 
     @property
-    def status(self) -> dict[str, Any]:
-        return self.gate.to_status()
-
-    @property
     def passed(self) -> bool:
         return self.status["verdict"] in ("Passed", "Warned")
+
+    @property
+    def promoted_model(self) -> dict[str, Any] | None:
+        return self.summaries["evaluate"].get("promotedModel")
 
 
 class StageFailed(Exception):
@@ -219,7 +193,6 @@ def execute(
     job: FineTuneJob, workdir: Path, *, metrics_port: int | None = None, log: Any = None
 ) -> PipelineResult:
     """Run (or resume) the stages of a validated, preflighted job in `workdir`; then the gate."""
-    from forgetless.gate import evaluate_gate
     from forgetless.metrics import ForgettingMetrics
     from forgetless_trainer.stages import StageError, run_stage
 
@@ -250,8 +223,11 @@ def execute(
 
         baseline = summaries["baseline"].get("scores", {})
         final = summaries["evaluate"].get("scores", {})
-        gate = evaluate_gate(summaries["evaluate"]["paired"], job.spec.regression)
-        result = PipelineResult(workdir, summaries, gate, baseline, final, time.monotonic() - began)
+        gate_status = summaries["evaluate"].get("gate")
+        if not isinstance(gate_status, dict) or "verdict" not in gate_status:
+            raise StageFailed("evaluate", f"{workdir / 'evaluate' / 'summary.json'} holds no gate verdict (written by an "
+                              "older forgetless?); run again with --restart")
+        result = PipelineResult(workdir, summaries, gate_status, baseline, final, time.monotonic() - began)
         forgetting.record_scores(namespace, name, baseline, final, result.status.get("taskGain"))
         forgetting.record_verdict(namespace, name, result.status["verdict"])
         forgetting.set_phase_counts({(namespace, "Succeeded" if result.passed else "Blocked"): 1}, [namespace])
@@ -283,14 +259,14 @@ def run_pipeline(
         print(f"fix the problem and run the same command again to resume from {workdir}", file=sys.stderr)
         return exit_codes.FAILED
 
-    print(render_table(result.gate, result.baseline, result.final))
+    print(render_table(result.status, result.baseline, result.final))
     report_dir = workdir / "report"
     for report in sorted(report_dir.glob("*")) if report_dir.exists() else []:
         print(f"report: {report}")
     if result.passed:
-        promoted = promote(job, workdir)
+        promoted = result.promoted_model
         if promoted is not None:
-            print(f"promoted: {promoted}")
+            print(f"promoted: {promoted['path']} ({promoted['digest']})")
         return exit_codes.OK
     print("gate blocked promotion: the model was not promoted", file=sys.stderr)
     return exit_codes.GATE_BLOCKED

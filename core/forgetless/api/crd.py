@@ -165,10 +165,9 @@ def render_crd() -> dict[str, Any]:
                         {"name": "Gate", "type": "string", "jsonPath": ".status.gate.verdict"},
                         {
                             "name": "Forgetting",
-                            "type": "number",
-                            "format": "float",
-                            "description": "Mean drop of the general score (0-1)",
-                            "jsonPath": ".status.gate.meanDrop",
+                            "type": "string",
+                            "description": "Mean drop of the general score, in percentage points",
+                            "jsonPath": ".status.forgettingPoints",
                         },
                         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
                     ],

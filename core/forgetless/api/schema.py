@@ -454,7 +454,11 @@ class FineTuneJobSpec(ApiModel):
     active_deadline_seconds: Optional[Annotated[int, Field(ge=1)]] = Field(
         default=None, description="Fail the whole job (DeadlineExceeded) after this many seconds."
     )
-    backoff_limit: Annotated[int, Field(ge=0, le=100)] = Field(default=2, description="Retries per stage.")
+    backoff_limit: Annotated[int, Field(ge=0, le=100)] = Field(
+        default=2,
+        description="Retries per stage. One worker: the stage pod is retried (training resumes from its last "
+        "checkpoint). Several workers: the whole group is restarted from the last checkpoint, at most this many times.",
+    )
     ttl_seconds_after_finished: Optional[Annotated[int, Field(ge=0)]] = Field(
         default=None, description="Delete the FineTuneJob this long after it finished."
     )
@@ -486,12 +490,21 @@ class Condition(ApiModel):
     observed_generation: Optional[int] = None
 
 
+class StageRestart(ApiModel):
+    attempt: int = Field(description="The attempt that failed (1 = the first run).")
+    time: str
+    message: str = Field(description="Why: the failed rank and what its pod said.")
+
+
 class StageStatus(ApiModel):
     phase: Literal["Pending", "Running", "Succeeded", "Failed", "Skipped"] = "Pending"
     job_name: Optional[str] = None
     start_time: Optional[str] = None
     completion_time: Optional[str] = None
-    attempts: int = 0
+    attempts: int = Field(default=0, description="Runs so far: pod attempts (one worker) or group attempts (several).")
+    restarts: list[StageRestart] = Field(
+        default_factory=list, description="Group restarts of a multi-worker stage (the last 10)."
+    )
     message: Optional[str] = None
     result: Optional[dict[str, Any]] = Field(default=None, description="The stage's compact JSON summary.")
 
@@ -513,6 +526,15 @@ class GateStatus(ApiModel):
     mean_drop: float
     task_gain: Optional[float] = None
     categories: list[CategoryVerdict] = Field(default_factory=list)
+
+
+class PromotedModelStatus(ApiModel):
+    path: str = Field(description="Where the promoted model is: the path inside the output volume "
+                      "(`pathInVolume`) when there is one, else the directory the stage wrote.")
+    uri: Optional[str] = Field(default=None, description="`pvc://<claim>/<path>` (the form KServe's storageUri takes).")
+    claim_name: Optional[str] = None
+    digest: str = Field(description="sha256 over every file's relative path and content: `sha256:<hex>`.")
+    format: Optional[str] = Field(default=None, description="`merged+adapter` (LoRA) or `full`.")
 
 
 class ProgressStatus(ApiModel):
@@ -540,6 +562,10 @@ class FineTuneJobStatus(ApiModel):
     gate: Optional[GateStatus] = None
     progress: Optional[ProgressStatus] = None
     promoted: Optional[bool] = None
+    promoted_model: Optional[PromotedModelStatus] = None
+    forgetting_points: Optional[str] = Field(
+        default=None, description="Mean drop of the general score in percentage points, e.g. `1.2 pts` (printer column)."
+    )
     start_time: Optional[str] = None
     completion_time: Optional[str] = None
     message: Optional[str] = None

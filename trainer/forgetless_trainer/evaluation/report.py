@@ -10,21 +10,14 @@ Every file is written to a temporary name and renamed, so a crash leaves no half
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Mapping
 
+from forgetless import atomic
 from forgetless.gate import GateResult
 from forgetless.suites import GENERAL_CATEGORIES, TASK_CATEGORY
 
 JSON_NAME, MARKDOWN_NAME, PNG_NAME = "gate.json", "report.md", "report.png"
-
-
-def _atomic_write(path: Path, data: bytes) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-    return path
 
 
 def report_document(gate: GateResult, baseline: Mapping[str, float], final: Mapping[str, float]) -> dict[str, Any]:
@@ -118,10 +111,9 @@ def render_png(gate: GateResult, baseline: Mapping[str, float], final: Mapping[s
         tax.set_ylim(0, 1.1)
         tax.set_title(f"Target task (gain {gate.task_gain:+.3f})", fontsize=10)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png", dpi=100)
+    with atomic.atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 
@@ -132,7 +124,7 @@ def write_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     document = report_document(gate_result, baseline_scores, final_scores)
     return {
-        "json": _atomic_write(out_dir / JSON_NAME, (json.dumps(document, indent=2, sort_keys=True) + "\n").encode()),
-        "markdown": _atomic_write(out_dir / MARKDOWN_NAME, render_markdown(gate_result, baseline_scores, final_scores).encode()),
+        "json": atomic.write_bytes(out_dir / JSON_NAME, (json.dumps(document, indent=2, sort_keys=True) + "\n").encode()),
+        "markdown": atomic.write_bytes(out_dir / MARKDOWN_NAME, render_markdown(gate_result, baseline_scores, final_scores).encode()),
         "png": render_png(gate_result, baseline_scores, final_scores, out_dir / PNG_NAME),
     }

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from forgetless import atomic
 from forgetless.suites import ALL_CATEGORIES, GENERAL_CATEGORIES, TASK_CATEGORY
 
 RESULTS_FORMAT = 1
@@ -103,12 +103,7 @@ class EvaluationResult:
 
     def save(self, path: Path) -> Path:
         """Atomic write (tmp + rename): a crash never leaves half a results file."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1, sort_keys=True) + "\n")
-        os.replace(tmp, path)
-        return path
+        return atomic.write_text(Path(path), json.dumps(self.to_dict(), indent=1, sort_keys=True) + "\n")
 
     @classmethod
     def load(cls, path: Path) -> "EvaluationResult":

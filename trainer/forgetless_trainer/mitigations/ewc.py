@@ -44,6 +44,7 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
+from forgetless import atomic
 from forgetless_trainer.data import Encoder, Example, token_nll
 from forgetless_trainer.mitigations.base import Mitigation, TrainContext, TrainerView, find_job_artifact
 from forgetless_trainer.stages import StageError
@@ -438,10 +439,8 @@ class Ewc(Mitigation):
             "method": ctx.spec.method.type,
             "job": ctx.job.metadata.name,
         }
-        ctx.train_dir.mkdir(parents=True, exist_ok=True)
-        tmp = ctx.train_dir / (STATE_FILE + ".tmp")
-        torch.save(state, tmp)
-        tmp.replace(ctx.train_dir / STATE_FILE)
+        with atomic.atomic_file(ctx.train_dir / STATE_FILE) as tmp:
+            torch.save(state, tmp)
         self.state_path = str(ctx.train_dir / STATE_FILE)
 
     def summary(self) -> dict[str, Any]:

@@ -13,11 +13,11 @@ examples of every epoch.
 from __future__ import annotations
 
 import json
-import os
 import random
 from pathlib import Path
 from typing import Any, Iterable
 
+from forgetless import atomic
 from forgetless_trainer.data import Example, MixPart, read_jsonl
 from forgetless_trainer.mitigations.base import Mitigation, TrainContext, TrainerView, find_job_artifact
 
@@ -39,11 +39,9 @@ def reservoir(stream: Iterable[Example], size: int, seed: int) -> list[Example]:
 
 
 def write_buffer(path: Path, examples: Iterable[Example]) -> None:
-    tmp = path.with_suffix(".jsonl.tmp")
-    with tmp.open("w", encoding="utf-8") as handle:
+    with atomic.atomic_file(path) as tmp, tmp.open("w", encoding="utf-8") as handle:
         for example in examples:
             handle.write(json.dumps(example.to_record(), ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
 
 
 def read_buffer(path: Path) -> list[Example]:

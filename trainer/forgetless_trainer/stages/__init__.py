@@ -3,8 +3,10 @@
 `run_stage(name, job, workdir)` is what both `forgetless stage NAME` (trainer pods) and
 `forgetless run` (in-process) call. Each stage lives in `forgetless_trainer.stages.<name>` with
 `run(job: FineTuneJob, workdir: Path) -> dict`, imported lazily so this module stays light.
-After a stage returns, its compact summary is written to `WORKDIR/<stage>/summary.json` and, when
-env `FORGETLESS_TERMINATION_MESSAGE_PATH` is set, to that path (≤ 4096 bytes, see `compact`).
+After a stage returns, rank 0 writes its full summary to `WORKDIR/<stage>/summary.json` (the work
+dir is shared by every rank of a multi-worker run: only rank 0 writes shared files) and every rank
+writes the wire form (`wire_summary`: the summary without per-task detail, ≤ 4096 bytes, see
+`compact`) to env `FORGETLESS_TERMINATION_MESSAGE_PATH` when set — its own pod's termination log.
 """
 
 from __future__ import annotations
@@ -15,9 +17,16 @@ import os
 from pathlib import Path
 from typing import Any
 
+from forgetless import atomic
+
 STAGES = ("baseline", "train", "evaluate")
 TERMINATION_MESSAGE_ENV = "FORGETLESS_TERMINATION_MESSAGE_PATH"
 TERMINATION_MESSAGE_LIMIT = 4096
+DETAIL_KEYS = ("paired", "tasks")
+"""Per-task parts of a summary: in summary.json on the volume, never in the termination message
+(they grow with the suite; what the operator needs — scores per category, the gate's verdict,
+the promoted model — does not)."""
+PROTECTED_KEYS = ("stage", "truncated", "stoppedReason", "steps", "error", "gate", "scores", "promotedModel")
 
 
 class StageError(Exception):
@@ -58,7 +67,7 @@ def compact(summary: dict[str, Any], limit: int = TERMINATION_MESSAGE_LIMIT) -> 
         text = _encode(current)
         if len(text.encode()) <= limit:
             return text
-    protected = {"stage", "truncated", "stoppedReason", "steps"}
+    protected = set(PROTECTED_KEYS)
     while len(text.encode()) > limit:
         candidates = [k for k in current if k not in protected]
         if not candidates:
@@ -71,15 +80,38 @@ def compact(summary: dict[str, Any], limit: int = TERMINATION_MESSAGE_LIMIT) -> 
     return text
 
 
-def write_summary(name: str, summary: dict[str, Any], workdir: Path) -> None:
-    stage_dir = Path(workdir) / name
-    stage_dir.mkdir(parents=True, exist_ok=True)
-    tmp = stage_dir / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, stage_dir / "summary.json")
+def process_rank() -> int:
+    """This process's rank in a multi-worker run (RANK, else an Indexed Job's completion index), else 0."""
+    for name in ("RANK", "JOB_COMPLETION_INDEX"):
+        value = os.environ.get(name)
+        if value not in (None, ""):
+            try:
+                return int(value)
+            except ValueError:
+                return -1
+    return 0
+
+
+def is_main_process() -> bool:
+    return process_rank() == 0
+
+
+def wire_summary(summary: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in summary.items() if k not in DETAIL_KEYS}
+
+
+def write_termination_message(document: dict[str, Any]) -> None:
+    """This pod's own termination log (not shared): every rank writes its own."""
     target = os.environ.get(TERMINATION_MESSAGE_ENV)
     if target:
-        Path(target).write_text(compact(summary))
+        Path(target).write_text(compact(document))
+
+
+def write_summary(name: str, summary: dict[str, Any], workdir: Path) -> None:
+    if is_main_process():
+        text = json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n"
+        atomic.write_text(Path(workdir) / name / "summary.json", text)
+    write_termination_message(wire_summary(summary))
 
 
 def run_stage(name: str, job, workdir: Path) -> dict[str, Any]:
@@ -92,10 +124,8 @@ def run_stage(name: str, job, workdir: Path) -> dict[str, Any]:
     try:
         summary = module.run(job, workdir)
     except Exception as exc:  # the operator reads why from the termination message; the caller still sees the error
-        target = os.environ.get(TERMINATION_MESSAGE_ENV)
-        if target:
-            reason = str(exc) if isinstance(exc, StageError) else f"{type(exc).__name__}: {exc}"
-            Path(target).write_text(compact({"stage": name, "error": reason}))
+        reason = str(exc) if isinstance(exc, StageError) else f"{type(exc).__name__}: {exc}"
+        write_termination_message({"stage": name, "error": reason})
         raise
     write_summary(name, summary, workdir)
     return summary

@@ -1,13 +1,19 @@
-"""The evaluate stage: the fine-tuned model on the same suite, paired with the baseline, + report.
+"""The evaluate stage: the fine-tuned model on the same suite, paired with the baseline; the gate;
+the report; and promotion when the gate lets the model through.
 
 1. The fine-tuned model: base model + WORKDIR/train/output (a peft adapter, or a full model).
 2. The baseline: WORKDIR/baseline/results.json when it matches the suite digest and limit, else
    the cache entry (weights key, then spec key — the operator skips the baseline stage on a spec
    key hit), else the base model is evaluated here (and cached), so a stale or missing baseline
    can cost time but never a comparison against other items.
-3. WORKDIR/evaluate/results.json (item level), the per-task 2x2 tables `paired`, and the report
-   (gate verdict JSON, report.md, report.png) in WORKDIR/report/ — the gate is the same pure
-   function (same seed) the operator runs on this stage's summary.
+3. WORKDIR/evaluate/results.json (item level), the per-task 2x2 tables `paired`.
+4. The gate — this is the one place it runs, in a pod as in `forgetless run` — and the report
+   (gate.json, report.md, report.png) in WORKDIR/report/.
+5. Promotion (forgetless_trainer.promotion) when the verdict is not Failed and output.promote.
+
+The summary carries the verdict in its `status.gate` form and `promotedModel`; both are bounded by
+the number of categories, not of tasks, so the operator reads them from the termination message
+whatever the suite's size. Per-task detail (`paired`, `tasks`) stays in summary.json on the volume.
 """
 
 from __future__ import annotations
@@ -63,6 +69,17 @@ def find_baseline(job: FineTuneJob, workdir: Path, target: EvalTarget) -> tuple[
     return result, source
 
 
+def evaluation_summary(final: EvaluationResult, paired: dict[str, Any], gate: Any, source: str,
+                       promoted: dict[str, Any] | None) -> dict[str, Any]:
+    """The evaluate stage's summary (docs/contracts.md): scores, the verdict, what was promoted."""
+    summary = final.summary("evaluate")
+    summary["paired"] = paired
+    summary["baselineSource"] = source
+    summary["gate"] = gate.to_status()
+    summary["promotedModel"] = promoted
+    return summary
+
+
 def run(job: FineTuneJob, workdir: Path) -> dict[str, Any]:
     workdir = Path(workdir)
     spec = job.spec
@@ -82,7 +99,12 @@ def run(job: FineTuneJob, workdir: Path) -> dict[str, Any]:
     from forgetless_trainer.evaluation.report import write_report
 
     write_report(gate, baseline.category_scores(), final.category_scores(), workdir / REPORT_DIR)
-    summary = final.summary("evaluate")
-    summary["paired"] = paired
-    summary["baselineSource"] = source
-    return summary
+    promoted = None
+    if gate.verdict != "Failed":
+        from forgetless_trainer.promotion import promote
+        from forgetless_trainer.training.loop import env_base_dir
+
+        promoted = promote(job, workdir, base_dir=env_base_dir())
+        if promoted is not None:
+            print(f"promoted: {promoted['path']} ({promoted['digest']})", file=sys.stderr)
+    return evaluation_summary(final, paired, gate, source, promoted)

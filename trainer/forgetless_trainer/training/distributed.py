@@ -69,13 +69,56 @@ def device_for(local_rank: int):
     return torch.device("cpu")
 
 
-def init_process_group() -> None:
+RENDEZVOUS_TIMEOUT_ENV = "FORGETLESS_RENDEZVOUS_TIMEOUT_SECONDS"
+DEFAULT_RENDEZVOUS_TIMEOUT_SECONDS = 180.0
+"""How long the ranks wait for each other at start. torch's default is 30 min (TCPStore); a rank whose
+peer is gone (its pod failed, or a lone retried pod) must fail soon, with a message that says so."""
+COLLECTIVE_TIMEOUT_SECONDS = 1800.0
+"""After the rendezvous: a collective may wait this long (a probe or a checkpoint on rank 0)."""
+
+
+def rendezvous_timeout() -> float:
+    value = os.environ.get(RENDEZVOUS_TIMEOUT_ENV)
+    if not value:
+        return DEFAULT_RENDEZVOUS_TIMEOUT_SECONDS
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise StageError(f"env {RENDEZVOUS_TIMEOUT_ENV}={value!r} is not a number of seconds") from None
+    if seconds <= 0:
+        raise StageError(f"env {RENDEZVOUS_TIMEOUT_ENV}={value!r} must be > 0")
+    return seconds
+
+
+def init_process_group(ranks: Ranks | None = None) -> None:
+    """Join the process group. With several ranks the rendezvous (a TCPStore on MASTER_ADDR:MASTER_PORT)
+    waits at most `rendezvous_timeout()` and fails with a StageError naming the missing peer."""
+    from datetime import timedelta
+
     import deepspeed
     import torch
     import torch.distributed as dist
 
-    if not dist.is_initialized():
-        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+    if dist.is_initialized():
+        return
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if ranks is not None and ranks.world_size > 1:
+        host, port = os.environ["MASTER_ADDR"], _int_env("MASTER_PORT")
+        seconds = rendezvous_timeout()
+        try:
+            store = dist.TCPStore(host, port, ranks.world_size, is_master=ranks.rank == 0,
+                                  timeout=timedelta(seconds=seconds), wait_for_workers=True)
+        except Exception as exc:  # DistStoreError / DistNetworkError / RuntimeError, by torch version
+            waited_for = "the other ranks to connect" if ranks.rank == 0 else "rank 0 (the master)"
+            raise StageError(
+                f"rendezvous failed: rank {ranks.rank} of {ranks.world_size} waited {seconds:.0f} s at "
+                f"{host}:{port} for {waited_for}; a peer is missing (its pod failed, was deleted or was not "
+                f"scheduled). A multi-worker group restarts as a whole; this rank gives up "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+            ) from exc
+        dist.init_process_group(backend, store=store, rank=ranks.rank, world_size=ranks.world_size,
+                                timeout=timedelta(seconds=COLLECTIVE_TIMEOUT_SECONDS))
+    deepspeed.init_distributed(dist_backend=backend)
 
 
 def shutdown() -> None:

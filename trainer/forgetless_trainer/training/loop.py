@@ -156,7 +156,7 @@ class Trainer:
         model.to(self.device)
         self.tokenizer = tokenizer
         self.encoder = D.Encoder(tokenizer, spec.training.max_seq_length)
-        distributed.init_process_group()
+        distributed.init_process_group(self.ranks)
         self.checkpoints = self.workdir / "train" / "checkpoints"
         self.resume_from = checkpoint.latest(self.checkpoints)
         self.ctx = TrainContext(
