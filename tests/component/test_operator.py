@@ -21,6 +21,9 @@ import aiohttp
 import kubernetes_validate
 import pytest
 
+from forgetless.api.schema import RegressionSpec
+from forgetless.gate import evaluate_gate
+
 from forgetless.api.schema import FineTuneJobStatus
 from forgetless_operator.children import LABEL_JOB, OperatorConfig
 from forgetless_operator.fakeapi import FakeApi, free_port, kubeconfig, serve
@@ -40,7 +43,11 @@ SUMMARIES = {
     "train": {"stage": "train", "steps": 50, "totalSteps": 50, "epochs": 1.0, "finalLoss": 0.3,
               "stoppedReason": "completed", "tokensPerSecond": 1000.0, "outputPath": "/o", "method": "lora"},
     "evaluate": {"stage": "evaluate", "scores": {"knowledge": 1.0, "format": 1.0, "task": 0.875}, "tasks": {},
-                 "items": 120, "paired": PAIRED_NO_DROP},
+                 "items": 120, "paired": PAIRED_NO_DROP,
+                 # the stage ran the gate (forgetless.gate, same seed) and promoted the model
+                 "gate": evaluate_gate(PAIRED_NO_DROP, RegressionSpec()).to_status(),
+                 "promotedModel": {"path": "/mnt/pvc/outputs/p", "claimName": "outputs", "pathInVolume": "p",
+                                   "uri": "pvc://outputs/p", "digest": "sha256:" + "0" * 64}},
 }
 
 

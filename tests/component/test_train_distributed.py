@@ -76,6 +76,11 @@ def test_two_ranks_end_with_identical_weights(tmp_path, manifest, tiny_model_dir
         assert torch.equal(rank0[name], rank1[name]), name
     summary = json.loads((workdir / "summary0.json").read_text())
     assert summary["worldSize"] == 2 and summary["steps"] == 4
+    # each rank reports a fingerprint of its own weights (its pod's termination message): they agree
+    other = json.loads((workdir / "summary1.json").read_text())
+    assert (summary["rank"], other["rank"]) == (0, 1)
+    assert summary["weightsFingerprint"] == other["weightsFingerprint"]
+    assert summary["weightsFingerprint"].startswith("sha256:")
     # 36 train + 9 general = 45 examples → 23 per rank → 6 micro-batches of ≤ 4 per rank per epoch
     assert summary["epochSize"] == 45 and summary["totalSteps"] == 4
     assert (workdir / "train" / "output" / "config.json").is_file()
@@ -149,3 +154,21 @@ def test_deepspeed_config_from_the_spec(manifest):
     spec0 = parse_job(manifest(spec={"deepspeed": {"zeroStage": 0, "offloadOptimizer": True}})).spec
     with pytest.raises(StageError, match="offloadOptimizer needs deepspeed.zeroStage 1, 2 or 3"):
         deepspeed_config(spec0, 1)
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_a_missing_peer_fails_the_rendezvous_fast_and_says_so(no_dist_env, monkeypatch, rank):
+    """A lone rank (its peer's pod failed or was never scheduled) gives up after the rendezvous
+    timeout with a message naming the problem, instead of torch's 30-minute store timeout."""
+    import time
+
+    port = distributed.free_port()
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(port))
+    monkeypatch.setenv(distributed.RENDEZVOUS_TIMEOUT_ENV, "2")
+    began = time.monotonic()
+    with pytest.raises(StageError, match="a peer is missing") as caught:
+        distributed.init_process_group(distributed.Ranks(rank=rank, world_size=2, local_rank=0))
+    assert time.monotonic() - began < 30
+    assert f"rank {rank} of 2 waited 2 s at 127.0.0.1:{port}" in str(caught.value)
+    assert not torch.distributed.is_initialized()

@@ -11,16 +11,21 @@ would, with one process per pod instead of one container:
   `restartPolicy` is treated as Never: an exited process is final;
 * the container's filesystem is a per-pod folder `rootfs/` in which every volume mount is a
   symlink to a host folder: one shared folder per PersistentVolumeClaim under `root/pvc/` (what a
-  ReadWriteMany volume is), per-pod folders for emptyDir, configMap, secret, downwardAPI and
-  projected volumes. Since a process cannot be given its own mount namespace, every command, arg
-  and env value that *is* a mount path (or lies under one) is rewritten to the rootfs path; so is
-  the termination message path, realised as a per-pod file;
+  ReadWriteMany volume is), per-pod folders for emptyDir, configMap and secret volumes (their keys
+  as files, read at pod start); other volume types (the service account's projected volume
+  included) are empty folders. Since a process cannot be given its own mount namespace, every
+  command, arg and env value that *is* a mount path (or lies under one) is rewritten to the rootfs
+  path; so is the termination message path, realised as a per-pod file. Mounts are not read-only;
 * env comes from the pod spec (value, $(VAR) expansion, fieldRef, configMapKeyRef, secretKeyRef,
   envFrom) over a minimal base env; a missing non-optional reference keeps the pod waiting with
   reason CreateContainerConfigError, retried on each poll, as kubelet does;
 * status is written to the status subresource: Running when started, Succeeded/Failed with a
   terminated state (exit code, reason, termination message) when the process exits;
-* a pod deleted while running gets SIGTERM on its process group, then SIGKILL after the grace.
+* a pod deleted while running gets SIGTERM on its process group, then SIGKILL after the grace;
+  `stop()` ends every process the same way but writes no status (a node going away).
+
+Layout under `root`: `node.log` (one line per start, exit, kill, problem), `pvc/<claim>/`, and
+`pods/<namespace>/<pod>-<uid8>/` holding `rootfs/`, `volumes/`, `container.log`, `termination-log`.
 
 Nothing here knows about any particular operator: callers adapt the processes through
 `entrypoint` (the image ENTRYPOINT, used when a container has no `command`) and `env_hook`
@@ -266,13 +271,10 @@ class StandInNode:
             self._set_waiting(pod, container, "StandInNodeUnsupported",
                               "init containers are not run by the stand-in node")
             return
-        if len(spec["containers"]) > 1:
-            self._log(f"note {meta['namespace']}/{meta['name']}: only the first of "
-                      f"{len(spec['containers'])} containers runs")
         try:
             fetch = self._fetcher(meta["namespace"])
             pod_env = self._resolve_env(pod, container, fetch)
-            volumes = {v["name"]: self._resolve_volume(pod, v, fetch) for v in spec.get("volumes", [])}
+            volumes = {v["name"]: self._resolve_volume(v, fetch) for v in spec.get("volumes", [])}
         except ConfigError as exc:
             self._set_waiting(pod, container, "CreateContainerConfigError", str(exc))
             return
@@ -281,22 +283,49 @@ class StandInNode:
     def _launch(self, pod: dict, container: dict, pod_env: dict, volumes: dict) -> None:
         meta = pod["metadata"]
         pod_dir = self.root / "pods" / meta["namespace"] / f"{meta['name']}-{meta['uid'][:8]}"
-        rootfs = pod_dir / "rootfs"
+        record = PodRecord(meta["namespace"], meta["name"], meta["uid"], pod_dir, pod_dir / "rootfs",
+                           pod_dir / "container.log", started_at=now_rfc3339())
+        run = _Running(record, None, pod)
+        with self._lock:  # registered together with its pid: callers never see a half-started pod
+            self._waiting.pop(record.uid, None)
+            self._pods[record.uid] = run
+            try:
+                cmd, env = self._prepare(pod, container, pod_env, volumes, record)
+                with record.log_path.open("ab") as out:
+                    run.proc = subprocess.Popen(cmd, env=env, cwd=record.rootfs, stdin=subprocess.DEVNULL,
+                                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+                record.pid = run.proc.pid
+            except Exception as exc:  # noqa: BLE001 - kubelet: the container could not start (exit 128)
+                record.exit_code, record.message = 128, f"{type(exc).__name__}: {exc}"
+                self._log(f"start-error {self._key(record)}: {record.message}\n{traceback.format_exc()}")
+                self._queue_terminated(run, "StartError")
+                self._flush_status(run)
+                return
+            extra = len(pod["spec"]["containers"]) - 1
+            self._log(f"start {self._key(record)} pid={record.pid} cmd={cmd}"
+                      + (f" (its {extra} other containers do not run)" if extra else ""))
+            run.pending_status = {
+                "phase": "Running", "podIP": POD_IP, "podIPs": [{"ip": POD_IP}], "hostIP": POD_IP,
+                "hostIPs": [{"ip": POD_IP}], "startTime": record.started_at, "conditions": self._conditions(True),
+                "containerStatuses": [self._container_status(pod, True, {"running": {"startedAt": record.started_at}})]}
+        self._flush_status(run)
+
+    def _prepare(self, pod: dict, container: dict, pod_env: dict, volumes: dict,
+                 record: PodRecord) -> tuple[list[str], dict[str, str]]:
+        """Realises the volumes and mounts under the pod folder; the command and env, paths rewritten."""
+        rootfs, pod_dir = record.rootfs, record.dir
         rootfs.mkdir(parents=True, exist_ok=True)
-        record = PodRecord(meta["namespace"], meta["name"], meta["uid"], pod_dir, rootfs, pod_dir / "container.log")
-        # Volumes, then one symlink per mount, parents before children.
         hosts: dict[str, Path] = {}
         for name, (kind, value) in volumes.items():
-            if kind == "pvc":
-                hosts[name] = self.root / "pvc" / value
-            else:
-                hosts[name] = pod_dir / "volumes" / name
-                for rel, data in (value or {}).items():
-                    (hosts[name] / rel).parent.mkdir(parents=True, exist_ok=True)
-                    (hosts[name] / rel).write_bytes(data)
+            hosts[name] = self.root / "pvc" / value if kind == "pvc" else pod_dir / "volumes" / name
             hosts[name].mkdir(parents=True, exist_ok=True)
-        mounts: list[tuple[str, str]] = []
-        for mount in sorted(container.get("volumeMounts", []), key=lambda m: len(m["mountPath"])):
+            if kind == "other":
+                self._log(f"note {self._key(record)}: volume {name} is an empty folder (its type is not emulated)")
+            for relative, data in (value.items() if kind != "pvc" else []):
+                (hosts[name] / relative).parent.mkdir(parents=True, exist_ok=True)
+                (hosts[name] / relative).write_bytes(data)
+        mounts: list[tuple[str, str]] = []  # (mountPath, its path in the rootfs)
+        for mount in sorted(container.get("volumeMounts", []), key=lambda m: len(m["mountPath"])):  # parents first
             path = "/" + mount["mountPath"].strip("/")
             if path == "/" or mount["name"] not in hosts:
                 self._log(f"note {self._key(record)}: mount {mount} not realised")
@@ -312,14 +341,14 @@ class StandInNode:
                 link.unlink()
             link.symlink_to(target, target_is_directory=True)
             mounts.append((path, str(rootfs) + path))
-        mounts.sort(key=lambda m: len(m[0]), reverse=True)
+        mounts.sort(key=lambda m: len(m[0]), reverse=True)  # the longest mountPath wins
         termination_path = container.get("terminationMessagePath") or DEFAULT_TERMINATION_PATH
         termination_file = pod_dir / "termination-log"
         termination_file.write_bytes(b"")
-        dev_link = rootfs / termination_path.lstrip("/")
-        if not dev_link.exists() and not dev_link.is_symlink():
-            dev_link.parent.mkdir(parents=True, exist_ok=True)
-            dev_link.symlink_to(termination_file)
+        in_rootfs = rootfs / termination_path.lstrip("/")
+        if not in_rootfs.exists() and not in_rootfs.is_symlink():
+            in_rootfs.parent.mkdir(parents=True, exist_ok=True)
+            in_rootfs.symlink_to(termination_file)
 
         def rewrite(value: str) -> str:
             if value == termination_path:
@@ -329,43 +358,18 @@ class StandInNode:
                     return local + value[len(path):]
             return value
 
-        args = [expand(a, pod_env) for a in container.get("args", [])]
-        command = [expand(c, pod_env) for c in container["command"]] if container.get("command") else self.entrypoint
-        cmd = [rewrite(part) for part in command + args]
+        command = container.get("command") or []
+        command = [expand(c, pod_env) for c in command] if command else list(self.entrypoint)
+        cmd = [rewrite(part) for part in command + [expand(a, pod_env) for a in container.get("args", [])]]
         env = {"PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"), "LANG": "C.UTF-8",
-               "HOSTNAME": pod.get("spec", {}).get("hostname") or meta["name"]}
+               "HOSTNAME": pod["spec"].get("hostname") or pod["metadata"]["name"]}
         env.update({k: os.environ[k] for k in HOST_ENV_KEPT if k in os.environ and k not in pod_env})
         if "/tmp" in dict(mounts):
             env["TMPDIR"] = dict(mounts)["/tmp"]
         env.update({k: rewrite(v) for k, v in pod_env.items()})
         if self.env_hook is not None:
             env.update(self.env_hook(pod, rootfs, dict(env)) or {})
-        record.started_at = now_rfc3339()
-        run = _Running(record, None, pod)
-        with self._lock:  # registered together with its pid: callers never see a half-started pod
-            self._waiting.pop(record.uid, None)
-            self._pods[record.uid] = run
-            try:
-                with record.log_path.open("ab") as out:
-                    run.proc = subprocess.Popen(cmd, env=env, cwd=rootfs, stdin=subprocess.DEVNULL, stdout=out,
-                                                stderr=subprocess.STDOUT, start_new_session=True)
-                record.pid = run.proc.pid
-            except OSError as exc:  # kubelet: the container could not start (StartError, exit 128)
-                record.exit_code, record.message = 128, f"failed to start {cmd[0]!r}: {exc}"
-                self._queue_terminated(run, "StartError")
-        if run.proc is None:
-            self._log(f"start-error {self._key(record)}: {record.message}")
-            self._flush_status(run)
-            return
-        self._log(f"start {self._key(record)} pid={record.pid} cmd={cmd}")
-        status = {"phase": "Running", "podIP": POD_IP, "podIPs": [{"ip": POD_IP}], "hostIP": POD_IP,
-                  "hostIPs": [{"ip": POD_IP}], "startTime": record.started_at,
-                  "conditions": self._conditions(True),
-                  "containerStatuses": [self._container_status(pod, True, {"running": {"startedAt": record.started_at}})]}
-        with self._lock:
-            if run.pending_status is None:  # not already superseded by an exit
-                run.pending_status = status
-                self._flush_status(run)
+        return cmd, env
 
     # ---- env and volumes -------------------------------------------------------------------
     def _fetcher(self, namespace: str) -> Callable[[str, str], dict | None]:
@@ -425,51 +429,26 @@ class StandInNode:
                 env[var["name"]] = value
         return env
 
-    def _resolve_volume(self, pod: dict, volume: dict, fetch) -> tuple[str, Any]:
-        """('pvc', claim name) or ('files', {relative path: bytes}); an emptyDir is a folder without files."""
+    def _resolve_volume(self, volume: dict, fetch) -> tuple[str, Any]:
+        """('pvc', claim name) or ('files' | 'other', {relative path: bytes}): a per-pod folder with files."""
         if "persistentVolumeClaim" in volume:
             return "pvc", volume["persistentVolumeClaim"]["claimName"]
-        if "configMap" in volume or "secret" in volume:
-            kind = "configmap" if "configMap" in volume else "secret"
-            source = volume.get("configMap") or volume.get("secret")
-            return "files", self._key_files(kind, source.get("name") or source.get("secretName"), source, fetch, strict=True)
-        if "downwardAPI" in volume:
-            return "files", {i["path"]: field_value(pod, i["fieldRef"]["fieldPath"]).encode()
-                             for i in volume["downwardAPI"].get("items", []) if "fieldRef" in i}
-        if "projected" in volume:  # best effort (the service account volume every pod gets): no token
-            files: dict[str, bytes] = {}
-            for source in volume["projected"].get("sources", []):
-                try:
-                    if "configMap" in source or "secret" in source:
-                        kind = "configmap" if "configMap" in source else "secret"
-                        ref = source.get("configMap") or source.get("secret")
-                        files.update(self._key_files(kind, ref["name"], ref, fetch, strict=False))
-                    elif "downwardAPI" in source:
-                        files.update({i["path"]: field_value(pod, i["fieldRef"]["fieldPath"]).encode()
-                                      for i in source["downwardAPI"].get("items", []) if "fieldRef" in i})
-                except Exception as exc:  # noqa: BLE001
-                    self._log(f"note {pod['metadata']['namespace']}/{pod['metadata']['name']}: projected "
-                              f"source of volume {volume['name']} skipped: {exc}")
-            return "files", files
-        if "emptyDir" not in volume:
-            self._log(f"note: volume {volume['name']} of an unknown type is an empty folder")
-        return "files", {}
-
-    def _key_files(self, kind: str, name: str, source: dict, fetch, strict: bool) -> dict[str, bytes]:
+        if "configMap" not in volume and "secret" not in volume:  # emptyDir, or a type not emulated
+            return ("files" if "emptyDir" in volume or "projected" in volume else "other"), {}
+        kind, source = ("configmap", volume["configMap"]) if "configMap" in volume else ("secret", volume["secret"])
+        name = source.get("name") or source.get("secretName")
         data = fetch(kind, name)
         if data is None:
-            if source.get("optional") or not strict:
-                return {}
-            raise ConfigError(f'{kind} "{name}" not found (volume mount)')
-        if "items" not in source:
-            return dict(data)
+            if source.get("optional"):
+                return "files", {}
+            raise ConfigError(f'{kind} "{name}" not found (volume {volume["name"]})')
         files = {}
-        for item in source["items"]:
+        for item in source.get("items") or [{"key": key, "path": key} for key in data]:
             if item["key"] in data:
                 files[item["path"]] = data[item["key"]]
-            elif strict and not source.get("optional"):
-                raise ConfigError(f"couldn't find key {item['key']} in {kind} {name} (volume mount)")
-        return files
+            elif not source.get("optional"):
+                raise ConfigError(f"couldn't find key {item['key']} in {kind} {name} (volume {volume['name']})")
+        return "files", files
 
     # ---- exits and status ------------------------------------------------------------------
     def _on_exit(self, run: _Running) -> None:
@@ -584,10 +563,7 @@ def field_value(pod: dict, path: str) -> str:
               "status.podIP": POD_IP, "status.hostIP": POD_IP, "status.podIPs": POD_IP, "status.hostIPs": POD_IP}
     if path in simple:
         return simple[path]
-    match = re.fullmatch(r"metadata\.(labels|annotations)(?:\['(.*)'\])?", path)
+    match = re.fullmatch(r"metadata\.(labels|annotations)\['(.*)'\]", path)
     if match is None:
         raise ConfigError(f"fieldRef {path!r} is not emulated by the stand-in node")
-    values = meta.get(match.group(1)) or {}
-    if match.group(2) is None:  # the whole map, as a downwardAPI volume file shows it
-        return "\n".join(f"{k}={json.dumps(v)}" for k, v in sorted(values.items()))
-    return values.get(match.group(2), "")
+    return (meta.get(match.group(1)) or {}).get(match.group(2), "")

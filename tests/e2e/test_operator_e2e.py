@@ -15,6 +15,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+
+from forgetless.api.schema import RegressionSpec
+from forgetless.gate import evaluate_gate
 import yaml
 
 pytestmark = pytest.mark.e2e
@@ -29,7 +32,11 @@ SUMMARIES = {
     "train": {"stage": "train", "steps": 10, "totalSteps": 10, "epochs": 1.0, "finalLoss": 0.5,
               "stoppedReason": "completed", "tokensPerSecond": 1.0, "outputPath": "/o", "method": "lora"},
     "evaluate": {"stage": "evaluate", "scores": {"knowledge": 1.0, "task": 0.875}, "tasks": {}, "items": 80,
-                 "paired": PAIRED},
+                 "paired": PAIRED,
+                 # the stage ran the gate (forgetless.gate, same seed) and promoted the model
+                 "gate": evaluate_gate(PAIRED, RegressionSpec()).to_status(),
+                 "promotedModel": {"path": "/mnt/pvc/outputs/p", "claimName": "outputs", "pathInVolume": "p",
+                                   "uri": "pvc://outputs/p", "digest": "sha256:" + "0" * 64}},
 }
 
 

@@ -35,8 +35,12 @@ def core(kube):
 
 @pytest.fixture
 def node(core, namespace: str, tmp_path: Path) -> Iterator[StandInNode]:
-    with StandInNode(core, [namespace], tmp_path / "node", entrypoint=[PY, "-c", "print('entrypoint')"],
-                     poll_seconds=0.1, grace_seconds=2.0) as standin:
+    def hook(pod: dict, rootfs: Path, env: dict) -> dict:
+        assert rootfs.is_dir() and env["PATH"]
+        return {"HOOKED": f"{pod['metadata']['name']} in {pod['metadata']['namespace']}"}
+
+    with StandInNode(core, [namespace], tmp_path / "node", poll_seconds=0.1, grace_seconds=2.0, env_hook=hook,
+                     entrypoint=[PY, "-c", "import sys; print('entrypoint', *sys.argv[1:])"]) as standin:
         yield standin
 
 
@@ -44,7 +48,8 @@ def pod_body(name: str, command: list[str], **container: Any) -> dict:
     volumes = container.pop("volumes", [])
     return {"metadata": {"name": name, "labels": {"app": "standin-test"}},
             "spec": {"restartPolicy": "Never", "volumes": volumes,
-                     "containers": [{"name": "main", "image": "standin.invalid/test:1", "command": command, **container}]}}
+                     "containers": [{"name": "main", "image": "standin.invalid/test:1",
+                                     **({"command": command} if command else {}), **container}]}}
 
 
 def terminal(core, namespace: str, name: str):
@@ -70,7 +75,8 @@ pathlib.Path(scratch, "tmp.txt").write_text("scratch")
 pathlib.Path(sub, "in-subpath.txt").write_text("sub")
 result = {"config": json.loads(pathlib.Path(config).read_text()), "greeting": os.environ["GREETING_LINE"],
           "namespace": os.environ["POD_NAMESPACE"], "index": os.environ["INDEX"],
-          "tmpdir": os.environ.get("TMPDIR"), "leaked": "KUBECONFIG" in os.environ, "cwd": os.getcwd()}
+          "tmpdir": os.environ.get("TMPDIR"), "leaked": "KUBECONFIG" in os.environ, "cwd": os.getcwd(),
+          "hooked": os.environ["HOOKED"]}
 pathlib.Path(os.environ["RESULT_PATH"]).write_text(json.dumps(result))
 """
     body = pod_body("volumes", [PY, "-c", script],
@@ -103,7 +109,7 @@ pathlib.Path(os.environ["RESULT_PATH"]).write_text(json.dumps(result))
     result = json.loads(state.message)
     assert result == {"config": {"lr": 0.1}, "greeting": "hello, volumes $(ABSENT)", "namespace": namespace,
                       "index": "7", "tmpdir": str(record.rootfs / "tmp"), "leaked": False,
-                      "cwd": str(record.rootfs)}
+                      "cwd": str(record.rootfs), "hooked": f"volumes in {namespace}"}
     pvc = node.root / "pvc" / "shared"
     assert (pvc / "out" / "result.txt").read_text() == "written by volumes"
     assert (pvc / "nested" / "in-subpath.txt").read_text() == "sub"
@@ -113,7 +119,7 @@ pathlib.Path(os.environ["RESULT_PATH"]).write_text(json.dumps(result))
     assert core.read_namespaced_persistent_volume_claim("shared", namespace).status.phase == "Pending"
 
 
-def test_failure_falls_back_to_the_log_tail(core, namespace: str, node: StandInNode) -> None:
+def test_failures_report_like_kubelet(core, namespace: str, node: StandInNode) -> None:
     script = "import sys\nfor i in range(100): print(f'line {i}')\nsys.exit(3)"
     core.create_namespaced_pod(namespace, pod_body("fails", [PY, "-c", script],
                                                    terminationMessagePolicy="FallbackToLogsOnError"))
@@ -122,6 +128,12 @@ def test_failure_falls_back_to_the_log_tail(core, namespace: str, node: StandInN
     assert pod.status.phase == "Failed"
     assert (state.exit_code, state.reason) == (3, "Error")
     assert state.message.splitlines() == [f"line {i}" for i in range(20, 100)]
+
+    core.create_namespaced_pod(namespace, pod_body("no-binary", ["/nonexistent/binary"]))
+    pod = terminal(core, namespace, "no-binary")
+    state = pod.status.container_statuses[0].state.terminated
+    assert (pod.status.phase, state.exit_code, state.reason) == ("Failed", 128, "StartError")
+    assert "/nonexistent/binary" in state.message
 
 
 def test_indexed_job_completes_and_a_killed_pod_fails(kube, core, namespace: str, node: StandInNode) -> None:
@@ -153,8 +165,9 @@ def test_indexed_job_completes_and_a_killed_pod_fails(kube, core, namespace: str
 
 
 def test_missing_config_map_key_waits_until_created(core, namespace: str, node: StandInNode) -> None:
-    core.create_namespaced_pod(namespace, pod_body("waits", [PY, "-c", "import os; print(os.environ['TOKEN'])"], env=[
-        {"name": "TOKEN", "valueFrom": {"configMapKeyRef": {"name": "late", "key": "token"}}}]))
+    body = pod_body("waits", [], args=["$(TOKEN)"],  # no command: the node's entrypoint runs
+                    env=[{"name": "TOKEN", "valueFrom": {"configMapKeyRef": {"name": "late", "key": "token"}}}])
+    core.create_namespaced_pod(namespace, body)
 
     def waiting():
         statuses = core.read_namespaced_pod("waits", namespace).status.container_statuses or []
@@ -166,7 +179,7 @@ def test_missing_config_map_key_waits_until_created(core, namespace: str, node: 
 
     core.create_namespaced_config_map(namespace, {"metadata": {"name": "late"}, "data": {"token": "s3cret"}})
     assert terminal(core, namespace, "waits").status.phase == "Succeeded"
-    assert node.log(namespace, "waits") == "s3cret\n"
+    assert node.log(namespace, "waits") == "entrypoint s3cret\n"
 
 
 def test_deleting_a_running_pod_terminates_it(core, namespace: str, node: StandInNode) -> None:

@@ -99,6 +99,22 @@ class Trainer:
         with self._gathered([p for _, p in named]):
             return {n: p.detach().to("cpu", copy=True) for n, p in named}
 
+    def weights_fingerprint(self) -> str:
+        """A cheap fingerprint of this rank's trainable weights (float64 sum and sum of squares per
+        tensor, hashed): every rank of a group must report the same one (each rank writes it to its own
+        pod's termination message), whatever the model's size. All ranks call it (ZeRO-3 gathers)."""
+        import hashlib
+
+        import torch
+
+        named = self._trainable()
+        digest = hashlib.sha256()
+        with self._gathered([p for _, p in named]), torch.no_grad():
+            for name, param in named:
+                values = param.detach().double()
+                digest.update(f"{name}:{float(values.sum()):.17g}:{float((values * values).sum()):.17g};".encode())
+        return "sha256:" + digest.hexdigest()[:32]
+
     def restore(self, snapshot: dict[str, Any]) -> None:
         import torch
 
@@ -336,6 +352,9 @@ class Trainer:
             summary["message"] = self.stop_message
         if self.resume_from is not None:
             summary["resumedFromStep"] = self.resume_from[0]
+        if self.ranks.world_size > 1:
+            summary["rank"] = self.ranks.rank
+            summary["weightsFingerprint"] = self.weights_fingerprint()
         for mitigation in self.mitigations:
             summary.update(mitigation.summary())
         return TrainResult(summary, self.engine.module, self.tokenizer, self.engine, self.mitigations)
