@@ -1,12 +1,17 @@
 """e2e fixtures: a real cluster through $KUBECONFIG (kind for users), else every e2e test is skipped.
 
 `kind create cluster` is enough: no image needs to run. The tests apply the CRD, start the
-operator as a subprocess (`forgetless operator --standalone`) and play kubelet for stage pods.
+operator as a subprocess (`forgetless operator --standalone`) and run the stage pods of their own
+namespace on a test-only stand-in node (`standin_node.py`: each Pending pod becomes a local process
+with its volumes, env and termination message, the output PVC one shared host folder). CI
+(`.ci/run`) starts a real kube-apiserver + kube-controller-manager and sets
+FORGETLESS_REQUIRE_CLUSTER=1, so there a missing cluster fails instead of skipping.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -14,7 +19,7 @@ import time
 import urllib.request
 import uuid
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 import yaml
@@ -34,6 +39,9 @@ def kube() -> object:
         config.load_kube_config()
         client.VersionApi().get_code(_request_timeout=5)
     except Exception as exc:  # noqa: BLE001 - any failure means: no usable cluster
+        if os.environ.get("FORGETLESS_REQUIRE_CLUSTER") == "1":
+            pytest.fail(f"FORGETLESS_REQUIRE_CLUSTER=1 but no cluster answers through $KUBECONFIG "
+                        f"({os.environ.get('KUBECONFIG')}): {type(exc).__name__}: {exc}")
         pytest.skip(f"no Kubernetes cluster reachable through $KUBECONFIG ({type(exc).__name__}: {exc}); "
                     "start one with `kind create cluster`")
     return kubernetes
@@ -96,41 +104,122 @@ def _delete_finetunejobs(kube, namespace: str) -> None:
         custom.patch_namespaced_custom_object(*args, item["metadata"]["name"], {"metadata": {"finalizers": None}})
 
 
-@pytest.fixture
-def operator(kube, crd, namespace: str, tmp_path: Path) -> Iterator[int]:
-    """`forgetless operator --standalone` watching the test namespace; yields its metrics port."""
-    port = _free_port()
-    log = (tmp_path / "operator.log").open("w")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(REPO / d) for d in ("core", "operator"))}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "forgetless", "operator", "--namespace", namespace, "--standalone",
-         "--metrics-port", str(port), "--metrics-host", "127.0.0.1", "--resync-seconds", "5",
-         "--trainer-image", UNPULLABLE_IMAGE],
-        env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + 60
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(f"the operator exited ({proc.returncode}):\n{(tmp_path / 'operator.log').read_text()[-3000:]}")
+class OperatorProcess:
+    """`forgetless operator --standalone` watching one namespace, as a subprocess that a test may kill."""
+
+    def __init__(self, namespace: str, log_path: Path) -> None:
+        self.namespace = namespace
+        self.log_path = log_path
+        self.port = _free_port()
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "OperatorProcess":
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(REPO / d) for d in ("core", "operator"))}
+        log = self.log_path.open("a")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "forgetless", "operator", "--namespace", self.namespace, "--standalone",
+             "--metrics-port", str(self.port), "--metrics-host", "127.0.0.1", "--resync-seconds", "5",
+             "--trainer-image", UNPULLABLE_IMAGE],
+            env=env, stdout=log, stderr=subprocess.STDOUT,
+        )
+        log.close()
+        deadline = time.monotonic() + 60
+        while True:
+            if self.proc.poll() is not None:
+                pytest.fail(f"the operator exited ({self.proc.returncode}):\n{self.log()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=1) as response:
+                    if response.status == 200:
+                        return self
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                self.proc.kill()
+                pytest.fail("the operator was not ready within 60 s")
+            time.sleep(0.3)
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        self.proc.wait(20)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail("the operator was not ready within 60 s")
-        time.sleep(0.3)
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+    def log(self) -> str:
+        return self.log_path.read_text() if self.log_path.exists() else ""
+
+
+@pytest.fixture
+def operator(kube, crd, namespace: str, tmp_path: Path) -> Iterator[OperatorProcess]:
+    """The operator watching the test namespace (`.port` serves /metrics)."""
+    process = OperatorProcess(namespace, tmp_path / "operator.log").start()
     try:
-        yield port
+        yield process
     finally:
         try:
             _delete_finetunejobs(kube, namespace)
         finally:
-            proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+            process.stop()
+
+
+# --------------------------------------------------------------------------- the stand-in node
+
+STAGE_TIMES: list[tuple[str, str, float]] = []
+"""(test, stage, seconds) of every stage the e2e tests ran, printed at the end of the session."""
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not STAGE_TIMES:
+        return
+    terminalreporter.section("forgetless e2e: stage wall times (pod created -> result recorded)")
+    for test, stage, seconds in STAGE_TIMES:
+        terminalreporter.write_line(f"{test:<60} {stage:<9} {seconds:6.1f} s")
+
+
+@pytest.fixture(scope="session")
+def extensions_cache(tmp_path_factory) -> Path:
+    """DeepSpeed's compiled ops, shared by every stage pod of the session (a real image ships them built)."""
+    return Path(os.environ.get("TORCH_EXTENSIONS_DIR") or tmp_path_factory.mktemp("torch-extensions"))
+
+
+@pytest.fixture
+def node(kube, namespace: str, tmp_path: Path, extensions_cache: Path) -> Iterator[Any]:
+    """A stand-in node running the namespace's stage pods as `python -m forgetless ...` processes.
+
+    All pods share 127.0.0.1, so the env hook does what cluster networking would: each pod gets its
+    own metrics port, each multi-worker Job one master port, and the master's DNS name resolves to
+    127.0.0.1. The in-pod roots of PVCs and ConfigMaps point into the pod's emulated rootfs.
+    """
+    from tests.e2e.standin_node import StandInNode
+
+    master_ports: dict[str, int] = {}
+
+    def env_hook(pod: dict, rootfs: Path, env: dict) -> dict:
+        labels = (pod.get("metadata") or {}).get("labels") or {}
+        job = labels.get("batch.kubernetes.io/job-name") or labels.get("job-name") or pod["metadata"]["name"]
+        overrides = {
+            "FORGETLESS_PVC_ROOT": str(rootfs / "mnt" / "pvc"),
+            "FORGETLESS_CONFIGMAP_ROOT": str(rootfs / "etc" / "forgetless" / "configmaps"),
+            "FORGETLESS_METRICS_PORT": str(_free_port()),
+            "FORGETLESS_RENDEZVOUS_TIMEOUT_SECONDS": "60",
+            "TORCH_EXTENSIONS_DIR": str(extensions_cache),
+            "OMP_NUM_THREADS": "1",
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+        }
+        if "MASTER_ADDR" in env:
+            overrides["MASTER_ADDR"] = "127.0.0.1"
+            overrides["MASTER_PORT"] = str(master_ports.setdefault(job, _free_port()))
+        return overrides
+
+    standin = StandInNode(kube.client.CoreV1Api(), [namespace], tmp_path / "node",
+                          entrypoint=[sys.executable, "-m", "forgetless"], env_hook=env_hook)
+    with standin:
+        yield standin

@@ -68,7 +68,7 @@ def play_kubelet(core, namespace: str, job, summary: dict) -> None:
     }]}})
 
 
-def test_finetunejob_runs_to_the_gate(kube, namespace: str, operator: int):
+def test_finetunejob_runs_to_the_gate(kube, namespace: str, operator):
     core, batch = kube.client.CoreV1Api(), kube.client.BatchV1Api()
     custom = kube.client.CustomObjectsApi()
     core.create_namespaced_persistent_volume_claim(namespace, {
@@ -105,7 +105,7 @@ def test_finetunejob_runs_to_the_gate(kube, namespace: str, operator: int):
 
     reasons = wait(lambda: {"BaselineStarted", "GatePassed"} <= event_reasons() and event_reasons(), "events")
     assert {"TrainSucceeded", "EvaluateSucceeded", "Promoted"} <= reasons
-    with urllib.request.urlopen(f"http://127.0.0.1:{operator}/metrics", timeout=5) as response:
+    with urllib.request.urlopen(f"http://127.0.0.1:{operator.port}/metrics", timeout=5) as response:
         assert f'forgetless_gate_passed{{finetunejob="{name}",namespace="{namespace}"}} 1.0' in response.read().decode()
 
     # Deleting the FineTuneJob releases the operator's finalizer; garbage collection takes the children.

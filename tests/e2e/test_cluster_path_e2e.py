@@ -1,0 +1,287 @@
+"""The cluster path end to end on a real API server: the operator (`forgetless operator`, a
+subprocess), the real stage code in every pod (`python -m forgetless stage ...` run by the stand-in
+node), the output PVC as one shared folder. Each test is one FineTuneJob on the bundled world,
+kept small (`maxSteps`, `regression.limit`) so the tier stays well under 15 minutes on 2 cores.
+
+Cases (issue "The cluster path, proven on a real API server"):
+- a LoRA job succeeds and its model is promoted onto the volume, `status.promotedModel` set;
+- a naive job is Blocked, nothing is promoted, the gate's reasons in status and a Warning event;
+- `workers: 2` succeeds and both ranks end with the same weights;
+- rank 1 killed mid-training: the whole group restarts from the checkpoint, the job succeeds;
+- the operator SIGKILLed mid-stage and restarted: no duplicate child, no lost result;
+- a 60-task suite through the termination-message channel: the operator's verdict is the gate's.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from tests.e2e.conftest import STAGE_TIMES
+
+pytestmark = pytest.mark.e2e
+
+GROUP, VERSION, PLURAL = "forgetless.dev", "v1alpha1", "finetunejobs"
+CLAIM = "outputs"
+JOB_TIMEOUT = 420.0
+
+BASE: dict[str, Any] = {
+    "apiVersion": f"{GROUP}/{VERSION}",
+    "kind": "FineTuneJob",
+    "spec": {
+        "model": {"name": "bundled:tiny-world"},
+        "dataset": {"task": {"path": "bundled:support-tickets"}, "general": {"path": "bundled:general"}},
+        "training": {"maxSteps": 30, "learningRate": 1.0e-4, "batchSize": 32, "maxSeqLength": 64,
+                     "checkpointIntervalSteps": 10},
+        "regression": {"suite": {"path": "bundled:world-v1"}, "limit": 25},
+        "output": {"pvc": {"claimName": CLAIM}},
+        "backoffLimit": 2,
+    },
+}
+LORA = {"method": {"type": "lora", "lora": {"r": 8, "alpha": 16, "targetModules": ["all-linear"]}},
+        "mitigation": {"dataMixing": {"generalFraction": 0.3}}}
+# full fine-tuning at a high learning rate on the task alone (examples/naive.yaml, shortened)
+NAIVE = {"method": {"type": "full"}, "mitigation": {"dataMixing": {"generalFraction": 0.0}},
+         "training": {"maxSteps": 40, "learningRate": 1.0e-3}}
+
+
+def manifest(name: str, *parts: dict) -> dict:
+    document = copy.deepcopy(BASE)
+    document["metadata"] = {"name": name}
+    for part in parts:
+        for key, value in part.items():
+            if isinstance(value, dict) and isinstance(document["spec"].get(key), dict):
+                document["spec"][key] = {**document["spec"][key], **value}
+            else:
+                document["spec"][key] = value
+    return document
+
+
+def wait(check: Callable[[], Any], what: str, timeout: float = 60.0, period: float = 0.5) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(period)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+class Cluster:
+    """One test's view: its namespace, the API, the operator, the stand-in node, the shared volume."""
+
+    def __init__(self, kube: Any, namespace: str, operator: Any, node: Any, test: str) -> None:
+        self.kube, self.namespace, self.operator, self.node, self.test = kube, namespace, operator, node, test
+        self.core = kube.client.CoreV1Api()
+        self.batch = kube.client.BatchV1Api()
+        self.custom = kube.client.CustomObjectsApi()
+        self.core.create_namespaced_persistent_volume_claim(namespace, {
+            "metadata": {"name": CLAIM},
+            "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}},
+        })
+        self.volume = node.root / "pvc" / CLAIM
+
+    def apply(self, document: dict) -> str:
+        self.custom.create_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, document)
+        return document["metadata"]["name"]
+
+    def get(self, name: str) -> dict:
+        return self.custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name)
+
+    def status(self, name: str) -> dict:
+        return self.get(name).get("status") or {}
+
+    def workdir(self, name: str) -> Path:
+        return self.volume / "forgetless" / self.namespace / name
+
+    def diagnostics(self) -> str:
+        node_log = (self.node.root / "node.log").read_text() if (self.node.root / "node.log").exists() else ""
+        pods = "\n".join(f"--- {r.name} (exit {r.exit_code})\n{self.node.log(r.namespace, r.name)[-1500:]}"
+                         for r in self.node.pods() if r.exit_code not in (None, 0))
+        return (f"\n=== operator log (tail)\n{self.operator.log()[-3000:]}\n=== node log (tail)\n{node_log[-2000:]}"
+                f"\n=== failed pods\n{pods[-4000:]}")
+
+    def finish(self, name: str, timeout: float = JOB_TIMEOUT) -> dict:
+        """Wait for a terminal phase; record each stage's wall time; return the status."""
+        try:
+            status = wait(lambda: (s := self.status(name)).get("phase") in ("Succeeded", "Blocked", "Failed") and s,
+                          f"FineTuneJob {name} to finish", timeout=timeout, period=1.0)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; status: {json.dumps(self.status(name))[:2000]}{self.diagnostics()}") from None
+        for stage, record in (status.get("stages") or {}).items():
+            start, end = record.get("startTime"), record.get("completionTime")
+            if start and end:
+                seconds = _seconds(end) - _seconds(start)
+                STAGE_TIMES.append((self.test, stage, seconds))
+        return status
+
+    def events(self, name: str) -> list[Any]:
+        return self.core.list_namespaced_event(self.namespace, field_selector=f"involvedObject.name={name}").items
+
+    def stage_pods(self, name: str, stage: str) -> list[Any]:
+        return self.core.list_namespaced_pod(
+            self.namespace, label_selector=f"forgetless.dev/job={name},forgetless.dev/stage={stage}").items
+
+
+def _seconds(stamp: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+def termination_message(pod: Any) -> dict:
+    (status,) = [s for s in pod.status.container_statuses if s.name == "stage"]
+    return json.loads(status.state.terminated.message)
+
+
+@pytest.fixture
+def cluster(kube, namespace, operator, node, request) -> Cluster:
+    return Cluster(kube, namespace, operator, node, request.node.name)
+
+
+def expect_succeeded(cluster: Cluster, name: str, status: dict) -> None:
+    assert status["phase"] == "Succeeded", f"{status.get('message')}{cluster.diagnostics()}"
+
+
+# --------------------------------------------------------------------------- the six cases
+
+
+def test_lora_job_succeeds_and_the_promoted_model_is_on_the_volume(cluster: Cluster):
+    from forgetless.atomic import directory_digest
+
+    name = cluster.apply(manifest("e2e-lora", LORA))
+    status = cluster.finish(name)
+    expect_succeeded(cluster, name, status)
+    assert status["gate"]["verdict"] == "Passed" and status["promoted"] is True
+    promoted = status["promotedModel"]
+    assert promoted["path"] == f"forgetless/{cluster.namespace}/{name}/promoted"
+    assert promoted["uri"] == f"pvc://{CLAIM}/{promoted['path']}" and promoted["claimName"] == CLAIM
+    on_volume = cluster.volume / promoted["path"]
+    assert (on_volume / "config.json").is_file() and (on_volume / "adapter" / "adapter_config.json").is_file()
+    assert directory_digest(on_volume) == promoted["digest"]  # exactly what passed the gate
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(on_volume)  # a plain, deployable (merged) model
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "True"
+    reasons = {e.reason for e in cluster.events(name)}
+    assert {"BaselineStarted", "TrainStarted", "EvaluateStarted", "GatePassed", "Promoted"} <= reasons
+
+
+def test_naive_job_is_blocked_and_nothing_is_promoted(cluster: Cluster):
+    name = cluster.apply(manifest("e2e-naive", NAIVE))
+    status = cluster.finish(name)
+    assert status["phase"] == "Blocked", f"{status.get('message')}{cluster.diagnostics()}"
+    assert status["gate"]["verdict"] == "Failed" and status["promoted"] is False
+    assert "promotedModel" not in status
+    assert status["gate"]["reasons"] and all(r in status["message"] for r in status["gate"]["reasons"])
+    assert not (cluster.workdir(name) / "promoted").exists()
+    assert (cluster.workdir(name) / "report" / "gate.json").is_file()  # the evidence is kept
+    conditions = {c["type"]: c for c in status["conditions"]}
+    assert conditions["Ready"]["status"] == "False" and conditions["Stalled"]["status"] == "True"
+    assert status["forgettingPoints"].endswith(" pts")
+    blocked = [e for e in cluster.events(name) if e.reason == "GateBlocked"]
+    assert blocked and blocked[0].type == "Warning"
+
+
+def test_two_workers_succeed_with_identical_weights(cluster: Cluster):
+    name = cluster.apply(manifest("e2e-two", LORA, {"resources": {"workers": 2}}))
+    status = cluster.finish(name)
+    expect_succeeded(cluster, name, status)
+    train = status["stages"]["train"]
+    assert train["jobName"] == f"{name}-train-workers" and train["attempts"] == 1
+    messages = sorted((termination_message(p) for p in cluster.stage_pods(name, "train")), key=lambda m: m["rank"])
+    assert [m["rank"] for m in messages] == [0, 1] and all(m["worldSize"] == 2 for m in messages)
+    assert messages[0]["weightsFingerprint"] == messages[1]["weightsFingerprint"]
+    assert status["promotedModel"]["digest"].startswith("sha256:")
+
+
+def test_a_killed_rank_restarts_the_whole_group_from_the_checkpoint(cluster: Cluster):
+    spec = manifest("e2e-kill", LORA, {"resources": {"workers": 2}},
+                    {"training": {"maxSteps": 40, "checkpointIntervalSteps": 5}})
+    name = cluster.apply(spec)
+    checkpoints = cluster.workdir(name) / "train" / "checkpoints"
+    wait(lambda: any(checkpoints.glob("step-*/COMPLETE")), "the first checkpoint", timeout=300, period=0.2)
+    rank1 = wait(lambda: next((r for r in cluster.node.pods() if r.name.startswith(f"{name}-train-workers-1-")
+                               and r.exit_code is None), None), "rank 1 running")
+    cluster.node.kill(cluster.namespace, rank1.name)
+    status = cluster.finish(name)
+    expect_succeeded(cluster, name, status)
+    train = status["stages"]["train"]
+    assert train["attempts"] == 2 and train["jobName"] == f"{name}-train-workers-g2"
+    (restart,) = train["restarts"]
+    assert restart["attempt"] == 1 and "137" in restart["message"]
+    final = [termination_message(p) for p in cluster.stage_pods(name, "train")
+             if p.metadata.labels.get("forgetless.dev/attempt") == "2"]
+    assert len(final) == 2 and all(m["resumedFromStep"] >= 5 for m in final)  # resumed, not started over
+    assert final[0]["weightsFingerprint"] == final[1]["weightsFingerprint"]
+    assert "TrainGroupRestarted" in {e.reason for e in cluster.events(name)}
+    # the failed attempt's Job was cleaned up; one Job per stage is left
+    jobs = {j.metadata.name for j in cluster.batch.list_namespaced_job(
+        cluster.namespace, label_selector=f"forgetless.dev/job={name}").items}
+    assert jobs == {f"{name}-baseline", f"{name}-train-workers-g2", f"{name}-evaluate"}
+
+
+def test_operator_killed_mid_stage_restarts_without_duplicates_or_lost_results(cluster: Cluster):
+    name = cluster.apply(manifest("e2e-restart", LORA))
+    wait(lambda: any(r.name.startswith(f"{name}-train-") for r in cluster.node.pods()), "the train pod", timeout=300)
+    cluster.operator.kill()  # SIGKILL: no cleanup, kopf's state is whatever it wrote
+    time.sleep(3)
+    cluster.operator.start()
+    status = cluster.finish(name)
+    expect_succeeded(cluster, name, status)
+    selector = f"forgetless.dev/job={name}"
+    jobs = sorted(j.metadata.name for j in cluster.batch.list_namespaced_job(cluster.namespace, label_selector=selector).items)
+    assert jobs == [f"{name}-baseline", f"{name}-evaluate", f"{name}-train"]
+    configmaps = [c.metadata.name for c in cluster.core.list_namespaced_config_map(cluster.namespace, label_selector=selector).items]
+    assert configmaps == [f"{name}-spec"]
+    for stage in ("baseline", "train", "evaluate"):
+        assert status["stages"][stage]["phase"] == "Succeeded" and status["stages"][stage]["result"]
+        assert len(cluster.stage_pods(name, stage)) == 1  # each stage ran once
+    started = [e.reason for e in cluster.events(name) if e.reason.endswith("Started")]
+    assert sorted(started) == ["BaselineStarted", "EvaluateStarted", "TrainStarted"]
+
+
+def write_suite(root: Path, tasks_per_source: int = 5, items_per_task: int = 5) -> int:
+    """A 60-task suite on the volume: world-v1's 12 tasks, each split into 5 tasks of 5 items."""
+    from forgetless import bundled
+
+    source = bundled.resolve("bundled:world-v1", "suite")
+    document = json.loads((source / "suite.json").read_text())
+    tasks = []
+    root.mkdir(parents=True, exist_ok=True)
+    for task in document["tasks"]:
+        lines = (source / task["path"]).read_text().splitlines()
+        for part in range(tasks_per_source):
+            chunk = lines[part * items_per_task:(part + 1) * items_per_task]
+            name = f"{task['name']}_part{part}"
+            (root / f"{name}.jsonl").write_text("\n".join(chunk) + "\n")
+            tasks.append({**task, "name": name, "path": f"{name}.jsonl"})
+    (root / "suite.json").write_text(json.dumps({**document, "name": "world-v1-split60", "tasks": tasks}, indent=1))
+    return len(tasks)
+
+
+def test_a_60_task_suite_goes_through_the_cluster_result_channel(cluster: Cluster):
+    from forgetless.api.schema import RegressionSpec
+    from forgetless.gate import evaluate_gate
+
+    assert write_suite(cluster.volume / "suites" / "split60") == 60
+    spec = manifest("e2e-suite60", LORA, {"training": {"maxSteps": 10},
+                                          "regression": {"suite": {"path": "suites/split60", "pvc": {"claimName": CLAIM}}}})
+    name = cluster.apply(spec)
+    status = cluster.finish(name)
+    assert status["phase"] in ("Succeeded", "Blocked"), f"{status.get('message')}{cluster.diagnostics()}"
+    (pod,) = cluster.stage_pods(name, "evaluate")
+    message = pod.status.container_statuses[0].state.terminated.message
+    assert len(message.encode()) <= 4096 and "truncated" not in json.loads(message)
+    # the gate, run here on the stage's full per-task tables from the volume, decides as the cluster did
+    summary = json.loads((cluster.workdir(name) / "evaluate" / "summary.json").read_text())
+    assert len(summary["paired"]) == 60
+    local = evaluate_gate(summary["paired"], RegressionSpec.model_validate(spec["spec"]["regression"]))
+    assert status["gate"] == local.to_status()
+    assert status["phase"] == ("Blocked" if local.verdict == "Failed" else "Succeeded")
