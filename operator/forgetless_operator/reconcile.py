@@ -235,6 +235,12 @@ def _finished(terminated: Mapping[str, Any]) -> str:
     return terminated.get("finishedAt") or ""
 
 
+def _tail(text: str, limit: int) -> str:
+    """The end of a long text (a log tail's last lines hold the error)."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else "..." + text[-(limit - 3):]
+
+
 def failure_text(terminated: Mapping[str, Any]) -> str:
     """What a failed container said: the stage's `{"error": ...}` summary, else the message (or log
     tail, FallbackToLogsOnError), else the container's reason (OOMKilled, Error, ...)."""
@@ -245,7 +251,10 @@ def failure_text(terminated: Mapping[str, Any]) -> str:
         document = None
     if isinstance(document, dict) and document.get("error"):
         return str(document["error"])
-    return text or str(terminated.get("reason") or f"exit code {terminated.get('exitCode')}")
+    if text:
+        return text
+    code = f"exit code {terminated.get('exitCode')}"
+    return f"{terminated['reason']} ({code})" if terminated.get("reason") else code
 
 
 @dataclass
@@ -281,11 +290,22 @@ def observe_stage(stage: str, job: Mapping[str, Any], pods: list[dict], workers:
     complete = _job_condition(job, "Complete")
     failed = _job_condition(job, "Failed")
     if failed is not None:
-        text = failure_text(bad[-1][1]) if bad else ""
         reason = failed.get("reason") or "Failed"
         message = f"{reason}: {failed.get('message') or 'the stage Job failed'}"
-        if text:
-            message += f"; last pod: {text}"
+        if workers > 1 and bad:  # every failed rank, earliest first: the first one is usually the cause
+            ranked_bad = sorted(
+                (finished_at, _rank(pod), terminated)
+                for pod in pods
+                if (terminated := _container_state(pod).get("terminated")) is not None
+                and terminated.get("exitCode") not in (0, None)
+                for finished_at in [_finished(terminated)]
+            )
+            message += "; failed ranks: " + "; ".join(
+                f"rank {rank} exit code {terminated.get('exitCode')}: {_tail(failure_text(terminated), 200)}"
+                for _, rank, terminated in ranked_bad
+            )
+        elif bad:
+            message += f"; last pod: {failure_text(bad[-1][1])}"
         return StageObservation("Failed", message=_short(message), failed_pods=failed_pods)
     # Multi-worker: only the Job's Complete condition says all ranks finished; one worker: the pod suffices.
     if ok and (complete is not None or workers == 1):

@@ -215,7 +215,7 @@ def test_a_killed_rank_restarts_the_whole_group_from_the_checkpoint(cluster: Clu
     train = status["stages"]["train"]
     assert train["attempts"] == 2 and train["jobName"] == f"{name}-train-workers-g2"
     (restart,) = train["restarts"]
-    assert restart["attempt"] == 1 and "137" in restart["message"]
+    assert restart["attempt"] == 1 and "rank 1 exit code 137" in restart["message"], restart
     final = [termination_message(p) for p in cluster.stage_pods(name, "train")
              if p.metadata.labels.get("forgetless.dev/attempt") == "2"]
     assert len(final) == 2 and all(m["resumedFromStep"] >= 5 for m in final)  # resumed, not started over

@@ -576,7 +576,8 @@ def test_multi_worker_stage_waits_for_job_completion_and_reads_rank_zero():
 @pytest.mark.parametrize("terminated, text", [
     ({"exitCode": 4, "message": '{"stage":"train","error":"dataset.task.path: /x missing"}'}, "dataset.task.path: /x missing"),
     ({"exitCode": 1, "message": "Traceback ...\nRuntimeError: boom"}, "Traceback ...\nRuntimeError: boom"),
-    ({"exitCode": 137, "reason": "OOMKilled"}, "OOMKilled"),
+    ({"exitCode": 137, "reason": "OOMKilled"}, "OOMKilled (exit code 137)"),
+    ({"exitCode": 137, "reason": "Error"}, "Error (exit code 137)"),
     ({"exitCode": 2}, "exit code 2"),
 ])
 def test_failure_text_prefers_the_stage_error(terminated, text):
@@ -640,7 +641,7 @@ def test_a_failed_rank_restarts_the_whole_group_from_a_new_attempt():
     train = decision.status["stages"]["train"]
     assert decision.status["phase"] == "Training"
     assert train["attempts"] == 2 and train["jobName"] == "ft-train-workers-g2"
-    assert [r["attempt"] for r in train["restarts"]] == [1] and "exit code 137" in train["restarts"][0]["message"]
+    assert [r["attempt"] for r in train["restarts"]] == [1] and "rank 1 exit code 137" in train["restarts"][0]["message"]
     assert "ft-train-workers-g2" in created(decision)
     assert [(e.type, e.reason) for e in decision.events] == [("Warning", "TrainGroupRestarted"),
                                                              ("Normal", "TrainStarted")]
