@@ -19,7 +19,7 @@ import time
 import urllib.request
 import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 import yaml
@@ -27,6 +27,17 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 CRD = REPO / "crds" / "finetunejobs.forgetless.dev.yaml"
 UNPULLABLE_IMAGE = "forgetless.invalid/trainer:e2e"  # the Job controller's own pods never start
+
+
+def wait(check: Callable[[], Any], what: str, timeout: float = 60.0, period: float = 0.5) -> Any:
+    """Poll `check` until it returns something truthy (returned); fail naming `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(period)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 @pytest.fixture(scope="session")

@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import pytest
 
-from tests.e2e.conftest import STAGE_TIMES
+from tests.e2e.conftest import STAGE_TIMES, wait
 
 pytestmark = pytest.mark.e2e
 
@@ -62,14 +62,6 @@ def manifest(name: str, *parts: dict) -> dict:
     return document
 
 
-def wait(check: Callable[[], Any], what: str, timeout: float = 60.0, period: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(period)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 class Cluster:

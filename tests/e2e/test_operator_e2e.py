@@ -20,6 +20,8 @@ from forgetless.api.schema import RegressionSpec
 from forgetless.gate import evaluate_gate
 import yaml
 
+from tests.e2e.conftest import wait as e2e_wait
+
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
@@ -40,14 +42,8 @@ SUMMARIES = {
 }
 
 
-def wait(check: Callable[[], Any], what: str, timeout: float = 90.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+def wait(check: Callable[[], Any], what: str, timeout: float = 90.0, period: float = 0.5) -> Any:
+    return e2e_wait(check, what, timeout, period)
 
 
 def play_kubelet(core, namespace: str, job, summary: dict) -> None:

@@ -13,19 +13,15 @@ import pytest
 
 from tests.e2e.standin_node import StandInNode
 
+from tests.e2e.conftest import wait as e2e_wait
+
 pytestmark = pytest.mark.e2e
 
 PY = sys.executable
 
 
-def wait(check: Callable[[], Any], what: str, timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+def wait(check: Callable[[], Any], what: str, timeout: float = 20.0, period: float = 0.1) -> Any:
+    return e2e_wait(check, what, timeout, period)
 
 
 @pytest.fixture
