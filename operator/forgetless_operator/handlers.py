@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Optional
@@ -73,6 +74,11 @@ def login(logger: Any = log, **kwargs: Any) -> Any:
     info = kopf.login_with_service_account(logger=logger, **kwargs)
     if info is None:
         try:
+            # the kubernetes client freezes $KUBECONFIG when it is first imported; read it now
+            from kubernetes.config import kube_config
+
+            kube_config.KUBE_CONFIG_DEFAULT_LOCATION = os.environ.get("KUBECONFIG", "~/.kube/config")
+
             info = kopf.login_via_client(logger=logger, **kwargs)
         except Exception as exc:  # noqa: BLE001 - fall back to kopf's parser
             logger.debug("login via the kubernetes client failed: %s", exc)

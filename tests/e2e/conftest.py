@@ -186,12 +186,22 @@ STAGE_TIMES: list[tuple[str, str, float]] = []
 """(test, stage, seconds) of every stage the e2e tests ran, printed at the end of the session."""
 
 
+E2E_DURATIONS: list[tuple[str, float]] = []
+
+
+def pytest_runtest_logreport(report: Any) -> None:
+    if report.when == "call" and "/e2e/" in report.nodeid.replace("\\", "/"):
+        E2E_DURATIONS.append((report.nodeid.split("::")[-1], report.duration))
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     if not STAGE_TIMES:
         return
     terminalreporter.section("forgetless e2e: stage wall times (pod created -> result recorded)")
     for test, stage, seconds in STAGE_TIMES:
         terminalreporter.write_line(f"{test:<60} {stage:<9} {seconds:6.1f} s")
+    total = sum(seconds for _, seconds in E2E_DURATIONS)
+    terminalreporter.write_line(f"e2e tier: {len(E2E_DURATIONS)} tests, {total:.0f} s of test time")
 
 
 @pytest.fixture(scope="session")
