@@ -21,9 +21,15 @@ cached tables with the standard library's seeded `random`, so the gate needs no 
 Decision at `confidence` c: `drop_lower` / `drop_upper` are the (1-c) and c quantiles of the
 bootstrap drops, i.e. the one-sided bounds at confidence c. A category fails only when
 `drop_lower > threshold` (thresholds.perCategory[c], else maxCategoryDrop): the drop exceeds the
-threshold with confidence c. The mean drop is checked against maxMeanDrop the same way. The task
-gain (point estimate) must be at least thresholds.minTaskGain. onRegression: Warn turns Failed
-into Warned and keeps the reasons.
+threshold with confidence c. The mean drop is checked against maxMeanDrop the same way.
+onRegression: Warn turns Failed into Warned and keeps the reasons.
+
+The target task (category `task`, when the suite has one) must show that fine-tuning worked: by
+default the lower bound of its gain at confidence c must be above 0 (evidence of learning, the same
+paired bootstrap as the drops); an explicit thresholds.minTaskGain instead requires the gain's point
+estimate to reach it (`minTaskGain: 0` accepts a model that learned nothing). A model that kept its
+skills but fails this is `NoTaskGain`: not promoted, and not a forgetting failure (forgetting, when
+also present, makes the verdict Failed).
 """
 
 from __future__ import annotations
@@ -114,7 +120,7 @@ class GateResult:
     task_gain: float | None
     task_gain_lower: float | None
     task_gain_upper: float | None
-    min_task_gain: float
+    min_task_gain: float | None
     categories: list[CategoryGate]
     confidence: float
     bootstrap_samples: int
@@ -131,6 +137,13 @@ class GateResult:
                 return verdict
         raise KeyError(name)
 
+    @property
+    def task_requirement(self) -> str:
+        """What the target task had to show, in words (report, table)."""
+        if self.min_task_gain is None:
+            return "lower bound > 0 (evidence of learning)"
+        return f"gain ≥ {self.min_task_gain:+.3f}"
+
     def forgetting(self) -> dict[str, float]:
         """Drop per general category (baseline − final), the status.forgetting shape."""
         return {c.category: c.drop for c in self.categories}
@@ -143,6 +156,7 @@ class GateResult:
                 "reasons": list(self.reasons),
                 "meanDrop": self.mean_drop,
                 "taskGain": self.task_gain,
+                "taskGainLower": self.task_gain_lower,
                 "categories": [
                     {
                         "category": c.category, "baseline": c.baseline, "final": c.final, "drop": c.drop,
@@ -358,21 +372,34 @@ def evaluate_gate(
         mean_drop = mean_lower = mean_upper = 0.0
 
     task_gain = gain_lower = gain_upper = None
+    task_reasons: list[str] = []
     if TASK_CATEGORY in by_category:
         members = by_category[TASK_CATEGORY]
         task_gain = -_mean(t.drop for t in members)
         gain_lower = -_quantile(replicates[TASK_CATEGORY], upper_q)
         gain_upper = -_quantile(replicates[TASK_CATEGORY], lower_q)
-        if task_gain < thresholds.min_task_gain:
-            reasons.append(
-                f"target task gained {task_gain:+.3f} ({pct} bounds [{gain_lower:+.3f}, {gain_upper:+.3f}]), "
-                f"below minTaskGain {thresholds.min_task_gain:+.3f}"
+        bounds = f"{pct} bounds [{gain_lower:+.3f}, {gain_upper:+.3f}]"
+        if thresholds.min_task_gain is None and not gain_lower > 0:
+            task_reasons.append(
+                f"no evidence the model learned the target task: it gained {task_gain:+.3f} ({bounds}), and the "
+                f"lower bound must be above 0 (set thresholds.minTaskGain to judge the task differently)"
+            )
+        elif thresholds.min_task_gain is not None and task_gain < thresholds.min_task_gain:
+            task_reasons.append(
+                f"target task gained {task_gain:+.3f} ({bounds}), below minTaskGain {thresholds.min_task_gain:+.3f}"
             )
 
-    if not reasons:
-        verdict = "Passed"
-    else:
+    # Forgetting decides first (Failed, or Warned under onRegression: Warn); a model that kept its
+    # skills but did not learn the task is NoTaskGain: not promoted, and not a forgetting failure.
+    if reasons:
         verdict = "Warned" if regression.on_regression == "Warn" else "Failed"
+        if verdict == "Warned" and task_reasons:
+            verdict = "NoTaskGain"
+    elif task_reasons:
+        verdict = "NoTaskGain"
+    else:
+        verdict = "Passed"
+    reasons += task_reasons
     return GateResult(
         verdict=verdict, reasons=reasons,
         mean_drop=mean_drop, mean_drop_lower=mean_lower, mean_drop_upper=mean_upper,

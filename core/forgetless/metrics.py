@@ -12,7 +12,7 @@ from typing import Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from forgetless.api.schema import CATEGORIES, PHASES
+from forgetless.api.schema import CATEGORIES, PHASES, PROMOTING_VERDICTS
 
 STAGE_DURATION_BUCKETS = (10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800, 86400)
 
@@ -104,7 +104,7 @@ class ForgettingMetrics:
 
     def record_verdict(self, namespace: str, job: str, verdict: str) -> None:
         self.gate_verdicts.labels(namespace, verdict).inc()
-        self.gate_passed.labels(namespace, job).set(0 if verdict == "Failed" else 1)
+        self.gate_passed.labels(namespace, job).set(1 if verdict in PROMOTING_VERDICTS else 0)
 
     def forget_job(self, namespace: str, job: str) -> None:
         """Remove every per-job series (called when the FineTuneJob is deleted)."""

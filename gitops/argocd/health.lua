@@ -36,7 +36,7 @@ local function first_text(...)
 end
 
 local DEGRADED_REASONS = {
-  GateBlocked = true, GateFailed = true, Blocked = true, Failed = true,
+  GateBlocked = true, GateFailed = true, Blocked = true, Failed = true, NoTaskGain = true,
   DeadlineExceeded = true, BackoffLimitExceeded = true, StageFailed = true,
   InvalidSpec = true, SpecInvalid = true, SpecChanged = true,
 }

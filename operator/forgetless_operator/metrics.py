@@ -13,6 +13,7 @@ from typing import Any, Callable, Mapping
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from forgetless.api.schema import PROMOTING_VERDICTS
 from forgetless.metrics import ForgettingMetrics
 
 from forgetless_operator.reconcile import parse_time
@@ -48,7 +49,7 @@ class OperatorMetrics:
             if not old.get("gate"):
                 m.record_verdict(namespace, name, gate["verdict"])
             else:
-                m.gate_passed.labels(namespace, name).set(0 if gate["verdict"] == "Failed" else 1)
+                m.gate_passed.labels(namespace, name).set(1 if gate["verdict"] in PROMOTING_VERDICTS else 0)
 
     def forget(self, namespace: str, name: str) -> None:
         self.metrics.forget_job(namespace, name)

@@ -43,7 +43,7 @@ from typing import Any, Callable, Mapping, Optional, Union
 
 from pydantic import ValidationError
 
-from forgetless.api.schema import FineTuneJobSpec, GateStatus, PromotedModelStatus
+from forgetless.api.schema import PROMOTING_VERDICTS, FineTuneJobSpec, GateStatus, PromotedModelStatus
 
 from forgetless_operator import children
 from forgetless_operator.children import CONTAINER, STAGES, OperatorConfig
@@ -786,12 +786,15 @@ class _Run:
         outcome = gate_status["verdict"]
         reasons = "; ".join(gate_status.get("reasons") or [])
         self.status["completionTime"] = self.now_s
-        if outcome == "Failed":
+        if outcome not in PROMOTING_VERDICTS:
             if promoted_model is not None:  # the stage never promotes a blocked model; never record one
                 return self.fail("ResultInvalid", "the evaluate stage reported a promoted model for a blocked job")
-            self.status.update(phase="Blocked", promoted=False,
-                               message=f"the regression gate blocked promotion: {reasons or 'forgetting above threshold'}")
-            self.event("GateBlocked", self.status["message"], warning=True)
+            if outcome == "NoTaskGain":
+                message = f"not promoted: the model did not learn the target task: {reasons}"
+            else:
+                message = f"the regression gate blocked promotion: {reasons or 'forgetting above threshold'}"
+            self.status.update(phase="Blocked", promoted=False, message=message)
+            self.event("GateNoTaskGain" if outcome == "NoTaskGain" else "GateBlocked", message, warning=True)
             return
         if spec.output.promote and promoted_model is None:
             return self.fail("PromotionMissing", f"the gate {outcome.lower()} but the evaluate stage reported no "
@@ -834,9 +837,10 @@ class _Run:
             self.set_condition("Progressing", "False", "Finished", message)
             self.set_condition("Stalled", "False", "Succeeded", message)
         elif phase == "Blocked":
-            self.set_condition("Ready", "False", "GateBlocked", message)
+            reason = "NoTaskGain" if (self.status.get("gate") or {}).get("verdict") == "NoTaskGain" else "GateBlocked"
+            self.set_condition("Ready", "False", reason, message)
             self.set_condition("Progressing", "False", "Finished", message)
-            self.set_condition("Stalled", "True", "GateBlocked", message)
+            self.set_condition("Stalled", "True", reason, message)
         elif phase == "Failed":
             failed = self.condition("Failed")
             reason = failed["reason"] if failed else "Failed"

@@ -88,6 +88,16 @@ CASES: list[tuple[str, float, dict, dict | None, str, str]] = [
         "message": "the regression gate blocked promotion: knowledge dropped",
         "conditions": [cond("Ready", "False", "GateBlocked", "the regression gate blocked promotion")]},
      "Degraded", "Blocked: the regression gate blocked promotion: knowledge dropped"),
+    ("no evidence the task was learned", 1, {}, {
+        "phase": "Blocked", "observedGeneration": 1,
+        "gate": {**GATE_FAILED, "verdict": "NoTaskGain", "reasons": ["no evidence the model learned the target task"]},
+        "message": "not promoted: the model did not learn the target task: no evidence",
+        "conditions": [cond("Ready", "False", "NoTaskGain", "not promoted: the model did not learn the target task")]},
+     "Degraded", "Blocked: not promoted: the model did not learn the target task"),
+    ("no task gain, phase not yet written", 1, {}, {
+        "observedGeneration": 1,
+        "conditions": [cond("Ready", "False", "NoTaskGain", "the model did not learn the target task")]},
+     "Degraded", "NoTaskGain: the model did not learn the target task"),
     ("train stage failed", 1, {}, {"phase": "Failed", "observedGeneration": 1,
                                    "message": "stage train failed: OOMKilled",
                                    "conditions": [cond("Ready", "False", "TrainFailed", "stage train failed: OOMKilled"),

@@ -272,8 +272,9 @@ def test_evaluate_stage_full_model_regression_fails_the_gate(manifest, taught_mo
 
 
 def test_evaluate_stage_with_adapter_and_no_baseline_in_workdir(manifest, taught_model_dir, tmp_path, cache_env):
-    """A zero-initialised LoRA adapter changes nothing: every item concordant, gate Passed. With no
-    baseline in the work dir and an empty cache the stage evaluates the base model itself."""
+    """A zero-initialised LoRA adapter changes nothing: every item concordant, nothing forgotten and
+    nothing learned, so the stage's gate says NoTaskGain and promotes nothing. With no baseline in the
+    work dir and an empty cache the stage evaluates the base model itself."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
@@ -287,7 +288,10 @@ def test_evaluate_stage_with_adapter_and_no_baseline_in_workdir(manifest, taught
     summary = evaluate.run(job, tmp_path / "w")
     assert summary["baselineSource"] == "evaluated"
     assert all(t["n10"] == 0 and t["n01"] == 0 for t in summary["paired"].values())
-    assert evaluate_gate(summary["paired"], job.spec.regression).verdict == "Passed"
+    gate = evaluate_gate(summary["paired"], job.spec.regression)
+    assert summary["gate"] == gate.to_status() and gate.verdict == "NoTaskGain"
+    assert all(c["passed"] for c in summary["gate"]["categories"])  # not a forgetting failure
+    assert summary["promotedModel"] is None and not (tmp_path / "w" / "promoted").exists()
     assert (tmp_path / "w" / "baseline" / "results.json").exists()
 
 

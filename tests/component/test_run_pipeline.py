@@ -81,7 +81,8 @@ def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 def test_run_passes_writes_the_report_and_exits_0(tmp_path, tiny_model_dir, world, capsys):
     from forgetless_trainer.pipeline import run_pipeline
 
-    job = _job(tmp_path, tiny_model_dir, world, thresholds={"maxCategoryDrop": 1.0, "maxMeanDrop": 1.0})
+    # 4 steps on a random tiny model learn nothing: minTaskGain 0 accepts that (this test is about the pipeline)
+    job = _job(tmp_path, tiny_model_dir, world, thresholds={"maxCategoryDrop": 1.0, "maxMeanDrop": 1.0, "minTaskGain": 0})
     workdir = tmp_path / "work"
     assert run_pipeline(job, workdir=workdir) == exit_codes.OK
     out = capsys.readouterr().out
@@ -98,16 +99,44 @@ def test_run_passes_writes_the_report_and_exits_0(tmp_path, tiny_model_dir, worl
     AutoModelForCausalLM.from_pretrained(promoted)  # the promoted LoRA job is a plain, deployable model
 
 
-def test_run_blocked_by_the_gate_exits_3_and_promotes_nothing(tmp_path, tiny_model_dir, world, capsys):
+def test_a_model_that_learned_nothing_is_no_task_gain_exits_5_and_promotes_nothing(tmp_path, tiny_model_dir, world,
+                                                                                  capsys):
     from forgetless_trainer.pipeline import run_pipeline
 
-    # a random model cannot gain 100 points on the task in four steps: the gate must block
-    job = _job(tmp_path, tiny_model_dir, world, thresholds={"minTaskGain": 1.0})
+    job = _job(tmp_path, tiny_model_dir, world, thresholds={"maxCategoryDrop": 1.0, "maxMeanDrop": 1.0})
+    workdir = tmp_path / "work"
+    assert run_pipeline(job, workdir=workdir) == exit_codes.NO_TASK_GAIN
+    captured = capsys.readouterr()
+    assert "verdict: NoTaskGain" in captured.out and "lower bound" in captured.out
+    assert "no evidence the model learned the target task" in captured.out
+    assert "not promoted" in captured.err
+    assert not (workdir / "promoted").exists()
+    gate = json.loads((workdir / "report" / "gate.json").read_text())
+    assert gate["status"]["verdict"] == gate["gate"]["verdict"] == "NoTaskGain"
+
+
+def test_run_blocked_by_the_gate_exits_3_and_promotes_nothing(tmp_path, tiny_model_dir, world, capsys, monkeypatch):
+    import dataclasses
+
+    import forgetless_trainer.stages.evaluate as evaluate_stage
+    from forgetless_trainer.pipeline import run_pipeline
+
+    # a random tiny model scores 0 before and after, so it cannot forget: the stage's gate is made to
+    # find forgetting, and everything after it (report, promotion, exit code) is the real thing
+    real_gate = evaluate_stage.evaluate_gate
+
+    def forgetting_gate(paired, regression):
+        return dataclasses.replace(real_gate(paired, regression), verdict="Failed",
+                                   reasons=["reasoning dropped by 0.400 (forced by the test)"])
+
+    monkeypatch.setattr(evaluate_stage, "evaluate_gate", forgetting_gate)
+    job = _job(tmp_path, tiny_model_dir, world, thresholds={"minTaskGain": 0})
     workdir = tmp_path / "work"
     assert run_pipeline(job, workdir=workdir) == exit_codes.GATE_BLOCKED
     captured = capsys.readouterr()
     assert "verdict: Failed" in captured.out
-    assert "task" in captured.out.split("verdict: Failed", 1)[1]
+    assert "reasoning dropped" in captured.out.split("verdict: Failed", 1)[1]
+    assert "gate blocked promotion" in captured.err
     assert not (workdir / "promoted").exists()
 
 
@@ -115,7 +144,7 @@ def test_interrupted_run_resumes_without_redoing_finished_stages(tmp_path, tiny_
     import forgetless_trainer.stages as stages
     from forgetless_trainer.pipeline import run_pipeline
 
-    job = _job(tmp_path, tiny_model_dir, world, thresholds={"maxCategoryDrop": 1.0, "maxMeanDrop": 1.0})
+    job = _job(tmp_path, tiny_model_dir, world, thresholds={"maxCategoryDrop": 1.0, "maxMeanDrop": 1.0, "minTaskGain": 0})
     workdir = tmp_path / "work"
     real = stages.run_stage
     calls: list[str] = []

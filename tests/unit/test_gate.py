@@ -125,17 +125,56 @@ def test_mean_drop_fails_alone_when_spread_over_categories():
 def test_min_task_gain_and_warn_mode():
     paired = {
         "k": {"category": "knowledge", "n11": 50, "n10": 0, "n01": 0, "n00": 10},
-        "t": {"category": "task", "n11": 20, "n10": 0, "n01": 3, "n00": 37},
+        "t": {"category": "task", "n11": 20, "n10": 0, "n01": 30, "n00": 10},
     }
     assert evaluate_gate(paired, RegressionSpec()).verdict == "Passed"
-    demanding = RegressionSpec.model_validate({"thresholds": {"minTaskGain": 0.2}})
-    blocked = evaluate_gate(paired, demanding)
-    assert blocked.verdict == "Failed"
-    assert blocked.reasons and "minTaskGain" in blocked.reasons[0]
-    warn = RegressionSpec.model_validate({"thresholds": {"minTaskGain": 0.2}, "onRegression": "Warn"})
+    demanding = RegressionSpec.model_validate({"thresholds": {"minTaskGain": 0.6}})
+    short = evaluate_gate(paired, demanding)
+    assert short.verdict == "NoTaskGain"  # kept its skills, learned too little: not a forgetting failure
+    assert short.reasons and "minTaskGain" in short.reasons[0]
+    warn = RegressionSpec.model_validate({"thresholds": {"minTaskGain": 0.6}, "onRegression": "Warn"})
     warned = evaluate_gate(paired, warn)
-    assert warned.verdict == "Warned"
-    assert warned.reasons == blocked.reasons
+    assert warned.verdict == "NoTaskGain"  # Warn softens forgetting, never a model that did not learn
+    assert warned.reasons == short.reasons
+
+
+KEPT = {"k": {"category": "knowledge", "n11": 50, "n10": 0, "n01": 0, "n00": 10}}
+
+
+@pytest.mark.parametrize("gained, lost, verdict", [
+    (0, 0, "NoTaskGain"),   # nothing moved: the untouched base model must not pass as a fine-tune
+    (3, 0, "NoTaskGain"),   # +0.05 on 60 items: the interval's lower bound is not above 0
+    (6, 3, "NoTaskGain"),   # a net gain of +0.05 with churn: no evidence either
+    (12, 0, "Passed"),      # +0.20: the lower bound is well above 0
+])
+def test_by_default_the_task_gain_needs_evidence(gained, lost, verdict):
+    paired = {**KEPT, "t": {"category": "task", "n11": 10, "n10": lost, "n01": gained, "n00": 50 - gained - lost}}
+    result = evaluate_gate(paired, RegressionSpec())
+    assert result.verdict == verdict
+    assert (result.task_gain_lower > 0) is (verdict == "Passed")
+    if verdict == "NoTaskGain":
+        assert "no evidence the model learned the target task" in result.reasons[-1]
+        assert result.to_status()["taskGainLower"] == result.task_gain_lower
+
+
+def test_an_explicit_min_task_gain_of_zero_keeps_the_old_rule():
+    paired = {**KEPT, "t": {"category": "task", "n11": 10, "n10": 0, "n01": 0, "n00": 50}}
+    spec = RegressionSpec.model_validate({"thresholds": {"minTaskGain": 0}})
+    assert evaluate_gate(paired, spec).verdict == "Passed" and evaluate_gate(paired, spec).reasons == []
+    worse = {**KEPT, "t": {"category": "task", "n11": 10, "n10": 3, "n01": 0, "n00": 47}}
+    assert evaluate_gate(worse, spec).verdict == "NoTaskGain"  # the point estimate fell below 0
+
+
+def test_forgetting_outranks_a_missing_task_gain_and_both_reasons_are_given():
+    paired = {"k": {"category": "knowledge", "n11": 20, "n10": 40, "n01": 0, "n00": 0},
+              "t": {"category": "task", "n11": 10, "n10": 0, "n01": 0, "n00": 50}}
+    result = evaluate_gate(paired, RegressionSpec())
+    assert result.verdict == "Failed"
+    assert any("knowledge" in r for r in result.reasons) and "no evidence" in result.reasons[-1]
+
+
+def test_a_suite_without_a_task_category_needs_no_task_gain():
+    assert evaluate_gate(KEPT, RegressionSpec()).verdict == "Passed"
 
 
 def test_seeded_and_deterministic():

@@ -54,7 +54,7 @@ def evaluate_result(verdict: str = "Passed", promoted: dict | None = PROMOTED) -
     gate = {"verdict": verdict, "reasons": reasons, "meanDrop": 0.025, "taskGain": 0.6, "categories": [
         {"category": "knowledge", "baseline": 0.9, "final": 0.85, "drop": 0.05, "dropUpper": 0.09,
          "dropLower": 0.01, "threshold": 0.05, "passed": verdict == "Passed"}]}
-    return {**EVALUATE, "gate": gate, "promotedModel": None if verdict == "Failed" else promoted}
+    return {**EVALUATE, "gate": gate, "promotedModel": promoted if verdict in ("Passed", "Warned") else None}
 
 
 def cache_key(spec: Any) -> str:
@@ -234,6 +234,7 @@ def test_train_success_records_progress_and_starts_evaluation():
     ("Passed", "Succeeded", True, "True", "GatePassed"),
     ("Warned", "Succeeded", True, "True", "GateWarned"),
     ("Failed", "Blocked", False, "False", "GateBlocked"),
+    ("NoTaskGain", "Blocked", False, "False", "GateNoTaskGain"),
 ])
 def test_gate_verdict_decides_the_final_phase(verdict, phase, promoted, ready, event):
     job, observed, decision = through("evaluate", verdict)
@@ -248,6 +249,8 @@ def test_gate_verdict_decides_the_final_phase(verdict, phase, promoted, ready, e
     assert ("Promoted" in reasons(decision)) is promoted
     assert status["completionTime"]
     assert status["forgettingPoints"] == "2.5 pts"  # the printer column: readable at a glance
+    if phase == "Blocked":  # the reason says which: forgetting, or no evidence of learning the task
+        assert cond(status, "Ready")["reason"] == event.removeprefix("Gate").replace("Blocked", "GateBlocked")
     # kstatus: a blocked job will not progress without a change (Flux fails fast on Stalled=True)
     assert cond(status, "Stalled")["status"] == ("True" if phase == "Blocked" else "False")
     replay = run(job, observed, T0 + timedelta(minutes=20))

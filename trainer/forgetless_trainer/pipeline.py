@@ -20,7 +20,7 @@ from typing import Any, Iterator
 
 from forgetless import atomic, exit_codes
 from forgetless.api.manifests import ManifestError, load_job
-from forgetless.api.schema import CATEGORIES, DataSource, FineTuneJob
+from forgetless.api.schema import CATEGORIES, PROMOTING_VERDICTS, DataSource, FineTuneJob
 from forgetless.locations import resolve_path
 
 STAGE_ORDER = ("baseline", "train", "evaluate")
@@ -158,7 +158,10 @@ def render_table(status: dict[str, Any], baseline: dict[str, float], final: dict
         mean_final = sum(final[c] for c in general) / len(general)
         rows.append(f"{'mean general':<22} {mean_base:8.3f} {mean_final:7.3f} {status['meanDrop']:+7.3f}")
     if "task" in baseline and "task" in final:
-        rows.append(f"{'task (target)':<22} {baseline['task']:8.3f} {final['task']:7.3f} gain {final['task'] - baseline['task']:+.3f}")
+        lower = status.get("taskGainLower")
+        bound = f" (lower bound {lower:+.3f})" if lower is not None else ""
+        rows.append(f"{'task (target)':<22} {baseline['task']:8.3f} {final['task']:7.3f} gain "
+                    f"{final['task'] - baseline['task']:+.3f}{bound}")
     rows.append(f"verdict: {status['verdict']}")
     rows += [f"  - {reason}" for reason in status.get("reasons", [])]
     return "\n".join(rows)
@@ -176,7 +179,7 @@ class PipelineResult:
 
     @property
     def passed(self) -> bool:
-        return self.status["verdict"] in ("Passed", "Warned")
+        return self.status["verdict"] in PROMOTING_VERDICTS
 
     @property
     def promoted_model(self) -> dict[str, Any] | None:
@@ -268,5 +271,9 @@ def run_pipeline(
         if promoted is not None:
             print(f"promoted: {promoted['path']} ({promoted['digest']})")
         return exit_codes.OK
+    if result.status["verdict"] == "NoTaskGain":
+        print("no evidence the model learned the task: the model was not promoted (set "
+              "regression.thresholds.minTaskGain to judge the task differently)", file=sys.stderr)
+        return exit_codes.NO_TASK_GAIN
     print("gate blocked promotion: the model was not promoted", file=sys.stderr)
     return exit_codes.GATE_BLOCKED

@@ -395,8 +395,11 @@ class ThresholdsSpec(ApiModel):
     per_category: dict[Literal[CATEGORIES], Annotated[float, Field(ge=0.0, le=1.0)]] = Field(  # type: ignore[valid-type]
         default_factory=dict, description="Overrides of maxCategoryDrop per category."
     )
-    min_task_gain: Annotated[float, Field(ge=-1.0, le=1.0)] = Field(
-        default=0.0, description="Smallest target-task improvement required to promote."
+    min_task_gain: Optional[Annotated[float, Field(ge=-1.0, le=1.0)]] = Field(
+        default=None,
+        description="Smallest target-task improvement (point estimate) required to promote. Unset: the lower "
+        "bound of the task gain's confidence interval must be above 0 (evidence the model learned the task); "
+        "0 accepts a model that learned nothing.",
     )
 
 
@@ -520,11 +523,17 @@ class CategoryVerdict(ApiModel):
     passed: bool
 
 
+GATE_VERDICTS = ("Passed", "Warned", "Failed", "NoTaskGain")
+"""Passed/Warned promote; Failed = forgetting beyond the thresholds; NoTaskGain = no evidence of learning."""
+PROMOTING_VERDICTS = ("Passed", "Warned")
+
+
 class GateStatus(ApiModel):
-    verdict: Literal["Passed", "Failed", "Warned"]
+    verdict: Literal[GATE_VERDICTS]  # type: ignore[valid-type]
     reasons: list[str] = Field(default_factory=list)
     mean_drop: float
     task_gain: Optional[float] = None
+    task_gain_lower: Optional[float] = Field(default=None, description="Lower bound of the task gain's interval.")
     categories: list[CategoryVerdict] = Field(default_factory=list)
 
 

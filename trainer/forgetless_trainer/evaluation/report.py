@@ -29,7 +29,7 @@ def render_markdown(gate: GateResult, baseline: Mapping[str, float], final: Mapp
     lines = [
         "# Forgetting report",
         "",
-        f"**Verdict: {gate.verdict}**" + ("" if gate.passed else f" (onRegression: {gate.on_regression})"),
+        f"**Verdict: {gate.verdict}**" + ("" if gate.passed or gate.verdict == "NoTaskGain" else f" (onRegression: {gate.on_regression})"),
         "",
     ]
     if gate.reasons:
@@ -57,7 +57,7 @@ def render_markdown(gate: GateResult, baseline: Mapping[str, float], final: Mapp
         lines.append(
             f"Target task: {baseline.get(TASK_CATEGORY, float('nan')):.3f} → {final.get(TASK_CATEGORY, float('nan')):.3f}, "
             f"gain {gate.task_gain:+.3f} (bounds [{gate.task_gain_lower:+.3f}, {gate.task_gain_upper:+.3f}], "
-            f"required ≥ {gate.min_task_gain:+.3f})."
+            f"required: {gate.task_requirement})."
         )
     else:
         lines.append("Target task: not in the suite (no task gain measured).")

@@ -9,7 +9,8 @@ the report; and promotion when the gate lets the model through.
 3. WORKDIR/evaluate/results.json (item level), the per-task 2x2 tables `paired`.
 4. The gate — this is the one place it runs, in a pod as in `forgetless run` — and the report
    (gate.json, report.md, report.png) in WORKDIR/report/.
-5. Promotion (forgetless_trainer.promotion) when the verdict is not Failed and output.promote.
+5. Promotion (forgetless_trainer.promotion) when the verdict is Passed or Warned and output.promote
+   (never for Failed = forgetting, or NoTaskGain = no evidence the model learned the task).
 
 The summary carries the verdict in its `status.gate` form and `promotedModel`; both are bounded by
 the number of categories, not of tasks, so the operator reads them from the termination message
@@ -22,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from forgetless.api.schema import FineTuneJob
+from forgetless.api.schema import PROMOTING_VERDICTS, FineTuneJob
 from forgetless.baseline_cache import BaselineCache
 from forgetless.gate import GateError, evaluate_gate, paired_counts
 from forgetless_trainer.evaluation.results import EvaluationResult
@@ -100,7 +101,7 @@ def run(job: FineTuneJob, workdir: Path) -> dict[str, Any]:
 
     write_report(gate, baseline.category_scores(), final.category_scores(), workdir / REPORT_DIR)
     promoted = None
-    if gate.verdict != "Failed":
+    if gate.verdict in PROMOTING_VERDICTS:
         from forgetless_trainer.promotion import promote
         from forgetless_trainer.training.loop import env_base_dir
 
