@@ -58,7 +58,16 @@ def policies() -> dict[str, list[dict[str, Any]]]:
         ],
         "LoRA + 30% mix (recommended)": [_variant("recommended", "m-recommended")],
         "LoRA + mix + replay (pair)": [_variant("replay-1", "m-replay-1"), _variant("replay-2", "m-replay-2")],
+        # the forgetting budget on the naive recipe: today's stop-at-first-breach vs the controller
+        "naive + budget (stop)": [_variant("naive", "m-budget-stop", mitigation__forgettingBudget=dict(
+            BUDGET, onBreach="Stop"))],
+        "naive + budget (controller)": [_variant("naive", "m-budget-ctl", mitigation__forgettingBudget=dict(
+            BUDGET, onBreach="Adjust"))],
     }
+
+
+BUDGET = {"maxDrop": 0.05, "probeIntervalSteps": 25}
+"""The budget of both rows (the controller's other settings are the schema's defaults)."""
 
 
 def _first_task_retention(job_document: dict[str, Any], workdir: Path) -> float:
@@ -131,6 +140,8 @@ def main() -> int:
                 "reasons": status.get("reasons", []),
                 "seconds": time.monotonic() - started,
                 "first_job_task": chain[0].final.get("task") if len(chain) > 1 else None,
+                "adjustments": result.summaries["train"].get("adjustments"),
+                "stopped_reason": result.summaries["train"].get("stoppedReason"),
                 "first_job_task_after_second": first_task_after,
             }
         )
@@ -150,6 +161,11 @@ def main() -> int:
                 f"{row['policy']}: first task (support tickets) {row['first_job_task']:.2f} after job 1, "
                 f"{row['first_job_task_after_second']:.2f} after job 2 (orders {row['task']:.2f})"
             )
+    for row in rows:
+        if row.get("adjustments") is not None:
+            steps = "; ".join(f"step {a['step']}: lr x{a['learningRateScale']:g}, +{a['extraGeneralFraction']:.0%} general"
+                              for a in row["adjustments"]) or "none"
+            print(f"{row['policy']}: stopped {row['stopped_reason']}; adjustments: {steps}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
 
@@ -168,6 +184,13 @@ def main() -> int:
     if lora and full:
         label = f"LoRA forgets less than full fine-tuning (task {lora['task']:.2f} vs {full['task']:.2f})"
         checks.append((label, lora["mean_retained"] > full["mean_retained"]))
+    controller, stop = by_name.get("naive + budget (controller)"), by_name.get("naive + budget (stop)")
+    if controller:
+        checks.append(("budget controller reaches task >= 0.90", controller["task"] >= 0.90))
+        checks.append(("budget controller keeps >= 95% of the mean general score", controller["mean_retained"] >= 0.95))
+        checks.append(("budget controller's gate passes", controller["verdict"] == "Passed"))
+    if stop:
+        checks.append((f"budget stop (today's) learns little (task {stop['task']:.2f})", stop["task"] < 0.10))
     for label, ok in checks:
         print(f"{'PASS' if ok else 'MISS'}  {label}")
     return 0 if all(ok for _, ok in checks) else 1

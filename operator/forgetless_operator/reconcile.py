@@ -734,6 +734,8 @@ class _Run:
             if key and not result.get("cached"):
                 self.record_cache(key, result, spec)
         elif stage == "train":
+            if result.get("adjustments"):
+                self.stage("train")["adjustments"] = list(result["adjustments"])
             self.status["progress"] = {
                 k: v for k, v in {
                     "step": int(result.get("steps") or 0),

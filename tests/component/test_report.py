@@ -63,3 +63,23 @@ def test_report_without_task_category_and_passing(tmp_path):
     markdown = paths["markdown"].read_text()
     assert "**Verdict: Passed**" in markdown and "no task gain measured" in markdown
     assert paths["png"].stat().st_size > 3000
+
+
+def test_the_forgetting_budget_is_accounted_for_in_the_report(tmp_path):
+    from forgetless_trainer.evaluation.report import write_report
+
+    train = {"stoppedReason": "completed", "probeBaseline": 0.9, "budgetMaxDrop": 0.05,
+             "probeHistory": [[0, 0.9], [25, 0.87], [50, 0.8], [75, 0.88], [100, 0.89]],
+             "adjustments": [{"step": 50, "probeMean": 0.8, "rolledBackToStep": 25, "learningRateScale": 0.5,
+                              "extraGeneralFraction": 0.1}]}
+    gate = evaluate_gate(PAIRED, RegressionSpec())
+    written = write_report(gate, scores(PAIRED, False), scores(PAIRED, True), tmp_path, train)
+    assert written["budget_png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    markdown = written["markdown"].read_text()
+    assert "## Forgetting budget" in markdown and "budget line 0.850" in markdown
+    assert "| 50 | 0.800 | 25 | 0.5 | 10% |" in markdown and "budget.png" in markdown
+    document = json.loads(written["json"].read_text())
+    assert document["forgettingBudget"]["adjustments"] == train["adjustments"]
+    # a run without the budget gets no budget section
+    plain = write_report(gate, scores(PAIRED, False), scores(PAIRED, True), tmp_path / "plain", {"steps": 3})
+    assert "budget_png" not in plain and "Forgetting budget" not in plain["markdown"].read_text()

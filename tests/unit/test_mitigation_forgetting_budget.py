@@ -20,6 +20,11 @@ class ProbeTrainer(FakeTrainer):
         super().__init__([])
         self.ctx = Ctx()
         self.model = Model()
+        self.position = (0, 0)
+
+    @property
+    def steps_taken(self) -> int:
+        return self.step
 
 
 class Model:

@@ -710,3 +710,17 @@ def test_index_jobs_picks_the_newest_attempt():
     assert current["train"]["metadata"]["name"] == "ft-train-workers-g3"
     assert current["baseline"]["metadata"]["name"] == "ft-baseline"
     assert sorted(j["metadata"]["name"] for j in superseded) == ["ft-train-workers", "ft-train-workers-g2"]
+
+
+def test_the_budget_controllers_adjustments_are_recorded_on_the_train_stage():
+    adjustments = [{"step": 25, "probeMean": 0.89, "rolledBackToStep": 0, "learningRateScale": 0.5,
+                    "extraGeneralFraction": 0.15}]
+    job = ftj()
+    job = started(job, run(job))
+    observed = Observed(configmaps={"ft-spec": spec_cm(job)})
+    for stage, result in (("baseline", BASELINE), ("train", {**TRAIN, "adjustments": adjustments})):
+        observed.jobs[stage] = stage_job(job, stage, complete=True)
+        observed.pods[stage] = [pod(stage, message=json.dumps(result))]
+        decision = run(job, observed, T0 + timedelta(minutes=10))
+        job = started(job, decision)
+    assert decision.status["stages"]["train"]["adjustments"] == adjustments

@@ -36,6 +36,11 @@ TOKENS_PER_SECOND = Gauge(
     "forgetless_train_tokens_per_second", "Tokens per second (all ranks) over the last log interval.", LABELS, registry=REGISTRY
 )
 TOKENS = Counter("forgetless_train_tokens", "Tokens processed by this rank.", LABELS, registry=REGISTRY)
+BUDGET_ADJUSTMENTS = Counter(
+    "forgetless_train_budget_adjustments",
+    "Forgetting-budget breaches answered by a gentler policy (lower learning rate, more general data).",
+    LABELS, registry=REGISTRY,
+)
 EWC_PENALTY = Gauge("forgetless_train_ewc_penalty", "EWC penalty λ/2·Σ F(θ−θ*)² of the last step.", LABELS, registry=REGISTRY)
 GRAD_NORM = Gauge("forgetless_train_grad_norm", "Global gradient norm of the last step (before clipping).", LABELS, registry=REGISTRY)
 LAST_STEP = Gauge(
@@ -102,6 +107,9 @@ class TrainMetrics:
     def probe(self, scores: dict[str, float]) -> None:
         for category, value in scores.items():
             PROBE_SCORE.labels(**self.labels, category=category).set(value)
+
+    def budget_adjustment(self) -> None:
+        BUDGET_ADJUSTMENTS.labels(**self.labels).inc()
 
 
 class Progress:

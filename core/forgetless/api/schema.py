@@ -254,6 +254,24 @@ class ForgettingBudgetSpec(ApiModel):
     probe_items: Annotated[int, Field(ge=1, le=100_000)] = Field(
         default=16, description="Items per regression task in the probe subset."
     )
+    on_breach: Literal["Adjust", "Stop"] = Field(
+        default="Adjust",
+        description="Adjust: roll back to the last in-budget snapshot and continue more gently (learning rate "
+        "× learningRateFactor, general data + generalFractionStep up to maxGeneralFraction), at most "
+        "maxAdjustments times, then stop. Stop: roll back and stop at the first breach.",
+    )
+    max_adjustments: Annotated[int, Field(ge=0, le=20)] = Field(
+        default=3, description="Breaches answered by a gentler policy before training stops."
+    )
+    learning_rate_factor: Annotated[float, Field(gt=0.0, le=1.0)] = Field(
+        default=0.5, description="Each adjustment multiplies the learning rate by this."
+    )
+    general_fraction_step: Annotated[float, Field(ge=0.0, lt=1.0)] = Field(
+        default=0.1, description="Each adjustment adds this share of general data to every epoch."
+    )
+    max_general_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = Field(
+        default=0.5, description="Cap on the share of general data (dataMixing's own share included)."
+    )
 
 
 class MitigationSpec(ApiModel):
@@ -499,6 +517,14 @@ class StageRestart(ApiModel):
     message: str = Field(description="Why: the failed rank and what its pod said.")
 
 
+class BudgetAdjustment(ApiModel):
+    step: int = Field(description="The probe step that breached the forgetting budget.")
+    probe_mean: float
+    rolled_back_to_step: int
+    learning_rate_scale: float = Field(description="Learning rate relative to the spec's, from then on.")
+    extra_general_fraction: float = Field(description="General data added to every epoch by the controller.")
+
+
 class StageStatus(ApiModel):
     phase: Literal["Pending", "Running", "Succeeded", "Failed", "Skipped"] = "Pending"
     job_name: Optional[str] = None
@@ -507,6 +533,9 @@ class StageStatus(ApiModel):
     attempts: int = Field(default=0, description="Runs so far: pod attempts (one worker) or group attempts (several).")
     restarts: list[StageRestart] = Field(
         default_factory=list, description="Group restarts of a multi-worker stage (the last 10)."
+    )
+    adjustments: list[BudgetAdjustment] = Field(
+        default_factory=list, description="Train: the forgetting-budget controller's adjustments."
     )
     message: Optional[str] = None
     result: Optional[dict[str, Any]] = Field(default=None, description="The stage's compact JSON summary.")

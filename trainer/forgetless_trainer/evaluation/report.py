@@ -18,6 +18,7 @@ from forgetless.gate import GateResult
 from forgetless.suites import GENERAL_CATEGORIES, TASK_CATEGORY
 
 JSON_NAME, MARKDOWN_NAME, PNG_NAME = "gate.json", "report.md", "report.png"
+BUDGET_PNG_NAME = "budget.png"
 
 
 def report_document(gate: GateResult, baseline: Mapping[str, float], final: Mapping[str, float]) -> dict[str, Any]:
@@ -117,14 +118,75 @@ def render_png(gate: GateResult, baseline: Mapping[str, float], final: Mapping[s
     return path
 
 
+def budget_markdown(train: Mapping[str, Any]) -> str:
+    """The forgetting budget's account: probes, the budget line, every adjustment."""
+    history = train.get("probeHistory") or []
+    baseline = train.get("probeBaseline")
+    lines = ["## Forgetting budget", ""]
+    if baseline is not None and train.get("budgetMaxDrop") is not None:
+        lines.append(f"Probe baseline {baseline:.3f}; budget line {baseline - train['budgetMaxDrop']:.3f} "
+                     f"(maxDrop {train['budgetMaxDrop']}); {len(history)} probes.")
+    adjustments = train.get("adjustments") or []
+    if adjustments:
+        lines += ["", "| step | probe mean | rolled back to | learning-rate scale | extra general data |",
+                  "|---:|---:|---:|---:|---:|"]
+        lines += [f"| {a['step']} | {a['probeMean']:.3f} | {a['rolledBackToStep']} | {a['learningRateScale']:g} | "
+                  f"{a['extraGeneralFraction']:.0%} |" for a in adjustments]
+    else:
+        lines.append("No adjustments: every probe stayed within budget." if train.get("stoppedReason") != "forgetting_budget"
+                     else "Training stopped at the first breach (onBreach: Stop).")
+    if train.get("stoppedReason") == "forgetting_budget" and train.get("message"):
+        lines += ["", f"Stopped: {train['message']}"]
+    lines += ["", f"![probe score over training]({BUDGET_PNG_NAME})", ""]
+    return "\n".join(lines)
+
+
+def render_budget_png(train: Mapping[str, Any], path: Path) -> Path:
+    """Probe mean over steps, the budget line, and each adjustment marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    history = train.get("probeHistory") or []
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    ax.plot([s for s, _ in history], [v for _, v in history], marker="o", ms=3, color="#3b6ea8", label="probe mean")
+    baseline, max_drop = train.get("probeBaseline"), train.get("budgetMaxDrop")
+    if baseline is not None and max_drop is not None:
+        ax.axhline(baseline - max_drop, color="#d95f02", ls="--", lw=1, label=f"budget (−{max_drop})")
+    for number, adjustment in enumerate(train.get("adjustments") or [], start=1):
+        at = adjustment.get("stepsTaken", adjustment["step"])
+        ax.axvline(at, color="#7570b3", ls=":", lw=1)
+        ax.annotate(f"adj {number}: back to step {adjustment['rolledBackToStep']}, lr×{adjustment['learningRateScale']:g}, "
+                    f"+{adjustment['extraGeneralFraction']:.0%} general", (at, adjustment["probeMean"]), fontsize=7,
+                    rotation=90, va="bottom")
+    ax.set_xlabel("optimizer steps taken (a rollback re-runs steps)")
+    ax.set_ylabel("mean general score (probe)")
+    ax.set_title("Forgetting budget", fontsize=10)
+    ax.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    with atomic.atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return path
+
+
 def write_report(
-    gate_result: GateResult, baseline_scores: Mapping[str, float], final_scores: Mapping[str, float], out_dir: Path
+    gate_result: GateResult, baseline_scores: Mapping[str, float], final_scores: Mapping[str, float], out_dir: Path,
+    train_summary: Mapping[str, Any] | None = None,
 ) -> dict[str, Path]:
+    """The report files; with a train summary that used the forgetting budget, its account and plot too."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     document = report_document(gate_result, baseline_scores, final_scores)
-    return {
-        "json": atomic.write_bytes(out_dir / JSON_NAME, (json.dumps(document, indent=2, sort_keys=True) + "\n").encode()),
-        "markdown": atomic.write_bytes(out_dir / MARKDOWN_NAME, render_markdown(gate_result, baseline_scores, final_scores).encode()),
-        "png": render_png(gate_result, baseline_scores, final_scores, out_dir / PNG_NAME),
-    }
+    markdown = render_markdown(gate_result, baseline_scores, final_scores)
+    written: dict[str, Path] = {}
+    if train_summary and train_summary.get("probeHistory"):
+        document["forgettingBudget"] = {k: train_summary.get(k) for k in (
+            "probeBaseline", "budgetMaxDrop", "probeHistory", "adjustments", "stoppedReason")}
+        markdown += "\n" + budget_markdown(train_summary)
+        written["budget_png"] = render_budget_png(train_summary, out_dir / BUDGET_PNG_NAME)
+    written["json"] = atomic.write_bytes(out_dir / JSON_NAME, (json.dumps(document, indent=2, sort_keys=True) + "\n").encode())
+    written["markdown"] = atomic.write_bytes(out_dir / MARKDOWN_NAME, markdown.encode())
+    written["png"] = render_png(gate_result, baseline_scores, final_scores, out_dir / PNG_NAME)
+    return written

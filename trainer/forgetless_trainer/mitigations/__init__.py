@@ -54,7 +54,13 @@ def _budget(spec, probe):
     from forgetless_trainer.mitigations.forgetting_budget import ForgettingBudget
 
     budget = spec.mitigation.forgetting_budget
-    return ForgettingBudget(budget.max_drop, budget.probe_interval_steps, probe=probe.get("probe"), probe_factory=probe.get("factory"))
+    mixing = spec.mitigation.data_mixing.general_fraction
+    return ForgettingBudget(
+        budget.max_drop, budget.probe_interval_steps, probe=probe.get("probe"), probe_factory=probe.get("factory"),
+        on_breach=budget.on_breach, max_adjustments=budget.max_adjustments,
+        learning_rate_factor=budget.learning_rate_factor, general_fraction_step=budget.general_fraction_step,
+        max_general_fraction=budget.max_general_fraction, base_general_fraction=mixing,
+    )
 
 
 REGISTRY: list[tuple[str, Callable[[FineTuneJobSpec], bool], Callable[..., Mitigation]]] = [

@@ -95,6 +95,18 @@ class TrainerView(Protocol):
 
     def message(self, text: str) -> None: ...
 
+    def scale_learning_rate(self, factor: float) -> None:
+        """Multiply the learning rate (and the rest of its schedule) by `factor` from the next step."""
+
+    steps_taken: int
+    position: tuple[int, int]
+
+    def rewind(self, step: int, position: tuple[int, int]) -> None:
+        """After this step, train again from `step` (data at `position`, the schedule at `step`)."""
+
+    def replan(self) -> None:
+        """A mix part's fraction changed: the current epoch's composition is rebuilt before the next step."""
+
 
 class Mitigation:
     name: str = "mitigation"

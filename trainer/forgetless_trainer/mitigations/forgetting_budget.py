@@ -1,4 +1,4 @@
-"""Forgetting budget: stop and roll back when a probe shows more forgetting than allowed.
+"""Forgetting budget: a controller that keeps training within a forgetting budget.
 
 A probe is any `Callable[[model, tokenizer], dict[str, float]]` returning scores per category
 (the general categories, optionally `task`). The train stage wires the real one, `suite_probe`:
@@ -6,10 +6,25 @@ the regression suite (`regression.suite`) limited to `probeItems` items per task
 evaluator (`forgetless_trainer.evaluation.evaluate_suite`); tests inject a fake.
 
 At step 0 the probe's own baseline is taken (the mean of the general categories). Every
-`probeIntervalSteps` steps the probe runs again; when the mean general score falls more than
-`maxDrop` below that baseline, training stops (`stoppedReason: forgetting_budget`, with a message
-giving the scores) and the trainable weights roll back to the last probed point that was within
-budget (step 0 if none was). The probe's scores are exported as forgetless_probe_score_ratio.
+`probeIntervalSteps` steps the probe runs again; a *breach* is a mean general score more than
+`maxDrop` below that baseline. On a breach the trainable weights roll back to the last probed point
+that was within budget (step 0 if none was), and then:
+
+- `onBreach: Adjust` (default): training continues from there with a gentler policy — the learning
+  rate × `learningRateFactor` and `generalFractionStep` more general data in every epoch (up to
+  `maxGeneralFraction` in all, data mixing's own share included) — at most `maxAdjustments` times;
+  the next breach after that stops training as below. Forgetting grows with training intensity, so
+  a breach is a signal to train more gently, not to give up. Training goes back to the snapshot
+  (its step, its place in the data, the learning-rate schedule there: a rollback into the warmup
+  warms up again) and runs again from there under the new policy; the run still sees its task data
+  `epochs` times (more general data makes epochs longer). Probe history is kept in steps taken
+  (`stepsTaken` only grows).
+- `onBreach: Stop`: training stops (`stoppedReason: forgetting_budget`) with the rolled-back weights.
+
+Every adjustment is a progress line, an entry of `adjustments` in the stage summary (step, the
+probe's mean, the new learning-rate scale and general share), a count in
+forgetless_train_budget_adjustments_total, and part of the checkpointed state, so a resumed run
+continues with the adjusted policy. The probe's scores are exported as forgetless_probe_score_ratio.
 """
 
 from __future__ import annotations
@@ -18,7 +33,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from forgetless.api.schema import CATEGORIES
-from forgetless_trainer.mitigations.base import Mitigation, Stop, TrainerView
+from forgetless_trainer.data import MixPart
+from forgetless_trainer.mitigations.base import Mitigation, Stop, TrainContext, TrainerView
 from forgetless_trainer.stages import StageError
 
 Probe = Callable[[Any, Any], dict[str, float]]
@@ -54,15 +70,57 @@ def suite_probe(job, probe_items: int, base_dir: Path | None = None) -> Probe:
 class ForgettingBudget(Mitigation):
     name = "forgetting_budget"
 
-    def __init__(self, max_drop: float, interval: int, probe: Probe | None = None, probe_factory=None) -> None:
+    def __init__(self, max_drop: float, interval: int, probe: Probe | None = None, probe_factory=None, *,
+                 on_breach: str = "Stop", max_adjustments: int = 0, learning_rate_factor: float = 0.5,
+                 general_fraction_step: float = 0.0, max_general_fraction: float = 0.0,
+                 base_general_fraction: float = 0.0) -> None:
         self.max_drop, self.interval = max_drop, interval
         self.probe = probe
         self.probe_factory = probe_factory
+        self.on_breach = on_breach
+        self.max_adjustments = max_adjustments if on_breach == "Adjust" else 0
+        self.learning_rate_factor = learning_rate_factor
+        self.general_fraction_step = general_fraction_step
+        self.extra_general_cap = max(0.0, max_general_fraction - base_general_fraction)
         self.baseline: float | None = None
         self.last_good: dict[str, Any] | None = None
         self.last_good_step = 0
+        self.last_good_position: tuple[int, int] = (0, 0)
         self.history: list[tuple[int, float]] = []
         self.stop_message: str | None = None
+        self.adjustments: list[dict[str, Any]] = []
+        self.lr_scale = 1.0
+        self.extra_general = 0.0
+        self.part: MixPart | None = None
+
+    # ------------------------------------------------------------------ policy
+
+    def mix_parts(self, ctx: TrainContext) -> list[MixPart]:
+        """The controller's own share of general data: empty until an adjustment raises it."""
+        if self.max_adjustments == 0 or self.general_fraction_step <= 0 or self.extra_general_cap <= 0:
+            return []
+        self.part = MixPart("budget_general", self.extra_general, ctx.general())
+        return [self.part]
+
+    def _adjust(self, step: int, mean: float, trainer: TrainerView) -> str:
+        self.lr_scale *= self.learning_rate_factor
+        trainer.scale_learning_rate(self.learning_rate_factor)
+        if self.part is not None:
+            self.extra_general = round(min(self.extra_general_cap, self.extra_general + self.general_fraction_step), 6)
+            self.part.fraction = self.extra_general
+            trainer.replan()
+        trainer.rewind(self.last_good_step, self.last_good_position)
+        record = {"step": step, "stepsTaken": trainer.steps_taken, "probeMean": round(mean, 6),
+                  "rolledBackToStep": self.last_good_step,
+                  "learningRateScale": round(self.lr_scale, 6), "extraGeneralFraction": self.extra_general}
+        self.adjustments.append(record)
+        metrics = getattr(trainer, "metrics", None)
+        if metrics is not None:
+            metrics.budget_adjustment()
+        return (f"adjustment {len(self.adjustments)}/{self.max_adjustments}: learning rate × {self.lr_scale:g}, "
+                f"+{self.extra_general:.0%} general data; training again from step {self.last_good_step}")
+
+    # ------------------------------------------------------------------ hooks
 
     def _run_probe(self, trainer: TrainerView) -> tuple[dict[str, float], float]:
         if self.probe is None:
@@ -85,26 +143,34 @@ class ForgettingBudget(Mitigation):
         if self.baseline is None:
             _, self.baseline = self._run_probe(trainer)
             self.last_good, self.last_good_step = trainer.snapshot(), trainer.step
-            self.history.append((trainer.step, self.baseline))
+            self.last_good_position = tuple(trainer.position)
+            self.history.append((trainer.steps_taken, self.baseline))
             trainer.message(f"probe baseline: mean general score {self.baseline:.4f}")
 
     def on_step_end(self, step: int, trainer: TrainerView) -> Stop | None:
         if step % self.interval:
             return None
         scores, mean = self._run_probe(trainer)
-        self.history.append((step, mean))
+        self.history.append((trainer.steps_taken, mean))
         drop = self.baseline - mean
         over = trainer.all_agree(drop > self.max_drop)
         if not over:
             self.last_good, self.last_good_step = trainer.snapshot(), step
+            self.last_good_position = tuple(trainer.position)
             trainer.message(f"step {step}: probe mean {mean:.4f} (drop {drop:.4f} ≤ {self.max_drop})")
             return None
         trainer.restore(self.last_good)
         shown = ", ".join(f"{k} {v:.3f}" for k, v in sorted(scores.items()))
-        self.stop_message = (
+        breach = (
             f"probe at step {step}: mean general score {mean:.4f} fell {drop:.4f} below the probe baseline "
             f"{self.baseline:.4f} (maxDrop {self.max_drop}); rolled back to step {self.last_good_step} ({shown})"
         )
+        if len(self.adjustments) < self.max_adjustments:
+            trainer.message(f"{breach}; {self._adjust(step, mean, trainer)}")
+            return None
+        if self.adjustments:
+            breach += f"; {len(self.adjustments)} adjustment(s) made, maxAdjustments reached"
+        self.stop_message = breach
         return Stop("forgetting_budget", self.stop_message)
 
     def state_dict(self) -> dict[str, Any]:
@@ -112,18 +178,31 @@ class ForgettingBudget(Mitigation):
             "baseline": self.baseline,
             "last_good": self.last_good,
             "last_good_step": self.last_good_step,
+            "last_good_position": list(self.last_good_position),
             "history": list(self.history),
+            "adjustments": [dict(a) for a in self.adjustments],
+            "lr_scale": self.lr_scale,
+            "extra_general": self.extra_general,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the controller (the learning-rate scale itself comes back with the scheduler's state)."""
         self.baseline, self.last_good = state["baseline"], state["last_good"]
         self.last_good_step = state["last_good_step"]
+        self.last_good_position = tuple(state.get("last_good_position", (0, 0)))
         self.history = [tuple(h) for h in state["history"]]
+        self.adjustments = [dict(a) for a in state.get("adjustments", [])]
+        self.lr_scale = float(state.get("lr_scale", 1.0))
+        self.extra_general = float(state.get("extra_general", 0.0))
+        if self.part is not None:
+            self.part.fraction = self.extra_general
 
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "probeBaseline": self.baseline,
-            "probeHistory": [[s, round(v, 6)] for s, v in self.history[-20:]],
+            "probeHistory": [[s, round(v, 6)] for s, v in self.history[-50:]],
             "rolledBackToStep": self.last_good_step if self.stop_message else None,
+            "adjustments": [dict(a) for a in self.adjustments],
+            "budgetMaxDrop": self.max_drop,
         }
         return out

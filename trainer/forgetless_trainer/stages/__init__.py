@@ -22,7 +22,7 @@ from forgetless import atomic
 STAGES = ("baseline", "train", "evaluate")
 TERMINATION_MESSAGE_ENV = "FORGETLESS_TERMINATION_MESSAGE_PATH"
 TERMINATION_MESSAGE_LIMIT = 4096
-DETAIL_KEYS = ("paired", "tasks")
+DETAIL_KEYS = ("paired", "tasks", "probeHistory", "validationHistory")
 """Per-task parts of a summary: in summary.json on the volume, never in the termination message
 (they grow with the suite; what the operator needs — scores per category, the gate's verdict,
 the promoted model — does not)."""

@@ -19,6 +19,7 @@ whatever the suite's size. Per-task detail (`paired`, `tasks`) stays in summary.
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -99,7 +100,9 @@ def run(job: FineTuneJob, workdir: Path) -> dict[str, Any]:
 
     from forgetless_trainer.evaluation.report import write_report
 
-    write_report(gate, baseline.category_scores(), final.category_scores(), workdir / REPORT_DIR)
+    train_summary_path = workdir / "train" / "summary.json"
+    train_summary = json.loads(train_summary_path.read_text()) if train_summary_path.exists() else None
+    write_report(gate, baseline.category_scores(), final.category_scores(), workdir / REPORT_DIR, train_summary)
     promoted = None
     if gate.verdict in PROMOTING_VERDICTS:
         from forgetless_trainer.promotion import promote

@@ -75,7 +75,13 @@ class Trainer:
         self.after_step = after_step
         self.progress_stream = progress_stream
         self.step = 0
+        self.steps_taken = 0
+        """Optimizer steps actually taken (a rewind sets `step` back; this only grows)."""
+        self.position = (0, 0)
+        """(epoch, step in epoch) after the last step: where the data stands."""
         self.engine = None
+        self.replan_needed = False
+        self.rewind_to: tuple[int, tuple[int, int]] | None = None
         self.metrics = live_metrics.TrainMetrics(job.metadata.name, job.metadata.namespace)
 
     # ------------------------------------------------------------------ TrainerView
@@ -146,6 +152,43 @@ class Trainer:
     def all_agree(self, flag: bool) -> bool:
         return distributed.any_rank(flag)
 
+    def scale_learning_rate(self, factor: float) -> None:
+        """The schedule's base rates × factor (LambdaLR rescales them every step; they are checkpointed)."""
+        self.scheduler.base_lrs = [lr * factor for lr in self.scheduler.base_lrs]
+        for group in self.optimizer.param_groups:
+            group["lr"] *= factor
+
+    def rewind_schedule(self, step: int) -> None:
+        """Put the learning-rate schedule back to `step` (a rollback re-runs the schedule, warmup included,
+        from the snapshot; the step counter and the data go on). Checkpointed with the scheduler's state."""
+        self.scheduler.last_epoch = step
+        factors = [fn(step) for fn in self.scheduler.lr_lambdas]
+        for group, base, factor in zip(self.optimizer.param_groups, self.scheduler.base_lrs, factors):
+            group["lr"] = base * factor
+
+    def replan(self) -> None:
+        self.replan_needed = True
+
+    def rewind(self, step: int, position: tuple[int, int]) -> None:
+        """After this step, go back to `step` (data at `position`, the schedule at `step`): a rollback that
+        re-runs training from a snapshot instead of spending the steps since it."""
+        self.rewind_to = (step, tuple(position))
+
+    def _apply_rewind(self) -> tuple[int, int]:
+        step, (epoch, step_in_epoch) = self.rewind_to
+        self.rewind_to = None
+        if self.ctx.is_main:  # checkpoints beyond the snapshot belong to the abandoned run: a resume must not pick them
+            import shutil
+
+            for number, path in checkpoint.complete_checkpoints(self.checkpoints):
+                if number > step:
+                    shutil.rmtree(path, ignore_errors=True)
+        distributed.barrier()
+        self.step = step
+        self.rewind_schedule(step)
+        self.message(f"rewound to step {step} (epoch {epoch}, batch {step_in_epoch})")
+        return epoch, step_in_epoch
+
     def message(self, text: str) -> None:
         if self.progress is not None:
             self.progress.message(text)
@@ -200,8 +243,15 @@ class Trainer:
             model = mitigation.configure_model(model, self.ctx)
         model.train()
         self.parts = [part for m in self.mitigations for part in m.mix_parts(self.ctx)]
-        self.epoch_size, self.composition = D.epoch_plan(len(train), self.parts)
-        training = spec.training
+        self._plan()
+        self._init_engine(model)
+
+    def _plan(self) -> None:
+        """Epoch composition, steps per epoch and total steps from the current mix parts (a mitigation
+        may change a part's share during training: `replan`). Total = ceil(epochs · steps/epoch), so
+        the task data is seen `epochs` times whatever the mix; capped by maxSteps."""
+        training = self.spec.training
+        self.epoch_size, self.composition = D.epoch_plan(len(self.ctx.task_train), self.parts)
         self.steps_per_epoch = D.steps_per_epoch(
             self.epoch_size,
             world_size=self.ranks.world_size,
@@ -211,7 +261,11 @@ class Trainer:
         by_epochs = math.ceil(training.epochs * self.steps_per_epoch)
         self.total_steps = min(by_epochs, training.max_steps) if training.max_steps else by_epochs
         self.capped_by_max_steps = bool(training.max_steps and training.max_steps < by_epochs)
-        self._init_engine(model)
+        scheduler = getattr(self, "scheduler", None)
+        if scheduler is not None:  # the schedule follows the new length (rebuilt the same way on resume)
+            warmup = config.warmup_steps(self.total_steps, training.warmup_ratio)
+            scheduler.lr_lambdas = [config.lr_lambda(training.lr_scheduler, self.total_steps, warmup)
+                                    for _ in scheduler.lr_lambdas]
 
     def _init_engine(self, model) -> None:
         import deepspeed
@@ -238,6 +292,7 @@ class Trainer:
     def _client_state(self, epoch: int, step_in_epoch: int, finished: str | None, final_weights=None) -> dict[str, Any]:
         return {
             "step": self.step,
+            "steps_taken": self.steps_taken,
             "epoch": epoch,
             "step_in_epoch": step_in_epoch,
             "tokens": self.tokens,
@@ -263,6 +318,7 @@ class Trainer:
         _, path = self.resume_from
         state = checkpoint.load(self.engine, path, exclude_frozen=self.exclude_frozen)
         self.step = state["step"]
+        self.steps_taken = state.get("steps_taken", self.step)
         self.tokens = state["tokens"]
         self.train_seconds = state["train_seconds"]
         self.last_loss = state["last_loss"]
@@ -271,6 +327,7 @@ class Trainer:
             if mitigation.name in state["mitigations"]:
                 mitigation.load_state_dict(state["mitigations"][mitigation.name])
         checkpoint.set_rng_state(state["rng"])
+        self._plan()  # a controller's restored share of general data changes the plan
         self.last_checkpoint = self.step
         self.message(f"resumed from {path} (step {self.step})")
         return state["epoch"], state["step_in_epoch"], state.get("finished"), state.get("final_weights")
@@ -331,6 +388,7 @@ class Trainer:
         summary: dict[str, Any] = {
             "stage": "train",
             "steps": self.step,
+            "stepsTaken": self.steps_taken,
             "totalSteps": self.total_steps,
             "epochs": round(self.step / self.steps_per_epoch, 4),
             "finalLoss": self.last_loss if math.isfinite(self.last_loss) else None,  # NaN is not JSON
@@ -366,14 +424,7 @@ class Trainer:
         accumulation = training.gradient_accumulation_steps
         window_tokens, window_start = 0, time.perf_counter()
         while self.step < self.total_steps:
-            examples = D.build_epoch(self.ctx.task_train, self.parts, epoch, training.seed)
-            micro = D.shard_micro_batches(
-                examples,
-                rank=self.ranks.rank,
-                world_size=self.ranks.world_size,
-                batch_size=training.batch_size,
-                accumulation=accumulation,
-            )
+            micro = self._epoch_batches(epoch)
             while step_in_epoch * accumulation < len(micro) and self.step < self.total_steps:
                 losses, extra, step_tokens = [], None, 0
                 for batch_examples in micro[step_in_epoch * accumulation : (step_in_epoch + 1) * accumulation]:
@@ -382,7 +433,9 @@ class Trainer:
                     loss, extra = self.micro_step(batch)
                     losses.append(loss)
                 self.step += 1
+                self.steps_taken += 1
                 step_in_epoch += 1
+                self.position = (epoch, step_in_epoch)
                 self.tokens += step_tokens
                 window_tokens += step_tokens
                 self.last_loss = float(torch.stack(losses).float().mean())
@@ -399,13 +452,34 @@ class Trainer:
                         break
                 if stop is not None:
                     return stop, epoch, step_in_epoch
-                if self.step % training.checkpoint_interval_steps == 0 and self.step < self.total_steps:
+                if self.replan_needed:  # a mitigation changed the mix: the rest of this epoch follows it
+                    self.replan_needed = False
+                    self._plan()
+                    micro = self._epoch_batches(epoch)
+                rewinding = self.rewind_to is not None
+                if (not rewinding and self.step % training.checkpoint_interval_steps == 0
+                        and self.step < self.total_steps):
                     self._save_checkpoint(epoch, step_in_epoch)
                 if self.after_step is not None:
                     self.after_step(self.step)
+                if rewinding:
+                    epoch, step_in_epoch = self._apply_rewind()
+                    micro = self._epoch_batches(epoch)
             if step_in_epoch * accumulation >= len(micro):
                 epoch, step_in_epoch = epoch + 1, 0
         return None, epoch, step_in_epoch
+
+    def _epoch_batches(self, epoch: int) -> list:
+        """This rank's micro-batches of `epoch`, composed by the current mix parts (deterministic)."""
+        training = self.spec.training
+        examples = D.build_epoch(self.ctx.task_train, self.parts, epoch, training.seed)
+        return D.shard_micro_batches(
+            examples,
+            rank=self.ranks.rank,
+            world_size=self.ranks.world_size,
+            batch_size=training.batch_size,
+            accumulation=training.gradient_accumulation_steps,
+        )
 
     def _report(self, step_tokens: int, extra) -> None:
         lr = float(self.scheduler.get_last_lr()[0])
