@@ -105,3 +105,41 @@ def test_missing_evaluator_is_a_stage_error(monkeypatch, manifest):
     monkeypatch.setitem(sys.modules, "forgetless_trainer.evaluation", None)
     with pytest.raises(StageError, match="needs the evaluator"):
         suite_probe(parse_job(manifest()), 4)
+
+
+class Items:
+    """What the real probe returns: item-level results (an EvaluationResult's shape)."""
+
+    def __init__(self, right: dict[str, int], n: int):
+        from forgetless_trainer.evaluation.results import ItemResult
+
+        self.items = [ItemResult(task, f"{task}-{i}", task, float(i < right[task]), "") for task in right for i in range(n)]
+        self._scores = {task: right[task] / n for task in right}
+
+    def category_scores(self):
+        return dict(self._scores)
+
+
+def item_probe(results):
+    def probe(model, tokenizer):
+        return results.pop(0)
+
+    return probe
+
+
+@pytest.mark.parametrize("n, lost, breach", [
+    (8, 1, False),    # 1 of 8 items lost per category: a 0.125 point drop, but within noise of 8 items
+    (200, 25, True),  # the same 0.125 drop on 200 items each: its lower bound is far above 0.05
+])
+def test_with_item_results_a_breach_is_judged_on_the_drops_lower_bound(n, lost, breach):
+    full = {"format": n, "knowledge": n}
+    results = [Items(full, n), Items({c: n - lost for c in full}, n)]
+    budget = ForgettingBudget(max_drop=0.05, interval=1, probe=item_probe(results))
+    trainer = ProbeTrainer()
+    budget.on_train_start(trainer)
+    trainer.step = 1
+    stop = budget.on_step_end(1, trainer)
+    assert (stop is not None) is breach
+    assert budget.history[-1][1] == pytest.approx((n - lost) / n)  # the point estimate is the same either way
+    if breach:
+        assert "lower bound" in stop.message

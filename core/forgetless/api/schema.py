@@ -267,7 +267,9 @@ class ForgettingBudgetSpec(ApiModel):
         default=0.5, description="Each adjustment multiplies the learning rate by this."
     )
     general_fraction_step: Annotated[float, Field(ge=0.0, lt=1.0)] = Field(
-        default=0.1, description="Each adjustment adds this share of general data to every epoch."
+        default=0.3,
+        description="Each adjustment adds this share of general data to every epoch (the first one brings the "
+        "seed rule's 20-30 %).",
     )
     max_general_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = Field(
         default=0.5, description="Cap on the share of general data (dataMixing's own share included)."

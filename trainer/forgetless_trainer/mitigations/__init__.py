@@ -57,6 +57,7 @@ def _budget(spec, probe):
     mixing = spec.mitigation.data_mixing.general_fraction
     return ForgettingBudget(
         budget.max_drop, budget.probe_interval_steps, probe=probe.get("probe"), probe_factory=probe.get("factory"),
+        regression=spec.regression,
         on_breach=budget.on_breach, max_adjustments=budget.max_adjustments,
         learning_rate_factor=budget.learning_rate_factor, general_fraction_step=budget.general_fraction_step,
         max_general_fraction=budget.max_general_fraction, base_general_fraction=mixing,

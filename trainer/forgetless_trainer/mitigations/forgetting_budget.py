@@ -1,13 +1,16 @@
 """Forgetting budget: a controller that keeps training within a forgetting budget.
 
-A probe is any `Callable[[model, tokenizer], dict[str, float]]` returning scores per category
-(the general categories, optionally `task`). The train stage wires the real one, `suite_probe`:
-the regression suite (`regression.suite`) limited to `probeItems` items per task, scored by the
-evaluator (`forgetless_trainer.evaluation.evaluate_suite`); tests inject a fake.
+A probe is any `Callable[[model, tokenizer], ...]` returning scores per category (the general
+categories, optionally `task`): a dict of scores, or an `EvaluationResult` (item level). The train
+stage wires the real one, `suite_probe`: the regression suite (`regression.suite`) limited to
+`probeItems` items per task, scored by the evaluator; tests inject fakes.
 
 At step 0 the probe's own baseline is taken (the mean of the general categories). Every
 `probeIntervalSteps` steps the probe runs again; a *breach* is a mean general score more than
-`maxDrop` below that baseline. On a breach the trainable weights roll back to the last probed point
+`maxDrop` below that baseline — judged like the gate judges the final model when the probe gives
+item results: the one-sided lower bound (at `regression.confidence`) of the paired bootstrap of the
+mean drop must exceed `maxDrop`, so a few items of noise in a small probe are not a breach; a probe
+giving only scores is judged on the point estimate. On a breach the trainable weights roll back to the last probed point
 that was within budget (step 0 if none was), and then:
 
 - `onBreach: Adjust` (default): training continues from there with a gentler policy — the learning
@@ -61,8 +64,8 @@ def suite_probe(job, probe_items: int, base_dir: Path | None = None) -> Probe:
         ) from exc
     suite = load_suite(job.spec.regression.suite, base_dir=base_dir)
 
-    def probe(model: Any, tokenizer: Any) -> dict[str, float]:
-        return evaluate_suite(model, tokenizer, suite, limit=probe_items).category_scores()
+    def probe(model: Any, tokenizer: Any) -> Any:
+        return evaluate_suite(model, tokenizer, suite, limit=probe_items)
 
     return probe
 
@@ -71,10 +74,13 @@ class ForgettingBudget(Mitigation):
     name = "forgetting_budget"
 
     def __init__(self, max_drop: float, interval: int, probe: Probe | None = None, probe_factory=None, *,
+                 regression: Any = None,
                  on_breach: str = "Stop", max_adjustments: int = 0, learning_rate_factor: float = 0.5,
                  general_fraction_step: float = 0.0, max_general_fraction: float = 0.0,
                  base_general_fraction: float = 0.0) -> None:
         self.max_drop, self.interval = max_drop, interval
+        self.regression = regression
+        self.baseline_items: list[dict[str, Any]] | None = None
         self.probe = probe
         self.probe_factory = probe_factory
         self.on_breach = on_breach
@@ -122,26 +128,41 @@ class ForgettingBudget(Mitigation):
 
     # ------------------------------------------------------------------ hooks
 
-    def _run_probe(self, trainer: TrainerView) -> tuple[dict[str, float], float]:
+    def _run_probe(self, trainer: TrainerView) -> tuple[dict[str, float], float, list[dict[str, Any]] | None]:
         if self.probe is None:
             self.probe = self.probe_factory()
         model = trainer.model
         was_training = model.training
         model.eval()
         try:
-            scores = dict(self.probe(model, trainer.ctx.tokenizer))
+            found = self.probe(model, trainer.ctx.tokenizer)
         finally:
             model.train(was_training)
+        items = None
+        if hasattr(found, "category_scores"):  # an EvaluationResult: item level
+            items = [{"task": i.task, "id": i.id, "category": i.category, "score": i.score} for i in found.items]
+            found = found.category_scores()
+        scores = dict(found)
         mean = general_mean(scores)
         scores["mean"] = mean
         metrics = getattr(trainer, "metrics", None)
         if metrics is not None:
             metrics.probe(scores)
-        return scores, mean
+        return scores, mean, items
+
+    def drop_bound(self, items: list[dict[str, Any]] | None, drop: float) -> float:
+        """The drop a breach is judged on: the gate's lower bound of the mean drop when items are known."""
+        if items is None or self.baseline_items is None:
+            return drop
+        from forgetless.api.schema import RegressionSpec
+        from forgetless.gate import evaluate_gate, paired_counts
+
+        paired = paired_counts(self.baseline_items, items)
+        return evaluate_gate(paired, self.regression or RegressionSpec()).mean_drop_lower
 
     def on_train_start(self, trainer: TrainerView) -> None:
         if self.baseline is None:
-            _, self.baseline = self._run_probe(trainer)
+            _, self.baseline, self.baseline_items = self._run_probe(trainer)
             self.last_good, self.last_good_step = trainer.snapshot(), trainer.step
             self.last_good_position = tuple(trainer.position)
             self.history.append((trainer.steps_taken, self.baseline))
@@ -150,20 +171,23 @@ class ForgettingBudget(Mitigation):
     def on_step_end(self, step: int, trainer: TrainerView) -> Stop | None:
         if step % self.interval:
             return None
-        scores, mean = self._run_probe(trainer)
+        scores, mean, items = self._run_probe(trainer)
         self.history.append((trainer.steps_taken, mean))
         drop = self.baseline - mean
-        over = trainer.all_agree(drop > self.max_drop)
+        bound = self.drop_bound(items, drop)
+        over = trainer.all_agree(bound > self.max_drop)
         if not over:
             self.last_good, self.last_good_step = trainer.snapshot(), step
             self.last_good_position = tuple(trainer.position)
-            trainer.message(f"step {step}: probe mean {mean:.4f} (drop {drop:.4f} ≤ {self.max_drop})")
+            judged = f"drop {drop:.4f}" + (f", lower bound {bound:.4f}" if items is not None else "")
+            trainer.message(f"step {step}: probe mean {mean:.4f} ({judged} ≤ {self.max_drop})")
             return None
         trainer.restore(self.last_good)
         shown = ", ".join(f"{k} {v:.3f}" for k, v in sorted(scores.items()))
         breach = (
             f"probe at step {step}: mean general score {mean:.4f} fell {drop:.4f} below the probe baseline "
-            f"{self.baseline:.4f} (maxDrop {self.max_drop}); rolled back to step {self.last_good_step} ({shown})"
+            f"{self.baseline:.4f}" + (f" (lower bound {bound:.4f})" if items is not None else "")
+            + f" (maxDrop {self.max_drop}); rolled back to step {self.last_good_step} ({shown})"
         )
         if len(self.adjustments) < self.max_adjustments:
             trainer.message(f"{breach}; {self._adjust(step, mean, trainer)}")
@@ -179,6 +203,7 @@ class ForgettingBudget(Mitigation):
             "last_good": self.last_good,
             "last_good_step": self.last_good_step,
             "last_good_position": list(self.last_good_position),
+            "baseline_items": self.baseline_items,
             "history": list(self.history),
             "adjustments": [dict(a) for a in self.adjustments],
             "lr_scale": self.lr_scale,
@@ -190,6 +215,7 @@ class ForgettingBudget(Mitigation):
         self.baseline, self.last_good = state["baseline"], state["last_good"]
         self.last_good_step = state["last_good_step"]
         self.last_good_position = tuple(state.get("last_good_position", (0, 0)))
+        self.baseline_items = state.get("baseline_items")
         self.history = [tuple(h) for h in state["history"]]
         self.adjustments = [dict(a) for a in state.get("adjustments", [])]
         self.lr_scale = float(state.get("lr_scale", 1.0))
