@@ -293,16 +293,14 @@ def observe_stage(stage: str, job: Mapping[str, Any], pods: list[dict], workers:
         reason = failed.get("reason") or "Failed"
         message = f"{reason}: {failed.get('message') or 'the stage Job failed'}"
         if workers > 1 and bad:  # every failed rank, earliest first: the first one is usually the cause
-            ranked_bad = sorted(
-                (finished_at, _rank(pod), terminated)
-                for pod in pods
-                if (terminated := _container_state(pod).get("terminated")) is not None
-                and terminated.get("exitCode") not in (0, None)
-                for finished_at in [_finished(terminated)]
-            )
+            failed_ranks = []
+            for pod in pods:
+                terminated = _container_state(pod).get("terminated")
+                if terminated is not None and terminated.get("exitCode") not in (0, None):
+                    failed_ranks.append((_finished(terminated), _rank(pod), terminated))
             message += "; failed ranks: " + "; ".join(
                 f"rank {rank} exit code {terminated.get('exitCode')}: {_tail(failure_text(terminated), 200)}"
-                for _, rank, terminated in ranked_bad
+                for _, rank, terminated in sorted(failed_ranks, key=lambda entry: entry[:2])
             )
         elif bad:
             message += f"; last pod: {failure_text(bad[-1][1])}"

@@ -7,6 +7,11 @@ barrier rank 0 writes the marker and renames the directory into place, so a chec
 exists whole or not at all (a crash mid-write leaves only a `.tmp-*` directory, removed on the next
 save). The newest complete `step-<N>` is what a restarted stage resumes from; older ones beyond
 `KEEP` are pruned.
+
+The staging directory's name is deterministic on purpose (the one exception to forgetless.atomic's
+unique temp names): every rank writes its own shard files into the same staging directory, so all
+ranks must agree on it; only rank 0 creates it (after removing a leftover of a dead attempt),
+writes the marker and renames it, between barriers.
 """
 
 from __future__ import annotations

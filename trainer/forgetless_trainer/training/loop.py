@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from forgetless import atomic
 from forgetless.api.schema import FineTuneJob
 from forgetless_trainer import data as D
 from forgetless_trainer import live_metrics, mitigations
@@ -178,8 +179,6 @@ class Trainer:
         step, (epoch, step_in_epoch) = self.rewind_to
         self.rewind_to = None
         if self.ctx.is_main:  # checkpoints beyond the snapshot belong to the abandoned run: a resume must not pick them
-            import shutil
-
             for number, path in checkpoint.complete_checkpoints(self.checkpoints):
                 if number > step:
                     shutil.rmtree(path, ignore_errors=True)
@@ -496,16 +495,9 @@ class Trainer:
         params = list(model.parameters())
         with self._gathered(params):
             if self.ctx.is_main:
-                staging = output.with_name("output.tmp")
-                shutil.rmtree(staging, ignore_errors=True)
-                model.save_pretrained(str(staging))
-                self.tokenizer.save_pretrained(str(staging))
-                old = output.with_name("output.old")
-                shutil.rmtree(old, ignore_errors=True)
-                if output.exists():
-                    output.rename(old)
-                staging.rename(output)
-                shutil.rmtree(old, ignore_errors=True)
+                with atomic.atomic_directory(output) as staging:
+                    model.save_pretrained(str(staging))
+                    self.tokenizer.save_pretrained(str(staging))
         distributed.barrier()
         return output
 
