@@ -73,16 +73,19 @@ def login(logger: Any = log, **kwargs: Any) -> Any:
     plugins), else kopf's own kubeconfig parser."""
     info = kopf.login_with_service_account(logger=logger, **kwargs)
     if info is None:
+        # the kubernetes client freezes $KUBECONFIG when it is first imported: read it now (and put the
+        # client's default back afterwards: other users of the client in this process keep theirs)
+        from kubernetes.config import kube_config
+
+        frozen = kube_config.KUBE_CONFIG_DEFAULT_LOCATION
+        kube_config.KUBE_CONFIG_DEFAULT_LOCATION = os.environ.get("KUBECONFIG") or "~/.kube/config"
         try:
-            # the kubernetes client freezes $KUBECONFIG when it is first imported; read it now
-            from kubernetes.config import kube_config
-
-            kube_config.KUBE_CONFIG_DEFAULT_LOCATION = os.environ.get("KUBECONFIG", "~/.kube/config")
-
             info = kopf.login_via_client(logger=logger, **kwargs)
         except Exception as exc:  # noqa: BLE001 - fall back to kopf's parser
             logger.debug("login via the kubernetes client failed: %s", exc)
             info = None
+        finally:
+            kube_config.KUBE_CONFIG_DEFAULT_LOCATION = frozen
     return info or kopf.login_with_kubeconfig(logger=logger, **kwargs)
 
 

@@ -100,3 +100,24 @@ async def test_tls_client_certificates_token_and_relogin(tmp_path: Path):
     finally:
         await client.close()
         await runner.cleanup()
+
+
+def test_login_reads_kubeconfig_now_and_leaves_the_clients_default_alone(tmp_path, monkeypatch):
+    """The kubernetes client freezes $KUBECONFIG at import; the operator's login must use the current
+    value, and must not leave it behind for other users of the client in the same process."""
+    import json
+
+    from kubernetes.config import kube_config
+
+    from forgetless_operator.fakeapi import kubeconfig
+    from forgetless_operator.handlers import login
+
+    path = tmp_path / "kubeconfig"
+    path.write_text(json.dumps(kubeconfig("http://127.0.0.1:1")))
+    monkeypatch.setenv("KUBECONFIG", str(path))
+    before = kube_config.KUBE_CONFIG_DEFAULT_LOCATION
+    import kopf
+
+    info = login(settings=kopf.OperatorSettings())
+    assert info.server == "http://127.0.0.1:1"
+    assert kube_config.KUBE_CONFIG_DEFAULT_LOCATION == before

@@ -47,7 +47,7 @@ def kube() -> object:
         import kubernetes
         from kubernetes import client, config
 
-        config.load_kube_config()
+        config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))  # not the client's import-time default
         client.VersionApi().get_code(_request_timeout=5)
     except Exception as exc:  # noqa: BLE001 - any failure means: no usable cluster
         if os.environ.get("FORGETLESS_REQUIRE_CLUSTER") == "1":
