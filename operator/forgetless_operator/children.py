@@ -30,6 +30,10 @@ MANAGED_BY = {"app.kubernetes.io/name": "forgetless", "app.kubernetes.io/managed
 SUSPENDED_BY_OPERATOR = "forgetless.dev/suspended-by-operator"
 """Annotation on a child Job the operator suspended (so only those are resumed, never Kueue's)."""
 COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
+PROMOTED_BY_ANNOTATION = "forgetless.dev/promoted-by"
+"""On an InferenceService the operator pointed at a promoted model: `<namespace>/<FineTuneJob>`."""
+PREVIOUS_URI_ANNOTATION = "forgetless.dev/previous-storage-uri"
+PROMOTED_DIGEST_ANNOTATION = "forgetless.dev/promoted-digest"
 
 STAGES = ("baseline", "train", "evaluate")
 SPEC_KEY = "job.json"

@@ -185,8 +185,17 @@ class Runtime:
         meta = ftj["metadata"]
         namespace, name = meta["namespace"], meta["name"]
         status = ftj.get("status") or {}
-        if status.get("phase") in TERMINAL or meta.get("deletionTimestamp"):
-            return Observed()  # only the TTL is left to watch
+        if meta.get("deletionTimestamp"):
+            return Observed()
+        if status.get("phase") in TERMINAL:
+            if not hand_off_pending(ftj):
+                return Observed()  # only the TTL is left to watch
+            spec_cm, services = await asyncio.gather(
+                self.kube.get("v1", "ConfigMap", namespace, children.spec_configmap_name(name)),
+                self._inference_services(ftj),
+            )
+            configmaps = {spec_cm["metadata"]["name"]: spec_cm} if spec_cm is not None else {}
+            return Observed(configmaps=configmaps, inference_services=services)
         if not status.get("specHash"):
             # Not started: no children are expected (one left by a crash between create and status
             # patch makes the create answer 409 AlreadyExists, which is success), so only read what
@@ -212,11 +221,20 @@ class Runtime:
                 observed.pods.setdefault(stage, []).append(pod)
         if spec_cm is not None:
             observed.configmaps[spec_cm["metadata"]["name"]] = spec_cm
+        observed.inference_services = await self._inference_services(ftj)
         baseline = (status.get("stages") or {}).get("baseline") or {}
         if "baseline" not in observed.jobs and baseline.get("phase") not in ("Succeeded", "Skipped"):
             cache = await self.shared_get("ConfigMap", namespace, self.config.baseline_cache_configmap)
             observed.baseline_cache = dict((cache or {}).get("data") or {})
         return observed
+
+    async def _inference_services(self, ftj: dict) -> dict:
+        target = inference_service_ref(ftj)
+        if target is None:
+            return {}
+        namespace = target.get("namespace") or ftj["metadata"]["namespace"]
+        found = await self.kube.get("serving.kserve.io/v1beta1", "InferenceService", namespace, target["name"])
+        return {(namespace, target["name"]): found}
 
     async def _missing_claims(self, ftj: dict) -> set[str]:
         from forgetless.api.schema import FineTuneJobSpec
@@ -296,6 +314,20 @@ class Runtime:
             await self.kube.patch("v1", "ConfigMap", action.namespace, action.name, {"data": action.data})
 
 
+def inference_service_ref(ftj: Any) -> dict | None:
+    """spec.output.handOff.inferenceService of a FineTuneJob body, if any (read raw: no validation)."""
+    target = ((((ftj.get("spec") or {}).get("output") or {}).get("handOff") or {}).get("inferenceService"))
+    return target if isinstance(target, dict) and target.get("name") else None
+
+
+def hand_off_pending(ftj: Any) -> bool:
+    """A Succeeded job whose InferenceService has not been pointed at its model yet."""
+    status = ftj.get("status") or {}
+    handed = (status.get("handOff") or {}).get("inferenceService") or {}
+    return (inference_service_ref(ftj) is not None and status.get("phase") == "Succeeded"
+            and bool(status.get("promoted")) and handed.get("phase") != "Patched")
+
+
 def fingerprint(body: Any) -> str:
     """What a FineTuneJob's reconcile depends on, besides children and the clock."""
     meta = body.get("metadata") or {}
@@ -334,7 +366,9 @@ def build_registry(runtime: Runtime, resync_seconds: float = 30.0) -> kopf.Opera
 
     @kopf.timer(GROUP, VERSION, PLURAL, interval=resync_seconds, initial_delay=resync_seconds, registry=registry)
     async def resync(namespace: str, name: str, spec: Any, status: Any, **_: Any) -> None:
-        if (status or {}).get("phase") in TERMINAL and (spec or {}).get("ttlSecondsAfterFinished") is None:
+        finished = (status or {}).get("phase") in TERMINAL
+        waiting = hand_off_pending({"spec": dict(spec or {}), "status": dict(status or {})})
+        if finished and (spec or {}).get("ttlSecondsAfterFinished") is None and not waiting:
             return  # finished for good: nothing time-based left (the usual case for old jobs)
         # In the background: a reconcile that deletes the FineTuneJob (TTL) must not keep its own
         # timer running, or kopf would hold the finalizer until its next stop poll.

@@ -29,6 +29,7 @@ PLURALS = {
     "Event": "events",
     "PersistentVolumeClaim": "persistentvolumeclaims",
     "FineTuneJob": "finetunejobs",
+    "InferenceService": "inferenceservices",
 }
 
 

@@ -46,3 +46,9 @@ CLUSTER_RULES: list[dict[str, Any]] = [
 ]
 
 RULES: list[dict[str, Any]] = NAMESPACED_RULES + CLUSTER_RULES
+
+HAND_OFF_RULES: list[dict[str, Any]] = [
+    # output.handOff.inferenceService: read the InferenceService, point it at the promoted model. Granted only
+    # when the chart's handOff.kserve.enabled is true.
+    {"apiGroups": ["serving.kserve.io"], "resources": ["inferenceservices"], "verbs": ["get", "patch"]},
+]

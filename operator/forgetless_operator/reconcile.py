@@ -25,6 +25,13 @@ Decisions where the spec is silent (see docs in docker/README.md and the report)
 - Promotion: the evaluate stage runs the gate and, when it did not block, writes the model
   (forgetless_trainer.promotion); the operator records `status.promotedModel` (path in the volume,
   `pvc://` URI, digest) from the stage's summary and `promoted` = a model was written.
+- Hand-off: a Succeeded job with a promoted model and output.handOff.inferenceService patches that
+  KServe InferenceService's `spec.predictor.model.storageUri` to the promoted model's pvc:// URI
+  (the adapter's with adapterOnly) once, recording the previous URI in `status.handOff` and in the
+  InferenceService's annotation `forgetless.dev/previous-storage-uri` (so a crash between the patch
+  and the status write loses nothing). Blocked or Failed jobs never touch it. A missing
+  InferenceService is a condition (HandedOff=False, InferenceServiceNotFound); the job stays
+  Succeeded with its model written, and the hand-off is retried on resync until it exists.
 - Multi-worker training restarts as a group: the Indexed Job has backoffLimit 0 (a lone retried
   index would wait for peers that are gone), and when any rank fails the operator creates the next
   attempt `<job>-train-workers-g<N>` (label forgetless.dev/attempt) once the failed attempt's pods
@@ -87,6 +94,9 @@ class Observed:
     """data of the `forgetless-baseline-cache` ConfigMap: cache key -> entry JSON."""
     missing_claims: frozenset[str] = frozenset()
     """PersistentVolumeClaims the spec names that do not exist."""
+    inference_services: dict[tuple[str, str], dict | None] = field(default_factory=dict)
+    """(namespace, name) -> the InferenceService named by output.handOff (None: it does not exist);
+    a key is present only when the edge looked it up."""
 
 
 @dataclass(frozen=True)
@@ -443,11 +453,64 @@ class _Run:
         if self.meta.get("deletionTimestamp"):
             return Decision([], self.old, [])  # children go with the owner (garbage collection)
         if self.status.get("phase") in TERMINAL:
+            self.hand_off(self.finished_spec())
             self.expire()
         else:
             self.progress()
         self.finish_conditions()
         return Decision(self.actions, self.status, self.events)
+
+    def hand_off(self, spec: FineTuneJobSpec | None) -> None:
+        """Point the InferenceService named by output.handOff at the promoted model (once)."""
+        target = spec.output.hand_off.inference_service if spec is not None and spec.output.hand_off else None
+        promoted = self.status.get("promotedModel")
+        if target is None or self.status.get("phase") != "Succeeded" or not promoted:
+            return
+        handed = (self.status.get("handOff") or {}).get("inferenceService") or {}
+        if handed.get("phase") == "Patched":
+            return
+        namespace = target.namespace or self.namespace
+        key = (namespace, target.name)
+        if key not in self.observed.inference_services:
+            return  # not looked up in this pass
+        uri = promoted.get("uri")
+        if not uri:
+            self.set_condition("HandedOff", "False", "NoVolumeUri",
+                               "the promoted model has no pvc:// URI (output.pvc is needed for an InferenceService)")
+            return
+        if target.adapter_only:
+            uri = uri.rstrip("/") + "/adapter"
+        record = {"name": target.name, "namespace": namespace, "storageUri": uri, "time": self.now_s}
+        service = self.observed.inference_services[key]
+        if service is None:
+            message = (f"InferenceService {namespace}/{target.name} not found (is KServe installed, and the name "
+                       f"right?); the model is promoted at {uri}; retrying on resync")
+            self.status.setdefault("handOff", {})["inferenceService"] = {**record, "phase": "NotFound",
+                                                                          "message": message}
+            if handed.get("phase") != "NotFound":
+                self.event("HandOffFailed", message, warning=True)
+            self.set_condition("HandedOff", "False", "InferenceServiceNotFound", message)
+            return
+        meta = service.get("metadata") or {}
+        annotations = meta.get("annotations") or {}
+        current = (((service.get("spec") or {}).get("predictor") or {}).get("model") or {}).get("storageUri")
+        by_us = annotations.get(children.PROMOTED_BY_ANNOTATION) == f"{self.namespace}/{self.name}"
+        previous = annotations.get(children.PREVIOUS_URI_ANNOTATION) if current == uri and by_us else current
+        if current != uri or not by_us:
+            patch_annotations = {children.PROMOTED_BY_ANNOTATION: f"{self.namespace}/{self.name}",
+                                 children.PROMOTED_DIGEST_ANNOTATION: promoted.get("digest")}
+            if previous is not None:
+                patch_annotations[children.PREVIOUS_URI_ANNOTATION] = previous
+            self.actions.append(PatchObject("serving.kserve.io/v1beta1", "InferenceService", namespace, target.name, {
+                "metadata": {"annotations": patch_annotations},
+                "spec": {"predictor": {"model": {"storageUri": uri}}},
+            }))
+        message = f"InferenceService {namespace}/{target.name} now serves {uri}" + (
+            f" (was {previous})" if previous else "")
+        self.status.setdefault("handOff", {})["inferenceService"] = {
+            **record, "phase": "Patched", "previousStorageUri": previous, "message": message}
+        self.event("InferenceServiceUpdated", message)
+        self.set_condition("HandedOff", "True", "InferenceServicePatched", message)
 
     def expire(self) -> None:
         ttl = (self.job.get("spec") or {}).get("ttlSecondsAfterFinished")
@@ -493,6 +556,16 @@ class _Run:
         self.resume()
         self.delete_superseded()
         self.stages(spec)
+
+    def finished_spec(self) -> FineTuneJobSpec | None:
+        """The spec a finished job ran (its `<job>-spec` ConfigMap, else the current spec)."""
+        configmap = self.observed.configmaps.get(children.spec_configmap_name(self.name))
+        try:
+            if configmap is not None and owned_by(configmap, self.uid):
+                return children.spec_from_configmap(configmap)
+            return FineTuneJobSpec.model_validate(self.job.get("spec") or {})
+        except (KeyError, ValueError):
+            return None
 
     def preflight(self, spec: FineTuneJobSpec) -> bool:
         if spec.output.pvc is None:
@@ -810,6 +883,7 @@ class _Run:
         if promoted:
             where = promoted_model.get("uri") or promoted_model["path"]
             self.event("Promoted", f"the fine-tuned model is promoted to {where} ({promoted_model['digest']})")
+            self.hand_off(spec)
 
     @staticmethod
     def promoted_model(reported: Mapping[str, Any], spec: FineTuneJobSpec) -> dict:

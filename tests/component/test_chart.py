@@ -175,6 +175,17 @@ def test_cluster_role_equals_operator_rules(helm: str) -> None:
     assert one(objects, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"] == sa["metadata"]["name"]
 
 
+def test_inferenceservice_rights_only_when_the_kserve_hand_off_is_enabled(helm: str) -> None:
+    from forgetless_operator.rbac import HAND_OFF_RULES, NAMESPACED_RULES, RULES
+
+    enabled = ("handOff.kserve.enabled=true",)
+    assert one(render(helm, ci("default"), set_args=enabled), "ClusterRole")["rules"] == RULES + HAND_OFF_RULES
+    for role in kinds(render(helm, ci("namespaced"), set_args=enabled))["Role"]:
+        assert role["rules"] == NAMESPACED_RULES + HAND_OFF_RULES
+    default = one(render(helm, ci("default")), "ClusterRole")["rules"]
+    assert not any("inferenceservices" in rule["resources"] for rule in default)
+
+
 def test_namespaced_watch_gets_a_role_per_namespace(helm: str) -> None:
     from forgetless_operator.rbac import NAMESPACED_RULES
 

@@ -86,6 +86,28 @@ def crd(kube) -> Iterator[None]:
         api.delete_custom_resource_definition(name)
 
 
+@pytest.fixture(scope="session")
+def inference_service_crd(kube) -> Iterator[None]:
+    """A structural stand-in for KServe's InferenceService CRD (tests/e2e/inferenceservice-crd.yaml),
+    unless the cluster has the real one."""
+    api = kube.client.ApiextensionsV1Api()
+    body = yaml.safe_load((Path(__file__).parent / "inferenceservice-crd.yaml").read_text())
+    name = body["metadata"]["name"]
+    try:
+        api.read_custom_resource_definition(name)
+        yield  # KServe (or an earlier run) installed it: use that one
+        return
+    except kube.client.ApiException as exc:
+        if exc.status != 404:
+            raise
+    api.create_custom_resource_definition(body)
+    wait(lambda: any(c.type == "Established" and c.status == "True"
+                     for c in api.read_custom_resource_definition(name).status.conditions or []),
+         f"CRD {name} to be established")
+    yield
+    api.delete_custom_resource_definition(name)
+
+
 @pytest.fixture
 def namespace(kube) -> Iterator[str]:
     name = f"forgetless-e2e-{uuid.uuid4().hex[:6]}"

@@ -138,6 +138,23 @@ def cluster(kube, namespace, operator, node, request) -> Cluster:
     return Cluster(kube, namespace, operator, node, request.node.name)
 
 
+SERVING = ("serving.kserve.io", "v1beta1", "inferenceservices")
+OLD_URI = "pvc://models/support-bot/v1"
+HAND_OFF = {"output": {"pvc": {"claimName": CLAIM}, "handOff": {"inferenceService": {"name": "support-bot"}}}}
+
+
+def serving(cluster: Cluster) -> dict:
+    """An InferenceService serving an older model (what a team runs before the fine-tune)."""
+    body = {"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService", "metadata": {"name": "support-bot"},
+            "spec": {"predictor": {"model": {"modelFormat": {"name": "huggingface"}, "storageUri": OLD_URI}}}}
+    return cluster.custom.create_namespaced_custom_object(*SERVING[:2], cluster.namespace, SERVING[2], body)
+
+
+def served_uri(cluster: Cluster) -> tuple[str, dict]:
+    found = cluster.custom.get_namespaced_custom_object(*SERVING[:2], cluster.namespace, SERVING[2], "support-bot")
+    return found["spec"]["predictor"]["model"]["storageUri"], found["metadata"].get("annotations") or {}
+
+
 def expect_succeeded(cluster: Cluster, name: str, status: dict) -> None:
     assert status["phase"] == "Succeeded", f"{status.get('message')}{cluster.diagnostics()}"
 
@@ -145,10 +162,11 @@ def expect_succeeded(cluster: Cluster, name: str, status: dict) -> None:
 # --------------------------------------------------------------------------- the six cases
 
 
-def test_lora_job_succeeds_and_the_promoted_model_is_on_the_volume(cluster: Cluster):
+def test_lora_job_succeeds_and_the_promoted_model_is_on_the_volume(cluster: Cluster, inference_service_crd):
     from forgetless.atomic import directory_digest
 
-    name = cluster.apply(manifest("e2e-lora", LORA))
+    serving(cluster)
+    name = cluster.apply(manifest("e2e-lora", LORA, HAND_OFF))
     status = cluster.finish(name)
     expect_succeeded(cluster, name, status)
     assert status["gate"]["verdict"] == "Passed" and status["promoted"] is True
@@ -163,12 +181,19 @@ def test_lora_job_succeeds_and_the_promoted_model_is_on_the_volume(cluster: Clus
     AutoModelForCausalLM.from_pretrained(on_volume)  # a plain, deployable (merged) model
     ready = next(c for c in status["conditions"] if c["type"] == "Ready")
     assert ready["status"] == "True"
-    reasons = {e.reason for e in cluster.events(name)}
+    # the hand-off: the InferenceService now serves the promoted model; the old URI is kept for a rollback
+    uri, annotations = wait(lambda: (found := served_uri(cluster))[0] != OLD_URI and found, "the hand-off")
+    assert uri == promoted["uri"] and annotations["forgetless.dev/previous-storage-uri"] == OLD_URI
+    handed = wait(lambda: (cluster.status(name).get("handOff") or {}).get("inferenceService"), "status.handOff")
+    assert (handed["phase"], handed["previousStorageUri"]) == ("Patched", OLD_URI)
+    reasons = wait(lambda: "InferenceServiceUpdated" in (r := {e.reason for e in cluster.events(name)}) and r,
+                   "the InferenceServiceUpdated event")
     assert {"BaselineStarted", "TrainStarted", "EvaluateStarted", "GatePassed", "Promoted"} <= reasons
 
 
-def test_naive_job_is_blocked_and_nothing_is_promoted(cluster: Cluster):
-    name = cluster.apply(manifest("e2e-naive", NAIVE))
+def test_naive_job_is_blocked_and_nothing_is_promoted(cluster: Cluster, inference_service_crd):
+    serving(cluster)
+    name = cluster.apply(manifest("e2e-naive", NAIVE, HAND_OFF))
     status = cluster.finish(name)
     assert status["phase"] == "Blocked", f"{status.get('message')}{cluster.diagnostics()}"
     assert status["gate"]["verdict"] == "Failed" and status["promoted"] is False
@@ -181,6 +206,8 @@ def test_naive_job_is_blocked_and_nothing_is_promoted(cluster: Cluster):
     assert status["forgettingPoints"].endswith(" pts")
     blocked = [e for e in cluster.events(name) if e.reason == "GateBlocked"]
     assert blocked and blocked[0].type == "Warning"
+    time.sleep(6)  # a resync later: serving is untouched by a blocked job
+    assert served_uri(cluster) == (OLD_URI, {}) and "handOff" not in cluster.status(name)
 
 
 def test_two_workers_succeed_with_identical_weights(cluster: Cluster):

@@ -145,6 +145,8 @@ CROSS_FIELD = [
     "suite with nothing",
     "task with no source",
     "name too long",
+    "adapter-only hand-off of a full fine-tune",
+    "hand-off without promotion",
 ]
 
 

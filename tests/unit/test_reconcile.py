@@ -724,3 +724,86 @@ def test_the_budget_controllers_adjustments_are_recorded_on_the_train_stage():
         decision = run(job, observed, T0 + timedelta(minutes=10))
         job = started(job, decision)
     assert decision.status["stages"]["train"]["adjustments"] == adjustments
+
+
+# --------------------------------------------------------------------------- hand-off to KServe
+
+ISVC_KEY = ("team", "support-bot")
+OLD_URI = "pvc://outputs/models/v1"
+
+
+def isvc(uri: str = OLD_URI, annotations: dict | None = None) -> dict:
+    return {"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
+            "metadata": {"name": "support-bot", "namespace": "team", "annotations": annotations or {}},
+            "spec": {"predictor": {"model": {"modelFormat": {"name": "huggingface"}, "storageUri": uri}}}}
+
+
+def with_hand_off(**service: Any) -> dict:
+    return {**SPEC, "output": {**SPEC["output"], "handOff": {"inferenceService": {"name": "support-bot", **service}}}}
+
+
+def handed_off(verdict: str, service: dict | None, **target: Any):
+    job, observed, _ = through("train", spec=with_hand_off(**target))
+    observed.jobs["evaluate"] = stage_job(job, "evaluate", complete=True)
+    observed.pods["evaluate"] = [pod("evaluate", message=json.dumps(evaluate_result(verdict)))]
+    observed.inference_services = {ISVC_KEY: service}
+    return job, observed, run(job, observed, T0 + timedelta(minutes=10))
+
+
+def isvc_patches(decision) -> list[PatchObject]:
+    return [a for a in decision.actions if isinstance(a, PatchObject) and a.kind == "InferenceService"]
+
+
+def test_a_passing_job_points_the_inference_service_at_the_promoted_model_once():
+    job, observed, decision = handed_off("Passed", isvc())
+    (patch,) = isvc_patches(decision)
+    assert (patch.api_version, patch.namespace, patch.name) == ("serving.kserve.io/v1beta1", "team", "support-bot")
+    assert patch.patch["spec"] == {"predictor": {"model": {"storageUri": PROMOTED["uri"]}}}
+    assert patch.patch["metadata"]["annotations"] == {
+        children.PROMOTED_BY_ANNOTATION: "team/ft", children.PREVIOUS_URI_ANNOTATION: OLD_URI,
+        children.PROMOTED_DIGEST_ANNOTATION: PROMOTED["digest"]}
+    handed = decision.status["handOff"]["inferenceService"]
+    assert (handed["phase"], handed["storageUri"], handed["previousStorageUri"]) == ("Patched", PROMOTED["uri"], OLD_URI)
+    assert cond(decision.status, "HandedOff")["status"] == "True" and decision.status["phase"] == "Succeeded"
+    assert "InferenceServiceUpdated" in reasons(decision)
+    # a later pass (the InferenceService now serves the model) patches nothing again
+    job = started(job, decision)
+    observed.inference_services = {ISVC_KEY: isvc(PROMOTED["uri"])}
+    again = run(job, observed, T0 + timedelta(minutes=11))
+    assert isvc_patches(again) == [] and again.events == []
+
+
+@pytest.mark.parametrize("verdict", ["Failed", "NoTaskGain"])
+def test_a_job_the_gate_stopped_never_touches_the_inference_service(verdict):
+    _, _, decision = handed_off(verdict, isvc())
+    assert isvc_patches(decision) == [] and "handOff" not in decision.status
+    assert decision.status["phase"] == "Blocked"
+
+
+def test_a_missing_inference_service_is_a_condition_and_the_job_still_succeeds():
+    job, observed, decision = handed_off("Passed", None)
+    assert isvc_patches(decision) == []
+    assert decision.status["phase"] == "Succeeded" and decision.status["promotedModel"]["uri"] == PROMOTED["uri"]
+    handed_cond = cond(decision.status, "HandedOff")
+    assert (handed_cond["status"], handed_cond["reason"]) == ("False", "InferenceServiceNotFound")
+    assert decision.status["handOff"]["inferenceService"]["phase"] == "NotFound"
+    assert [e.type for e in decision.events if e.reason == "HandOffFailed"] == ["Warning"]
+    # it appears later: the next (resync) pass of the finished job hands off
+    job = started(job, decision)
+    observed.inference_services = {ISVC_KEY: isvc()}
+    later = run(job, observed, T0 + timedelta(minutes=20))
+    assert [p.patch["spec"]["predictor"]["model"]["storageUri"] for p in isvc_patches(later)] == [PROMOTED["uri"]]
+    assert cond(later.status, "HandedOff")["status"] == "True"
+
+
+def test_adapter_only_points_at_the_adapter():
+    _, _, decision = handed_off("Passed", isvc(), adapterOnly=True)
+    (patch,) = isvc_patches(decision)
+    assert patch.patch["spec"]["predictor"]["model"]["storageUri"] == PROMOTED["uri"] + "/adapter"
+
+
+def test_a_crash_between_the_patch_and_the_status_write_keeps_the_previous_uri():
+    annotations = {children.PROMOTED_BY_ANNOTATION: "team/ft", children.PREVIOUS_URI_ANNOTATION: OLD_URI}
+    _, _, decision = handed_off("Passed", isvc(PROMOTED["uri"], annotations))
+    assert isvc_patches(decision) == []  # already done
+    assert decision.status["handOff"]["inferenceService"]["previousStorageUri"] == OLD_URI

@@ -111,6 +111,19 @@ BAD: list[tuple[str, object, str]] = [
     ("negative backoff", {"spec": {"backoffLimit": -1}}, "spec.backoffLimit"),
     ("suspend not a bool", {"spec": {"suspend": "sometimes"}}, "spec.suspend"),
     ("unknown top-level spec field", {"spec": {"epochs": 3}}, "spec.epochs"),
+    ("hand-off service with a bad name", {"spec": {"output": {"handOff": {"inferenceService": {"name": "Bad_Name"}}}}},
+     "spec.output.handOff.inferenceService.name"),
+    ("hand-off service without a name", {"spec": {"output": {"handOff": {"inferenceService": {}}}}},
+     "spec.output.handOff.inferenceService.name"),
+    ("unknown hand-off target", {"spec": {"output": {"handOff": {"slack": {"channel": "#ml"}}}}}, "spec.output.handOff.slack"),
+    ("adapter-only hand-off of a full fine-tune", {"spec": {"method": {"type": "full"}, "output": {
+        "handOff": {"inferenceService": {"name": "bot", "adapterOnly": True}}}}}, "spec"),
+    ("hand-off without promotion", {"spec": {"output": {"promote": False, "handOff": {"inferenceService": {"name": "bot"}}}}},
+     "spec"),
+    ("mlflow hand-off without a registered model", {"spec": {"output": {"handOff": {"mlflow": {}}}}},
+     "spec.output.handOff.mlflow.registeredModel"),
+    ("mlflow alias with spaces", {"spec": {"output": {"handOff": {"mlflow": {"registeredModel": "m", "alias": "bad alias!"}}}}},
+     "spec.output.handOff.mlflow.alias"),
 ]
 
 

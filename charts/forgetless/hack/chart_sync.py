@@ -39,7 +39,8 @@ def rbac_rules_yaml() -> str:
     from forgetless_operator import rbac
 
     # a JSON round trip: plain copies, so YAML writes no anchors for the shared rule dicts
-    body = json.loads(json.dumps({"clusterRole": rbac.RULES, "namespaced": rbac.NAMESPACED_RULES}))
+    body = json.loads(json.dumps({"clusterRole": rbac.RULES, "namespaced": rbac.NAMESPACED_RULES,
+                                  "handOff": rbac.HAND_OFF_RULES}))
     return GENERATED.format(source="operator/forgetless_operator/rbac.py") + yaml.safe_dump(
         body, sort_keys=False, default_flow_style=False
     )

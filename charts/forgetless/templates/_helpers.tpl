@@ -92,5 +92,8 @@ The RBAC rules, generated from operator/forgetless_operator/rbac.py into files/r
 {{- if not $selected -}}
 {{- fail (printf "files/rbac-rules.yaml has no %q rules; run python charts/forgetless/hack/chart_sync.py" (index . 1)) -}}
 {{- end -}}
+{{- if (($root.Values.handOff).kserve).enabled -}}
+{{- $selected = concat $selected (index $rules "handOff") -}}
+{{- end -}}
 {{- toYaml $selected -}}
 {{- end -}}

@@ -434,6 +434,44 @@ class RegressionSpec(ApiModel):
     limit: Optional[Annotated[int, Field(ge=1)]] = Field(default=None, description="Items per task (for quick runs).")
 
 
+class InferenceServiceHandOff(ApiModel):
+    name: Annotated[str, Field(min_length=1, max_length=63, pattern=DNS_LABEL)] = Field(
+        description="An existing KServe `serving.kserve.io/v1beta1` InferenceService."
+    )
+    namespace: Optional[Annotated[str, Field(min_length=1, max_length=63, pattern=DNS_LABEL)]] = Field(
+        default=None, description="Its namespace (default: the FineTuneJob's)."
+    )
+    adapter_only: bool = Field(
+        default=False, description="LoRA: point it at the adapter (`<promoted>/adapter`) instead of the merged model."
+    )
+
+
+class MlflowHandOff(ApiModel):
+    tracking_uri: Optional[ShortText] = Field(
+        default=None,
+        description="MLflow tracking server (http(s)://…, or a local store). Unset: `./mlruns` for `forgetless "
+        "run`, `<output volume>/mlruns` in a cluster.",
+    )
+    registered_model: Annotated[str, Field(min_length=1, max_length=256)] = Field(
+        description="Registered model that receives a version when the gate passes."
+    )
+    alias: Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9_-]+$")] = Field(
+        default="champion", description="Alias moved to the new version (only when the gate passed)."
+    )
+    experiment: Annotated[str, Field(min_length=1, max_length=256)] = Field(
+        default="forgetless", description="Experiment of the run logged for every job (blocked ones too)."
+    )
+
+
+class HandOffSpec(ApiModel):
+    inference_service: Optional[InferenceServiceHandOff] = Field(
+        default=None, description="On promotion, point this InferenceService at the promoted model (cluster only)."
+    )
+    mlflow: Optional[MlflowHandOff] = Field(
+        default=None, description="Log every job to MLflow; register a model version only when the gate passed."
+    )
+
+
 class OutputSpec(ApiModel):
     path: Optional[ShortText] = Field(
         default=None, description="Where the adapter/model and reports go (local dir, or a path in `pvc`)."
@@ -445,6 +483,9 @@ class OutputSpec(ApiModel):
     )
     promote: bool = Field(default=True, description="Promote the model when the gate passes.")
     promote_path: Optional[ShortText] = Field(default=None, description="Copy the promoted model here.")
+    hand_off: Optional[HandOffSpec] = Field(
+        default=None, description="Who is told about a promoted model (only a model that passed the gate)."
+    )
 
 
 class FineTuneJobSpec(ApiModel):
@@ -459,6 +500,18 @@ class FineTuneJobSpec(ApiModel):
                 cel(
                     "has(self.output) && has(self.output.pvc) || !has(self.resources) || self.resources.workers == 1",
                     "resources.workers > 1 needs output.pvc (a volume all workers share)",
+                ),
+                cel(
+                    "!has(self.output) || !has(self.output.handOff) || !has(self.output.handOff.inferenceService)"
+                    " || !has(self.output.handOff.inferenceService.adapterOnly)"
+                    " || !self.output.handOff.inferenceService.adapterOnly"
+                    " || !has(self.method) || !has(self.method.type) || self.method.type == 'lora'",
+                    "output.handOff.inferenceService.adapterOnly needs method.type lora (a full fine-tune has no adapter)",
+                ),
+                cel(
+                    "!has(self.output) || !has(self.output.handOff) || !has(self.output.handOff.inferenceService)"
+                    " || !has(self.output.promote) || self.output.promote",
+                    "output.handOff.inferenceService needs output.promote: true (nothing is handed off otherwise)",
                 ),
             ]
         }
@@ -495,6 +548,12 @@ class FineTuneJobSpec(ApiModel):
             )
         if self.resources.workers > 1 and self.output.pvc is None:
             raise ValueError("resources.workers > 1 needs output.pvc (a volume all workers share)")
+        service = self.output.hand_off.inference_service if self.output.hand_off else None
+        if service is not None and service.adapter_only and self.method.type != "lora":
+            raise ValueError("output.handOff.inferenceService.adapterOnly needs method.type lora "
+                             "(a full fine-tune has no adapter)")
+        if service is not None and not self.output.promote:
+            raise ValueError("output.handOff.inferenceService needs output.promote: true (nothing is handed off otherwise)")
         return self
 
     def learning_rate(self) -> float:
@@ -577,6 +636,20 @@ class PromotedModelStatus(ApiModel):
     format: Optional[str] = Field(default=None, description="`merged+adapter` (LoRA) or `full`.")
 
 
+class InferenceServiceHandOffStatus(ApiModel):
+    name: str
+    namespace: str
+    phase: Literal["Patched", "NotFound"] = Field(description="Patched: it serves the promoted model.")
+    storage_uri: Optional[str] = Field(default=None, description="What it was pointed at.")
+    previous_storage_uri: Optional[str] = Field(default=None, description="What it served before (for a rollback).")
+    time: Optional[str] = None
+    message: Optional[str] = None
+
+
+class HandOffStatus(ApiModel):
+    inference_service: Optional[InferenceServiceHandOffStatus] = None
+
+
 class ProgressStatus(ApiModel):
     step: int = 0
     total_steps: Optional[int] = None
@@ -603,6 +676,7 @@ class FineTuneJobStatus(ApiModel):
     progress: Optional[ProgressStatus] = None
     promoted: Optional[bool] = None
     promoted_model: Optional[PromotedModelStatus] = None
+    hand_off: Optional[HandOffStatus] = Field(default=None, description="What was told about the promoted model.")
     forgetting_points: Optional[str] = Field(
         default=None, description="Mean drop of the general score in percentage points, e.g. `1.2 pts` (printer column)."
     )
