@@ -270,6 +270,10 @@ def run_pipeline(
         promoted = result.promoted_model
         if promoted is not None:
             print(f"promoted: {promoted['path']} ({promoted['digest']})")
+        hand_off = job.spec.output.hand_off
+        if promoted is not None and hand_off is not None and hand_off.inference_service is not None:
+            print(f"handOff.inferenceService {hand_off.inference_service.name}: not applied by a local run "
+                  "(the operator does it in a cluster)", file=sys.stderr)
         return exit_codes.OK
     if result.status["verdict"] == "NoTaskGain":
         print("no evidence the model learned the task: the model was not promoted (set "
