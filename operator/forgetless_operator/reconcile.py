@@ -50,7 +50,9 @@ from typing import Any, Callable, Mapping, Optional, Union
 
 from pydantic import ValidationError
 
-from forgetless.api.schema import PROMOTING_VERDICTS, FineTuneJobSpec, GateStatus, PromotedModelStatus
+from forgetless.api.schema import (
+    PROMOTING_VERDICTS, FineTuneJobSpec, GateStatus, MlflowHandOffStatus, PromotedModelStatus,
+)
 
 from forgetless_operator import children
 from forgetless_operator.children import CONTAINER, STAGES, OperatorConfig
@@ -856,6 +858,12 @@ class _Run:
                                  f"{str(exc).splitlines()[0]}")
         self.status["gate"] = gate_status
         self.status["forgettingPoints"] = f"{gate_status['meanDrop'] * 100:.1f} pts"
+        if isinstance(result.get("mlflow"), Mapping):  # the stage logged (and maybe registered) in MLflow
+            try:
+                self.status.setdefault("handOff", {})["mlflow"] = MlflowHandOffStatus.model_validate(
+                    {k: str(v) for k, v in result["mlflow"].items() if v is not None}).to_wire()
+            except ValueError:
+                pass  # an unreadable record costs the status field, not the job
         outcome = gate_status["verdict"]
         reasons = "; ".join(gate_status.get("reasons") or [])
         self.status["completionTime"] = self.now_s

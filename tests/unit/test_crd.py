@@ -147,6 +147,7 @@ CROSS_FIELD = [
     "name too long",
     "adapter-only hand-off of a full fine-tune",
     "hand-off without promotion",
+    "mlflow alias reserved",
 ]
 
 

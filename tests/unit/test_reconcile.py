@@ -807,3 +807,13 @@ def test_a_crash_between_the_patch_and_the_status_write_keeps_the_previous_uri()
     _, _, decision = handed_off("Passed", isvc(PROMOTED["uri"], annotations))
     assert isvc_patches(decision) == []  # already done
     assert decision.status["handOff"]["inferenceService"]["previousStorageUri"] == OLD_URI
+
+
+def test_the_stages_mlflow_record_lands_in_status():
+    logged = {"trackingUri": "http://mlflow:5000", "experimentId": "1", "runId": "abc", "registeredModel": "support-bot",
+              "version": "3", "alias": "champion"}
+    job, observed, _ = through("train")
+    observed.jobs["evaluate"] = stage_job(job, "evaluate", complete=True)
+    observed.pods["evaluate"] = [pod("evaluate", message=json.dumps({**evaluate_result("Passed"), "mlflow": logged}))]
+    decision = run(job, observed, T0 + timedelta(minutes=10))
+    assert decision.status["handOff"]["mlflow"] == logged

@@ -122,6 +122,10 @@ BAD: list[tuple[str, object, str]] = [
      "spec"),
     ("mlflow hand-off without a registered model", {"spec": {"output": {"handOff": {"mlflow": {}}}}},
      "spec.output.handOff.mlflow.registeredModel"),
+    ("mlflow alias reserved", {"spec": {"output": {"handOff": {"mlflow": {"registeredModel": "m", "alias": "v3"}}}}},
+     "spec.output.handOff.mlflow.alias"),
+    ("mlflow model name with a slash", {"spec": {"output": {"handOff": {"mlflow": {"registeredModel": "team/m"}}}}},
+     "spec.output.handOff.mlflow.registeredModel"),
     ("mlflow alias with spaces", {"spec": {"output": {"handOff": {"mlflow": {"registeredModel": "m", "alias": "bad alias!"}}}}},
      "spec.output.handOff.mlflow.alias"),
 ]

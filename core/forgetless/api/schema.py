@@ -447,13 +447,20 @@ class InferenceServiceHandOff(ApiModel):
 
 
 class MlflowHandOff(ApiModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            CEL: [cel("!has(self.alias) || self.alias != 'latest' && !self.alias.matches('^[vV][0-9]+$')",
+                      "alias: `latest` and `v<N>` are reserved by MLflow", ".alias")]
+        }
+    )
+
     tracking_uri: Optional[ShortText] = Field(
         default=None,
         description="MLflow tracking server (http(s)://…, or a local store). Unset: `./mlruns` for `forgetless "
         "run`, `<output volume>/mlruns` in a cluster.",
     )
-    registered_model: Annotated[str, Field(min_length=1, max_length=256)] = Field(
-        description="Registered model that receives a version when the gate passes."
+    registered_model: Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[^/:]+$")] = Field(
+        description="Registered model that receives a version when the gate passes (no `/` or `:`)."
     )
     alias: Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9_-]+$")] = Field(
         default="champion", description="Alias moved to the new version (only when the gate passed)."
@@ -461,6 +468,15 @@ class MlflowHandOff(ApiModel):
     experiment: Annotated[str, Field(min_length=1, max_length=256)] = Field(
         default="forgetless", description="Experiment of the run logged for every job (blocked ones too)."
     )
+
+    @field_validator("alias")
+    @classmethod
+    def _alias_not_reserved(cls, value: str) -> str:
+        import re
+
+        if value == "latest" or re.fullmatch(r"[vV][0-9]+", value):
+            raise ValueError("`latest` and `v<N>` are reserved by MLflow; choose another alias (e.g. champion)")
+        return value
 
 
 class HandOffSpec(ApiModel):
@@ -646,8 +662,18 @@ class InferenceServiceHandOffStatus(ApiModel):
     message: Optional[str] = None
 
 
+class MlflowHandOffStatus(ApiModel):
+    tracking_uri: str
+    experiment_id: Optional[str] = None
+    run_id: str
+    registered_model: Optional[str] = None
+    version: Optional[str] = Field(default=None, description="The model version registered (only if the gate passed).")
+    alias: Optional[str] = None
+
+
 class HandOffStatus(ApiModel):
     inference_service: Optional[InferenceServiceHandOffStatus] = None
+    mlflow: Optional[MlflowHandOffStatus] = None
 
 
 class ProgressStatus(ApiModel):

@@ -11,6 +11,8 @@ the report; and promotion when the gate lets the model through.
    (gate.json, report.md, report.png) in WORKDIR/report/.
 5. Promotion (forgetless_trainer.promotion) when the verdict is Passed or Warned and output.promote
    (never for Failed = forgetting, or NoTaskGain = no evidence the model learned the task).
+6. output.handOff.mlflow (forgetless_trainer.handoff_mlflow): every job logged as a run, a promoted
+   model registered; the result goes to `summary["mlflow"]`, a failure fails the stage.
 
 The summary carries the verdict in its `status.gate` form and `promotedModel`; both are bounded by
 the number of categories, not of tasks, so the operator reads them from the termination message
@@ -111,4 +113,18 @@ def run(job: FineTuneJob, workdir: Path) -> dict[str, Any]:
         promoted = promote(job, workdir, base_dir=env_base_dir())
         if promoted is not None:
             print(f"promoted: {promoted['path']} ({promoted['digest']})", file=sys.stderr)
-    return evaluation_summary(final, paired, gate, source, promoted)
+    summary = evaluation_summary(final, paired, gate, source, promoted)
+    if spec.output.hand_off and spec.output.hand_off.mlflow:
+        from forgetless_trainer.handoff_mlflow import record
+        from forgetless_trainer.training.loop import env_base_dir
+
+        try:
+            summary["mlflow"] = record(
+                job, workdir, gate_status=summary["gate"], baseline_scores=baseline.category_scores(),
+                final_scores=final.category_scores(), promoted=promoted, report_dir=workdir / REPORT_DIR,
+                base_dir=env_base_dir(),
+            )
+        except RuntimeError as exc:
+            done = f"the model is already promoted at {promoted['path']}" if promoted else "no model was promoted"
+            raise StageError(f"output.handOff.mlflow: {exc} ({done})") from exc
+    return summary
