@@ -291,13 +291,13 @@ def observe_stage(stage: str, job: Mapping[str, Any], pods: list[dict], workers:
         ),
         key=lambda pair: pair[0],
     )
-    bad = sorted(
+    bad = sorted(  # (finished at, rank, terminated state) of every failed container, earliest first
         (
-            (_finished(t), t)
-            for t in (_container_state(p).get("terminated") for p in pods)
+            (_finished(t), _rank(p), t)
+            for p, t in ((p, _container_state(p).get("terminated")) for p in pods)
             if t is not None and t.get("exitCode") not in (0, None)
         ),
-        key=lambda pair: pair[0],
+        key=lambda entry: entry[:2],
     )
     complete = _job_condition(job, "Complete")
     failed = _job_condition(job, "Failed")
@@ -305,17 +305,12 @@ def observe_stage(stage: str, job: Mapping[str, Any], pods: list[dict], workers:
         reason = failed.get("reason") or "Failed"
         message = f"{reason}: {failed.get('message') or 'the stage Job failed'}"
         if workers > 1 and bad:  # every failed rank, earliest first: the first one is usually the cause
-            failed_ranks = []
-            for pod in pods:
-                terminated = _container_state(pod).get("terminated")
-                if terminated is not None and terminated.get("exitCode") not in (0, None):
-                    failed_ranks.append((_finished(terminated), _rank(pod), terminated))
             message += "; failed ranks: " + "; ".join(
                 f"rank {rank} exit code {terminated.get('exitCode')}: {_tail(failure_text(terminated), 200)}"
-                for _, rank, terminated in sorted(failed_ranks, key=lambda entry: entry[:2])
+                for _, rank, terminated in bad
             )
         elif bad:
-            message += f"; last pod: {failure_text(bad[-1][1])}"
+            message += f"; last pod: {failure_text(bad[-1][2])}"
         return StageObservation("Failed", message=_short(message), failed_pods=failed_pods)
     # Multi-worker: only the Job's Complete condition says all ranks finished; one worker: the pod suffices.
     if ok and (complete is not None or workers == 1):
@@ -358,7 +353,7 @@ def observe_stage(stage: str, job: Mapping[str, Any], pods: list[dict], workers:
                 name = (pod.get("metadata") or {}).get("name", "?")
                 message = _short(f"pod {name}: {cond['reason']}: {cond.get('message') or ''}".rstrip(": "))
     if bad and message is None:
-        message = _short(f"retrying after a failed pod: {failure_text(bad[-1][1])}")
+        message = _short(f"retrying after a failed pod: {failure_text(bad[-1][2])}")
     return StageObservation("Running", message=message, failed_pods=failed_pods)
 
 
@@ -852,7 +847,7 @@ class _Run:
         promoted_model = None
         if result.get("promotedModel") is not None:
             try:
-                promoted_model = self.promoted_model(result["promotedModel"], spec)
+                promoted_model = self.promoted_model(result["promotedModel"])
             except (ValueError, TypeError) as exc:
                 return self.fail("ResultInvalid", f"the evaluate summary's promotedModel is invalid: "
                                  f"{str(exc).splitlines()[0]}")
@@ -894,7 +889,7 @@ class _Run:
             self.hand_off(spec)
 
     @staticmethod
-    def promoted_model(reported: Mapping[str, Any], spec: FineTuneJobSpec) -> dict:
+    def promoted_model(reported: Mapping[str, Any]) -> dict:
         """`status.promotedModel` from the stage's record: the path inside the volume where there is one."""
         if not isinstance(reported, Mapping):
             raise TypeError("promotedModel is not an object")

@@ -40,6 +40,13 @@ def wait(check: Callable[[], Any], what: str, timeout: float = 60.0, period: flo
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+def wait_established(api: Any, name: str) -> None:
+    """Until the API server serves the CRD `name` (condition Established)."""
+    wait(lambda: any(c.type == "Established" and c.status == "True"
+                     for c in api.read_custom_resource_definition(name).status.conditions or []),
+         f"CRD {name} to be Established")
+
+
 @pytest.fixture(scope="session")
 def kube() -> object:
     """The kubernetes client module, configured; skips when no cluster answers."""
@@ -73,14 +80,7 @@ def crd(kube) -> Iterator[None]:
             raise
         api.create_custom_resource_definition(body)
         created = True
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        conditions = api.read_custom_resource_definition(name).status.conditions or []
-        if any(c.type == "Established" and c.status == "True" for c in conditions):
-            break
-        time.sleep(0.5)
-    else:
-        pytest.fail(f"CRD {name} not Established within 60 s")
+    wait_established(api, name)
     yield
     if created:
         api.delete_custom_resource_definition(name)
@@ -101,9 +101,7 @@ def inference_service_crd(kube) -> Iterator[None]:
         if exc.status != 404:
             raise
     api.create_custom_resource_definition(body)
-    wait(lambda: any(c.type == "Established" and c.status == "True"
-                     for c in api.read_custom_resource_definition(name).status.conditions or []),
-         f"CRD {name} to be established")
+    wait_established(api, name)
     yield
     api.delete_custom_resource_definition(name)
 

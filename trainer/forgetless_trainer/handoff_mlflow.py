@@ -44,13 +44,13 @@ from urllib.parse import unquote
 
 from forgetless.api.schema import CATEGORIES, FineTuneJob
 from forgetless.locations import pvc_root
+from forgetless.suites import TASK_CATEGORY
 
 INSTALL_HINT = "pip install 'forgetless[mlflow]'"
 STORE_DIR = "mlruns"
 DATABASE = "mlflow.db"
 ARTIFACTS = "artifacts"
 REASONS_LIMIT = 5000
-TASK_CATEGORY = "task"
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 
 
@@ -112,9 +112,8 @@ def run_tags(job: FineTuneJob, gate_status: dict[str, Any]) -> dict[str, str]:
         "forgetless.gate_verdict": str(gate_status.get("verdict")),
         "forgetless.gate_reasons": "; ".join(gate_status.get("reasons") or [])[:REASONS_LIMIT],
     }
-    revision = getattr(spec.model, "revision", None)
-    if revision:
-        tags["forgetless.base_model_revision"] = revision
+    if spec.model.revision:
+        tags["forgetless.base_model_revision"] = spec.model.revision
     return tags
 
 

@@ -66,12 +66,26 @@ def render_markdown(gate: GateResult, baseline: Mapping[str, float], final: Mapp
     return "\n".join(lines)
 
 
-def render_png(gate: GateResult, baseline: Mapping[str, float], final: Mapping[str, float], path: Path) -> Path:
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    """Lay out, write atomically as PNG, release the figure."""
+    fig.tight_layout()
+    with atomic.atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    _pyplot().close(fig)
+    return path
+
+
+def render_png(gate: GateResult, baseline: Mapping[str, float], final: Mapping[str, float], path: Path) -> Path:
+    plt = _pyplot()
     categories = [c for c in gate.categories] or []
     names = [c.category for c in categories] or [c for c in GENERAL_CATEGORIES if c in baseline]
     has_task = gate.task_gain is not None and TASK_CATEGORY in baseline and TASK_CATEGORY in final
@@ -111,11 +125,7 @@ def render_png(gate: GateResult, baseline: Mapping[str, float], final: Mapping[s
         tax.set_xticklabels(["baseline", "final"], fontsize=8)
         tax.set_ylim(0, 1.1)
         tax.set_title(f"Target task (gain {gate.task_gain:+.3f})", fontsize=10)
-    fig.tight_layout()
-    with atomic.atomic_file(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def budget_markdown(train: Mapping[str, Any]) -> str:
@@ -143,11 +153,7 @@ def budget_markdown(train: Mapping[str, Any]) -> str:
 
 def render_budget_png(train: Mapping[str, Any], path: Path) -> Path:
     """Probe mean over steps, the budget line, and each adjustment marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     history = train.get("probeHistory") or []
     fig, ax = plt.subplots(figsize=(8, 3.6))
     ax.plot([s for s, _ in history], [v for _, v in history], marker="o", ms=3, color="#3b6ea8", label="probe mean")
@@ -164,11 +170,7 @@ def render_budget_png(train: Mapping[str, Any], path: Path) -> Path:
     ax.set_ylabel("mean general score (probe)")
     ax.set_title("Forgetting budget", fontsize=10)
     ax.legend(loc="lower left", fontsize=8)
-    fig.tight_layout()
-    with atomic.atomic_file(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def write_report(

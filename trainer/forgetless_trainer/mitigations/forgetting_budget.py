@@ -83,7 +83,6 @@ class ForgettingBudget(Mitigation):
         self.baseline_items: list[dict[str, Any]] | None = None
         self.probe = probe
         self.probe_factory = probe_factory
-        self.on_breach = on_breach
         self.max_adjustments = max_adjustments if on_breach == "Adjust" else 0
         self.learning_rate_factor = learning_rate_factor
         self.general_fraction_step = general_fraction_step
@@ -95,8 +94,6 @@ class ForgettingBudget(Mitigation):
         self.history: list[tuple[int, float]] = []
         self.stop_message: str | None = None
         self.adjustments: list[dict[str, Any]] = []
-        self.lr_scale = 1.0
-        self.extra_general = 0.0
         self.part: MixPart | None = None
 
     # ------------------------------------------------------------------ policy
@@ -105,26 +102,30 @@ class ForgettingBudget(Mitigation):
         """The controller's own share of general data: empty until an adjustment raises it."""
         if self.max_adjustments == 0 or self.general_fraction_step <= 0 or self.extra_general_cap <= 0:
             return []
-        self.part = MixPart("budget_general", self.extra_general, ctx.general())
+        self.part = MixPart("budget_general", 0.0, ctx.general())
         return [self.part]
 
+    def policy(self, adjustments: int) -> tuple[float, float]:
+        """(learning-rate scale, extra general share) after `adjustments` adjustments."""
+        extra = min(self.extra_general_cap, self.general_fraction_step * adjustments) if self.part is not None else 0.0
+        return self.learning_rate_factor ** adjustments, round(extra, 6)
+
     def _adjust(self, step: int, mean: float, trainer: TrainerView) -> str:
-        self.lr_scale *= self.learning_rate_factor
+        lr_scale, extra_general = self.policy(len(self.adjustments) + 1)
         trainer.scale_learning_rate(self.learning_rate_factor)
         if self.part is not None:
-            self.extra_general = round(min(self.extra_general_cap, self.extra_general + self.general_fraction_step), 6)
-            self.part.fraction = self.extra_general
+            self.part.fraction = extra_general
             trainer.replan()
         trainer.rewind(self.last_good_step, self.last_good_position)
         record = {"step": step, "stepsTaken": trainer.steps_taken, "probeMean": round(mean, 6),
                   "rolledBackToStep": self.last_good_step,
-                  "learningRateScale": round(self.lr_scale, 6), "extraGeneralFraction": self.extra_general}
+                  "learningRateScale": round(lr_scale, 6), "extraGeneralFraction": extra_general}
         self.adjustments.append(record)
         metrics = getattr(trainer, "metrics", None)
         if metrics is not None:
             metrics.budget_adjustment()
-        return (f"adjustment {len(self.adjustments)}/{self.max_adjustments}: learning rate × {self.lr_scale:g}, "
-                f"+{self.extra_general:.0%} general data; training again from step {self.last_good_step}")
+        return (f"adjustment {len(self.adjustments)}/{self.max_adjustments}: learning rate × {lr_scale:g}, "
+                f"+{extra_general:.0%} general data; training again from step {self.last_good_step}")
 
     # ------------------------------------------------------------------ hooks
 
@@ -206,22 +207,19 @@ class ForgettingBudget(Mitigation):
             "baseline_items": self.baseline_items,
             "history": list(self.history),
             "adjustments": [dict(a) for a in self.adjustments],
-            "lr_scale": self.lr_scale,
-            "extra_general": self.extra_general,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the controller (the learning-rate scale itself comes back with the scheduler's state)."""
+        """Restore the controller; the policy follows from the adjustments made (the learning-rate scale
+        itself comes back with the scheduler's state)."""
         self.baseline, self.last_good = state["baseline"], state["last_good"]
         self.last_good_step = state["last_good_step"]
         self.last_good_position = tuple(state.get("last_good_position", (0, 0)))
         self.baseline_items = state.get("baseline_items")
         self.history = [tuple(h) for h in state["history"]]
         self.adjustments = [dict(a) for a in state.get("adjustments", [])]
-        self.lr_scale = float(state.get("lr_scale", 1.0))
-        self.extra_general = float(state.get("extra_general", 0.0))
         if self.part is not None:
-            self.part.fraction = self.extra_general
+            self.part.fraction = self.policy(len(self.adjustments))[1]
 
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {

@@ -105,24 +105,25 @@ def run(job: FineTuneJob, workdir: Path) -> dict[str, Any]:
     train_summary_path = workdir / "train" / "summary.json"
     train_summary = json.loads(train_summary_path.read_text()) if train_summary_path.exists() else None
     write_report(gate, baseline.category_scores(), final.category_scores(), workdir / REPORT_DIR, train_summary)
+    from forgetless_trainer.training.loop import env_base_dir
+
+    base_dir = env_base_dir()
     promoted = None
     if gate.verdict in PROMOTING_VERDICTS:
         from forgetless_trainer.promotion import promote
-        from forgetless_trainer.training.loop import env_base_dir
 
-        promoted = promote(job, workdir, base_dir=env_base_dir())
+        promoted = promote(job, workdir, base_dir=base_dir)
         if promoted is not None:
             print(f"promoted: {promoted['path']} ({promoted['digest']})", file=sys.stderr)
     summary = evaluation_summary(final, paired, gate, source, promoted)
     if spec.output.hand_off and spec.output.hand_off.mlflow:
         from forgetless_trainer.handoff_mlflow import record
-        from forgetless_trainer.training.loop import env_base_dir
 
         try:
             summary["mlflow"] = record(
                 job, workdir, gate_status=summary["gate"], baseline_scores=baseline.category_scores(),
                 final_scores=final.category_scores(), promoted=promoted, report_dir=workdir / REPORT_DIR,
-                base_dir=env_base_dir(),
+                base_dir=base_dir,
             )
         except RuntimeError as exc:
             done = f"the model is already promoted at {promoted['path']}" if promoted else "no model was promoted"

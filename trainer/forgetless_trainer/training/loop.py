@@ -160,8 +160,8 @@ class Trainer:
             group["lr"] *= factor
 
     def rewind_schedule(self, step: int) -> None:
-        """Put the learning-rate schedule back to `step` (a rollback re-runs the schedule, warmup included,
-        from the snapshot; the step counter and the data go on). Checkpointed with the scheduler's state."""
+        """Put the learning-rate schedule back to `step` (a rollback re-runs the schedule from the snapshot,
+        warmup included). Checkpointed with the scheduler's state."""
         self.scheduler.last_epoch = step
         factors = [fn(step) for fn in self.scheduler.lr_lambdas]
         for group, base, factor in zip(self.optimizer.param_groups, self.scheduler.base_lrs, factors):
@@ -184,6 +184,7 @@ class Trainer:
                     shutil.rmtree(path, ignore_errors=True)
         distributed.barrier()
         self.step = step
+        self.position = (epoch, step_in_epoch)
         self.rewind_schedule(step)
         self.message(f"rewound to step {step} (epoch {epoch}, batch {step_in_epoch})")
         return epoch, step_in_epoch
@@ -360,6 +361,7 @@ class Trainer:
         )
         live_metrics.serve(self.ranks.local_rank)
         epoch, step_in_epoch, finished, final_weights = self._resume()
+        self.position = (epoch, step_in_epoch)
         self.started = time.perf_counter()
         if self.progress.bar is not None:
             self.progress.bar.update(self.step)
@@ -451,10 +453,10 @@ class Trainer:
                         break
                 if stop is not None:
                     return stop, epoch, step_in_epoch
-                if self.replan_needed:  # a mitigation changed the mix: the rest of this epoch follows it
+                replanned = self.replan_needed  # a mitigation changed the mix: the rest of the epoch follows it
+                if replanned:
                     self.replan_needed = False
                     self._plan()
-                    micro = self._epoch_batches(epoch)
                 rewinding = self.rewind_to is not None
                 if (not rewinding and self.step % training.checkpoint_interval_steps == 0
                         and self.step < self.total_steps):
@@ -463,6 +465,7 @@ class Trainer:
                     self.after_step(self.step)
                 if rewinding:
                     epoch, step_in_epoch = self._apply_rewind()
+                if replanned or rewinding:  # one rebuild, of the epoch training continues in
                     micro = self._epoch_batches(epoch)
             if step_in_epoch * accumulation >= len(micro):
                 epoch, step_in_epoch = epoch + 1, 0
