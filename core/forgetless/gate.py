@@ -40,9 +40,8 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
-from forgetless.api.schema import CATEGORIES, GateStatus, RegressionSpec
-
-TASK_CATEGORY = "task"
+from forgetless.api.schema import GateStatus, RegressionSpec
+from forgetless.lifecycle import CATEGORIES, TASK_CATEGORY
 CELLS = ("n11", "n10", "n01", "n00")
 
 

@@ -12,7 +12,7 @@ from typing import Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from forgetless.api.schema import CATEGORIES, PHASES, PROMOTING_VERDICTS
+from forgetless.lifecycle import CATEGORIES, PHASES, PROMOTING_VERDICTS, mean_general_score
 
 STAGE_DURATION_BUCKETS = (10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800, 86400)
 
@@ -87,10 +87,9 @@ class ForgettingMetrics:
     ) -> None:
         key = (namespace, job)
         categories = self._categories.setdefault(key, set())
-        general = [c for c in CATEGORIES if c in baseline and c in final]
-        if general:  # category "mean": the mean general score, as the gate's mean drop sees it
-            baseline = {**baseline, "mean": sum(baseline[c] for c in general) / len(general)}
-            final = {**final, "mean": sum(final[c] for c in general) / len(general)}
+        mean_base, mean_final = mean_general_score(baseline, among=final), mean_general_score(final, among=baseline)
+        if mean_base is not None and mean_final is not None:  # category "mean", as the gate's mean drop sees it
+            baseline, final = {**baseline, "mean": mean_base}, {**final, "mean": mean_final}
         for category, value in baseline.items():
             self.baseline_score.labels(namespace, job, category).set(value)
             categories.add(category)

@@ -35,11 +35,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from forgetless.api.schema import CATEGORIES, SuiteSpec
-
-GENERAL_CATEGORIES: tuple[str, ...] = tuple(CATEGORIES)
-TASK_CATEGORY = "task"
-ALL_CATEGORIES: tuple[str, ...] = GENERAL_CATEGORIES + (TASK_CATEGORY,)
+from forgetless.api.schema import SuiteSpec
+from forgetless.lifecycle import ALL_CATEGORIES, TASK_CATEGORY  # noqa: F401 - re-exported for suite users
+from forgetless.lifecycle import CATEGORIES as GENERAL_CATEGORIES
 
 GENERATION_SCORERS = ("exact_match", "format_compliance", "refusal", "format_leak")
 LOGLIKELIHOOD_SCORERS = ("multiple_choice",)

@@ -20,6 +20,7 @@ from typing import Any
 
 from forgetless import __version__
 from forgetless.api.schema import API_VERSION, KIND, FineTuneJobSpec
+from forgetless.lifecycle import STAGES
 from forgetless.locations import JOB_SPEC_MOUNT, configmap_mount_path, pvc_mount_path
 
 LABEL_JOB = "forgetless.dev/job"
@@ -35,7 +36,6 @@ PROMOTED_BY_ANNOTATION = "forgetless.dev/promoted-by"
 PREVIOUS_URI_ANNOTATION = "forgetless.dev/previous-storage-uri"
 PROMOTED_DIGEST_ANNOTATION = "forgetless.dev/promoted-digest"
 
-STAGES = ("baseline", "train", "evaluate")
 SPEC_KEY = "job.json"
 CONTAINER = "stage"
 METRICS_PORT = 9400

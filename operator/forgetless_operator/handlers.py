@@ -4,17 +4,23 @@ Triggers (all level-triggered: each one re-reads everything and reconciles the o
 - every watch event of a FineTuneJob (`@kopf.on.event`; DELETED drops the job's metric series),
 - every watch event of a batch/v1 Job or Pod labelled `forgetless.dev/job` (server-side label
   selector, so the operator never lists unrelated pods),
-- a resync `@kopf.timer` per FineTuneJob (deadlines, TTL, retries after API errors).
+- one operator-wide resync loop (`resync_loop`): every `--resync-seconds` it lists the FineTuneJobs
+  and reconciles each one that still has time-based work (deadlines, TTL, retries after API errors,
+  a pending hand-off).
 Triggers for the same job coalesce: while one reconcile runs, further triggers mark the job dirty
 and it runs once more afterwards. Nothing is kept in memory that matters for correctness; the
 state is the FineTuneJob status and the children (see reconcile.py).
 
-kopf storage: progress in `status.kopf.progress` (the CRD preserves unknown fields under
-status.kopf), the diff-base in the annotation `forgetless.dev/last-handled-configuration`, and the
-finalizer `forgetless.dev/finalizer` (kopf adds it because of the resync timer and removes it when
-the FineTuneJob is deleted; the children go through owner-reference garbage collection).
+No finalizer: only `@kopf.on.event` handlers are registered, so kopf writes nothing to a new object
+(no finalizer, no diff-base annotation, no progress) and a FineTuneJob is deleted at once even with
+no operator running; the children go through owner-reference garbage collection. (A per-object
+`@kopf.timer` would make kopf's finalizer mandatory: an extra PATCH and watch round before the first
+reconcile of every new job, and every job stuck in Terminating once the operator is uninstalled.)
+The finalizer `forgetless.dev/finalizer` that earlier versions added is removed by the resync loop.
 Peering: `--standalone` for one replica; otherwise kopf peering with the given name (needs the
-KopfPeering / ClusterKopfPeering CRDs from the chart) so that only one replica acts.
+KopfPeering / ClusterKopfPeering CRDs from the chart) so that only one replica acts; kopf pauses
+the watch handlers of a paused replica, and the resync loop reads the same peering object
+(`peering_allows`) and skips its pass while another live peer has the same or a higher priority.
 """
 
 from __future__ import annotations
@@ -30,13 +36,13 @@ from typing import Any, Callable, Optional
 import kopf
 
 from forgetless.api.schema import API_VERSION, GROUP, KIND, PLURAL, VERSION
+from forgetless.lifecycle import TERMINAL_PHASES
 
 from forgetless_operator import children
 from forgetless_operator.children import LABEL_JOB, LABEL_STAGE, OperatorConfig
 from forgetless_operator.kube import ApiError, KubeClient
 from forgetless_operator.metrics import OperatorMetrics, make_app, start_server
 from forgetless_operator.reconcile import (
-    TERMINAL,
     CreateObject,
     Decision,
     DeleteObject,
@@ -48,7 +54,8 @@ from forgetless_operator.reconcile import (
 )
 
 log = logging.getLogger("forgetless.operator")
-FINALIZER = "forgetless.dev/finalizer"
+LEGACY_FINALIZER = "forgetless.dev/finalizer"  # added by versions with a per-object kopf timer; removed on resync
+PEERING_API = "kopf.dev/v1"
 
 
 def merge_patch(old: Any, new: Any) -> dict:
@@ -181,13 +188,30 @@ class Runtime:
         if state is not None and not state.running:
             del self._jobs[(namespace, name)]
 
+    async def resync_pass(self, namespaces: list[str] | None) -> int:
+        """List the FineTuneJobs (None: all namespaces) and reconcile, in the background, each one with
+        time-based work left; strip the legacy finalizer. Returns how many were triggered."""
+        listed = await asyncio.gather(*(self.kube.list(API_VERSION, KIND, ns) for ns in (namespaces or [None])))
+        triggered = 0
+        for ftj in (item for items in listed for item in items):
+            meta = ftj.get("metadata") or {}
+            namespace, name = meta.get("namespace", ""), meta.get("name", "")
+            if LEGACY_FINALIZER in (meta.get("finalizers") or []):
+                remaining = [f for f in meta["finalizers"] if f != LEGACY_FINALIZER]
+                self.spawn(self.kube.patch(API_VERSION, KIND, namespace, name,
+                                           {"metadata": {"finalizers": remaining or None}}))
+            if needs_resync(ftj):
+                triggered += 1
+                self.spawn(self.trigger(namespace, name))
+        return triggered
+
     async def observe(self, ftj: dict) -> Observed:
         meta = ftj["metadata"]
         namespace, name = meta["namespace"], meta["name"]
         status = ftj.get("status") or {}
         if meta.get("deletionTimestamp"):
             return Observed()
-        if status.get("phase") in TERMINAL:
+        if status.get("phase") in TERMINAL_PHASES:
             if not hand_off_pending(ftj):
                 return Observed()  # only the TTL is left to watch
             spec_cm, services = await asyncio.gather(
@@ -328,6 +352,35 @@ def hand_off_pending(ftj: Any) -> bool:
             and bool(status.get("promoted")) and handed.get("phase") != "Patched")
 
 
+def needs_resync(ftj: Any) -> bool:
+    """Whether the resync loop reconciles this FineTuneJob: all but those finished for good (terminal,
+    no TTL to wait for, no hand-off pending) and those being deleted."""
+    meta, spec, status = ftj.get("metadata") or {}, ftj.get("spec") or {}, ftj.get("status") or {}
+    if meta.get("deletionTimestamp"):
+        return False
+    if status.get("phase") in TERMINAL_PHASES:
+        return spec.get("ttlSecondsAfterFinished") is not None or hand_off_pending(ftj)
+    return True
+
+
+def peering_allows(peering: dict | None, identity: str, priority: int, now: datetime) -> bool:
+    """kopf's rule (kopf/_core/engines/peering.py): this replica acts unless another live peer in the
+    peering object's status has the same or a higher priority. No peering object: it acts."""
+    from datetime import timedelta
+
+    for peer, info in ((peering or {}).get("status") or {}).items():
+        if peer == identity or not isinstance(info, dict):
+            continue
+        try:
+            seen = datetime.fromisoformat(str(info.get("lastseen")).replace("Z", "+00:00"))
+            alive = seen + timedelta(seconds=int(info.get("lifetime", 60))) > now
+        except ValueError:
+            continue
+        if alive and int(info.get("priority", 0)) >= priority:
+            return False
+    return True
+
+
 def fingerprint(body: Any) -> str:
     """What a FineTuneJob's reconcile depends on, besides children and the clock."""
     meta = body.get("metadata") or {}
@@ -340,7 +393,7 @@ def children_time(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def build_registry(runtime: Runtime, resync_seconds: float = 30.0) -> kopf.OperatorRegistry:
+def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
     """A kopf registry with the operator's handlers bound to `runtime`."""
     registry = kopf.OperatorRegistry()
     child = {LABEL_JOB: kopf.PRESENT}
@@ -364,27 +417,15 @@ def build_registry(runtime: Runtime, resync_seconds: float = 30.0) -> kopf.Opera
     async def stage_pod_event(event: dict, namespace: str, labels: dict, **_: Any) -> None:
         await runtime.on_child("Pod", namespace, labels[LABEL_JOB], event.get("object") or {})
 
-    @kopf.timer(GROUP, VERSION, PLURAL, interval=resync_seconds, initial_delay=resync_seconds, registry=registry)
-    async def resync(namespace: str, name: str, spec: Any, status: Any, **_: Any) -> None:
-        finished = (status or {}).get("phase") in TERMINAL
-        waiting = hand_off_pending({"spec": dict(spec or {}), "status": dict(status or {})})
-        if finished and (spec or {}).get("ttlSecondsAfterFinished") is None and not waiting:
-            return  # finished for good: nothing time-based left (the usual case for old jobs)
-        # In the background: a reconcile that deletes the FineTuneJob (TTL) must not keep its own
-        # timer running, or kopf would hold the finalizer until its next stop poll.
-        runtime.spawn(runtime.trigger(namespace, name))
-
     return registry
 
 
 def build_settings(peering_name: str | None, clusterwide: bool) -> kopf.OperatorSettings:
     settings = kopf.OperatorSettings()
-    settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf.progress")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix="forgetless.dev", key="last-handled-configuration"
     )
-    settings.background.cancellation_polling = 5.0  # a stopping timer is re-checked soon (default 60 s)
     settings.posting.level = logging.WARNING  # kopf's own events only for problems; ours are explicit
     settings.watching.label_selectors[("batch", "v1", "jobs")] = LABEL_JOB
     settings.watching.label_selectors[("v1", "pods")] = LABEL_JOB
@@ -408,14 +449,38 @@ class Options:
     instance: str = "forgetless-operator"
 
 
+async def resync_loop(runtime: Runtime, options: Options, settings: kopf.OperatorSettings, identity: str,
+                      ready: asyncio.Event) -> None:
+    """Every `options.resync_seconds` (after kopf's first listing): one `resync_pass` over the watched
+    namespaces, skipped while kopf peering pauses this replica. Errors are counted and logged; the next
+    pass retries."""
+    await ready.wait()
+    namespaces = None if options.all_namespaces else list(options.namespaces)
+    while True:
+        await asyncio.sleep(options.resync_seconds)
+        try:
+            if options.peering is not None:
+                where = None if options.all_namespaces else namespaces[0]
+                kind = "ClusterKopfPeering" if options.all_namespaces else "KopfPeering"
+                peering = await runtime.kube.get(PEERING_API, kind, where, options.peering)
+                if not peering_allows(peering, identity, settings.peering.priority, runtime.clock()):
+                    continue
+            await runtime.resync_pass(namespaces)
+        except Exception as exc:  # noqa: BLE001 - the loop must outlive API errors
+            runtime.metrics.error("")
+            log.warning("resync pass failed: %s", exc)
+
+
 async def run_operator(options: Options, stop_flag: Optional[asyncio.Event] = None) -> None:
     """Run kopf with the forgetless handlers plus the /metrics, /healthz, /readyz server until stopped."""
     settings = build_settings(options.peering, options.all_namespaces)
     runtime = Runtime(kube=KubeClient(lambda: login(settings=settings)), config=options.config,
                       instance=options.instance)
-    registry = build_registry(runtime, options.resync_seconds)
+    registry = build_registry(runtime)
+    identity = f"{options.instance}@{os.getpid()}"
     ready = asyncio.Event()
     operator_task: Optional[asyncio.Task] = None
+    resync_task: Optional[asyncio.Task] = None
     app = make_app(
         runtime.metrics,
         ready=ready.is_set,
@@ -432,8 +497,13 @@ async def run_operator(options: Options, stop_flag: Optional[asyncio.Event] = No
             namespaces=[] if options.all_namespaces else options.namespaces,
             ready_flag=ready,
             stop_flag=stop_flag,
+            identity=identity,  # type: ignore[arg-type]  # kopf.Identity is a NewType of str
         ))
+        resync_task = asyncio.create_task(resync_loop(runtime, options, settings, identity, ready))
         await operator_task
     finally:
+        if resync_task is not None:
+            resync_task.cancel()
+            await asyncio.gather(resync_task, return_exceptions=True)
         await server.cleanup()
         await runtime.kube.close()

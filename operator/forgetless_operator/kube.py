@@ -30,6 +30,8 @@ PLURALS = {
     "PersistentVolumeClaim": "persistentvolumeclaims",
     "FineTuneJob": "finetunejobs",
     "InferenceService": "inferenceservices",
+    "KopfPeering": "kopfpeerings",
+    "ClusterKopfPeering": "clusterkopfpeerings",
 }
 
 

@@ -54,11 +54,10 @@ from forgetless.api.schema import (
     PROMOTING_VERDICTS, FineTuneJobSpec, GateStatus, MlflowHandOffStatus, PromotedModelStatus,
 )
 
+from forgetless.lifecycle import STAGE_PHASE, STAGES, TERMINAL_PHASES
 from forgetless_operator import children
-from forgetless_operator.children import CONTAINER, STAGES, OperatorConfig
+from forgetless_operator.children import CONTAINER, OperatorConfig
 
-TERMINAL = ("Succeeded", "Blocked", "Failed")
-STAGE_PHASE = {"baseline": "Baseline", "train": "Training", "evaluate": "Evaluating"}
 STAGE_TITLE = {"baseline": "Baseline", "train": "Train", "evaluate": "Evaluate"}
 RUN_CONTROLS = ("suspend", "activeDeadlineSeconds", "ttlSecondsAfterFinished")
 WAITING_PROBLEMS = {
@@ -449,7 +448,7 @@ class _Run:
     def run(self) -> Decision:
         if self.meta.get("deletionTimestamp"):
             return Decision([], self.old, [])  # children go with the owner (garbage collection)
-        if self.status.get("phase") in TERMINAL:
+        if self.status.get("phase") in TERMINAL_PHASES:
             self.hand_off(self.finished_spec())
             self.expire()
         else:

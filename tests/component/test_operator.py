@@ -1,6 +1,6 @@
 """The operator (kopf + handlers + kube client) against the in-memory fake Kubernetes API.
 
-Each test runs the real `run_operator` (kopf watches, the resync timer, the metrics server) in the
+Each test runs the real `run_operator` (kopf watches, the resync loop, the metrics server) in the
 test's event loop, plays kubelet and job controller by writing pod termination messages and Job
 conditions into the fake, and proves the HTTP requests the operator made.
 """
@@ -311,10 +311,11 @@ async def test_deleting_the_finetunejob_removes_children_and_its_series(api: Fak
     finish_stage(api, "ft-baseline", SUMMARIES["baseline"])
     await until(lambda: status(api).get("baselineScores"), what="baseline scores")
     await metrics_with(operator, 'forgetless_baseline_score_ratio{category="knowledge",finetunejob="ft",namespace="default"}')
-    await until(lambda: "forgetless.dev/finalizer" in (api.get(*FTJ, NS, "ft")["metadata"].get("finalizers") or []),
-                what="kopf's finalizer (for the resync timer)")
+    meta = api.get(*FTJ, NS, "ft")["metadata"]
+    assert not meta.get("finalizers"), f"the operator must not hold a finalizer: {meta.get('finalizers')}"
+    assert not any(k.startswith("forgetless.dev/last-handled") for k in meta.get("annotations") or {})
     api.delete(*FTJ, NS, "ft")
-    await until(lambda: api.get(*FTJ, NS, "ft") is None, what="finalizer released")
+    assert api.get(*FTJ, NS, "ft") is None, "deletion must complete at once: nothing to release"
     assert [j for j in api.list("batch/v1", "Job", NS) if (j["metadata"].get("labels") or {}).get(LABEL_JOB) == "ft"] == []
     assert api.list("v1", "ConfigMap", NS) == [api.get("v1", "ConfigMap", NS, "forgetless-baseline-cache")]
     deadline = time.monotonic() + 10
@@ -342,7 +343,7 @@ async def test_suspend_deadline_and_ttl_through_the_api(api: FakeApi, operator: 
     (suspend,) = [r for r in api.requests_for("PATCH", "/jobs/ft-baseline")]
     assert suspend.content_type == "application/merge-patch+json" and suspend.body["spec"] == {"suspend": True}
     await until(lambda: status(api).get("phase") == "Suspended", what="phase Suspended")  # patched after the Job
-    # The deadline (3 s from the start) passes while suspended: the resync timer fails the job,
+    # The deadline (3 s from the start) passes while suspended: the resync loop fails the job,
     # deletes its running stage Job, and the TTL of 0 then deletes the FineTuneJob itself.
     await until(lambda: api.get(*FTJ, NS, "ft") is None, timeout=20, what="deadline, then TTL deletion")
     deletes = {r.path.rsplit("/", 1)[-1]: r.body for r in api.requests_for("DELETE")}
@@ -393,3 +394,12 @@ async def test_multi_worker_training_gets_an_indexed_job_and_a_headless_service(
     await until(lambda: status(api).get("phase") == "Evaluating", what="evaluation after all ranks")
     assert status(api)["stages"]["train"]["result"] == SUMMARIES["train"]
     assert status(api)["stages"]["train"]["jobName"] == "ft-train-workers"
+
+
+async def test_resync_strips_the_finalizer_of_earlier_versions(api: FakeApi, operator: Operator):
+    """Jobs created under a version with a per-object kopf timer carry its finalizer; the resync loop
+    removes it, so uninstalling the operator afterwards leaves no job stuck in Terminating."""
+    submit(api)
+    api.update(*FTJ, NS, "ft", {"metadata": {"finalizers": ["forgetless.dev/finalizer", "example.com/keep"]}})
+    await until(lambda: api.get(*FTJ, NS, "ft")["metadata"].get("finalizers") == ["example.com/keep"],
+                timeout=10, what="the legacy finalizer removed by the resync loop, others kept")

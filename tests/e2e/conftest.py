@@ -122,8 +122,8 @@ def _free_port() -> int:
 
 
 def _delete_finetunejobs(kube, namespace: str) -> None:
-    """While the operator still runs (it releases its finalizer); strip finalizers as a last resort so
-    that the namespace never hangs in Terminating."""
+    """Delete the test's FineTuneJobs (the operator holds no finalizer; one left by another controller is
+    stripped as a last resort so that the namespace never hangs in Terminating)."""
     custom = kube.client.CustomObjectsApi()
     args = ("forgetless.dev", "v1alpha1", namespace, "finetunejobs")
     for item in custom.list_namespaced_custom_object(*args)["items"]:

@@ -104,10 +104,31 @@ def test_finetunejob_runs_to_the_gate(kube, namespace: str, operator):
     with urllib.request.urlopen(f"http://127.0.0.1:{operator.port}/metrics", timeout=5) as response:
         assert f'forgetless_gate_passed{{finetunejob="{name}",namespace="{namespace}"}} 1.0' in response.read().decode()
 
-    # Deleting the FineTuneJob releases the operator's finalizer; garbage collection takes the children.
+    # Deleting the FineTuneJob completes at once (the operator holds no finalizer); garbage collection
+    # takes the children.
     custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name,
                                            body={"propagationPolicy": "Background"})
     wait(lambda: not custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"],
          "the FineTuneJob to be deleted")
     wait(lambda: not batch.list_namespaced_job(namespace, label_selector=f"forgetless.dev/job={name}").items,
          "garbage collection of the stage Jobs", timeout=120)
+
+
+def test_deleting_a_finetunejob_needs_no_operator(kube, namespace: str, operator):
+    """Reconciled by the operator, then the operator is gone (uninstalled, crashed): deleting the
+    FineTuneJob still completes, because the operator never put a finalizer on it."""
+    custom = kube.client.CustomObjectsApi()
+    manifest = yaml.safe_load((REPO / "examples" / "recommended.yaml").read_text())
+    name = manifest["metadata"]["name"]
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, manifest)
+
+    def body() -> dict:
+        return custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+
+    wait(lambda: (body().get("status") or {}).get("phase"), "the operator's first reconcile")
+    time.sleep(2)  # a few more watch rounds in which the operator could have written a finalizer
+    assert not body()["metadata"].get("finalizers")
+    operator.kill()
+    custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+    wait(lambda: not custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"],
+         "the FineTuneJob gone with no operator running", timeout=15)

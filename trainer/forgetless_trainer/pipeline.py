@@ -20,10 +20,10 @@ from typing import Any, Iterator
 
 from forgetless import atomic, exit_codes
 from forgetless.api.manifests import ManifestError, load_job
-from forgetless.api.schema import CATEGORIES, PROMOTING_VERDICTS, DataSource, FineTuneJob
+from forgetless.api.schema import DataSource, FineTuneJob
+from forgetless.lifecycle import PROMOTING_VERDICTS, STAGE_PHASE, STAGES, mean_general_score, phase_of_verdict
 from forgetless.locations import resolve_path
 
-STAGE_ORDER = ("baseline", "train", "evaluate")
 JOB_FILE = "job.json"
 
 
@@ -96,7 +96,7 @@ def prepare_workdir(job: FineTuneJob, workdir: Path, restart: bool) -> None:
     wire = job.to_wire()
     wire.pop("status", None)
     if restart and workdir.exists():
-        for stage in (*STAGE_ORDER, "report", "promoted"):
+        for stage in (*STAGES, "report", "promoted"):
             shutil.rmtree(workdir / stage, ignore_errors=True)
         job_file.unlink(missing_ok=True)
     if job_file.exists():
@@ -152,10 +152,8 @@ def render_table(status: dict[str, Any], baseline: dict[str, float], final: dict
             f"{verdict['category']:<22} {verdict['baseline']:8.3f} {verdict['final']:7.3f} {verdict['drop']:+7.3f} "
             f"{interval:>17} {verdict['threshold']:6.3f}  {'pass' if verdict['passed'] else 'FAIL'}"
         )
-    general = [c for c in CATEGORIES if c in baseline and c in final]
-    if general:
-        mean_base = sum(baseline[c] for c in general) / len(general)
-        mean_final = sum(final[c] for c in general) / len(general)
+    mean_base, mean_final = mean_general_score(baseline, among=final), mean_general_score(final, among=baseline)
+    if mean_base is not None and mean_final is not None:
         rows.append(f"{'mean general':<22} {mean_base:8.3f} {mean_final:7.3f} {status['meanDrop']:+7.3f}")
     if "task" in baseline and "task" in final:
         lower = status.get("taskGainLower")
@@ -205,13 +203,13 @@ def execute(
     summaries: dict[str, dict[str, Any]] = {}
     began = time.monotonic()
     with _metrics_server(metrics_port, forgetting):
-        for index, stage in enumerate(STAGE_ORDER, start=1):
+        for index, stage in enumerate(STAGES, start=1):
             done = _stage_done(workdir, stage)
             if done is not None:
                 log(f"[{index}/3] {stage}: already finished, reusing {workdir / stage}")
                 summaries[stage] = done
                 continue
-            phase = {"baseline": "Baseline", "train": "Training", "evaluate": "Evaluating"}[stage]
+            phase = STAGE_PHASE[stage]
             forgetting.set_phase_counts({(namespace, phase): 1}, [namespace])
             log(f"[{index}/3] {stage} …")
             started = time.monotonic()
@@ -233,7 +231,7 @@ def execute(
         result = PipelineResult(workdir, summaries, gate_status, baseline, final, time.monotonic() - began)
         forgetting.record_scores(namespace, name, baseline, final, result.status.get("taskGain"))
         forgetting.record_verdict(namespace, name, result.status["verdict"])
-        forgetting.set_phase_counts({(namespace, "Succeeded" if result.passed else "Blocked"): 1}, [namespace])
+        forgetting.set_phase_counts({(namespace, phase_of_verdict(result.status["verdict"])): 1}, [namespace])
     return result
 
 

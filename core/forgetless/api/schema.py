@@ -16,6 +16,8 @@ from typing import Annotated, Any, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
+from forgetless.lifecycle import CATEGORIES, GATE_VERDICTS, PHASES, PROMOTING_VERDICTS, STAGES  # noqa: F401 - re-exported
+
 GROUP = "forgetless.dev"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -24,8 +26,6 @@ PLURAL = "finetunejobs"
 SINGULAR = "finetunejob"
 SHORT_NAMES = ["ftj"]
 
-CATEGORIES = ("instruction_following", "format", "knowledge", "reasoning", "safety")
-"""General-capability categories measured for forgetting (the target task is category `task`)."""
 
 DEFAULT_LEARNING_RATE = {"lora": 2e-4, "full": 2e-5}
 """Seed rule: LoRA 1e-4..2e-4, full fine-tuning 1e-5..5e-5."""
@@ -629,9 +629,6 @@ class CategoryVerdict(ApiModel):
     passed: bool
 
 
-GATE_VERDICTS = ("Passed", "Warned", "Failed", "NoTaskGain")
-"""Passed/Warned promote; Failed = forgetting beyond the thresholds; NoTaskGain = no evidence of learning."""
-PROMOTING_VERDICTS = ("Passed", "Warned")
 
 
 class GateStatus(ApiModel):
@@ -684,7 +681,6 @@ class ProgressStatus(ApiModel):
     stopped_reason: Optional[str] = None
 
 
-PHASES = ("Pending", "Suspended", "Baseline", "Training", "Evaluating", "Succeeded", "Blocked", "Failed")
 
 
 class FineTuneJobStatus(ApiModel):
@@ -694,7 +690,7 @@ class FineTuneJobStatus(ApiModel):
     conditions: list[Condition] = Field(default_factory=list)
     observed_generation: Optional[int] = None
     spec_hash: Optional[str] = Field(default=None, description="Hash of the spec the job started with.")
-    stages: dict[Literal["baseline", "train", "evaluate"], StageStatus] = Field(default_factory=dict)  # type: ignore[valid-type]
+    stages: dict[Literal[STAGES], StageStatus] = Field(default_factory=dict)  # type: ignore[valid-type]
     baseline_scores: dict[str, float] = Field(default_factory=dict)
     final_scores: dict[str, float] = Field(default_factory=dict)
     forgetting: dict[str, float] = Field(default_factory=dict, description="Drop per category (baseline − final).")

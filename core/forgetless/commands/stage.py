@@ -12,13 +12,14 @@ import sys
 from pathlib import Path
 
 from forgetless import exit_codes
+from forgetless.lifecycle import STAGES
 
 NAME = "stage"
 HELP = "run one pipeline stage (baseline, train, evaluate) as trainer pods do"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("name", choices=["baseline", "train", "evaluate"], help="the stage to run")
+    parser.add_argument("name", choices=list(STAGES), help="the stage to run")
     parser.add_argument("--job", required=True, type=Path, help="FineTuneJob manifest or spec (YAML/JSON)")
     parser.add_argument("--workdir", required=True, type=Path, help="work directory shared by the stages")
 

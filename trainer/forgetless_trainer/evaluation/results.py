@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from forgetless import atomic
-from forgetless.suites import ALL_CATEGORIES, GENERAL_CATEGORIES, TASK_CATEGORY
+from forgetless.lifecycle import ALL_CATEGORIES, TASK_CATEGORY, mean_general_score
 
 RESULTS_FORMAT = 1
 
@@ -53,9 +53,7 @@ class EvaluationResult:
         return {c: sum(v) / len(v) for c in ALL_CATEGORIES if (v := by_category.get(c))}
 
     def mean_general_score(self) -> float | None:
-        scores = self.category_scores()
-        general = [scores[c] for c in GENERAL_CATEGORIES if c in scores]
-        return sum(general) / len(general) if general else None
+        return mean_general_score(self.category_scores())
 
     def summary(self, stage: str) -> dict[str, Any]:
         """The common part of the baseline / evaluate stage summaries (docs/contracts.md)."""

@@ -35,7 +35,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-from forgetless.api.schema import CATEGORIES
+from forgetless.lifecycle import mean_general_score
 from forgetless_trainer.data import MixPart
 from forgetless_trainer.mitigations.base import Mitigation, Stop, TrainContext, TrainerView
 from forgetless_trainer.stages import StageError
@@ -44,13 +44,11 @@ Probe = Callable[[Any, Any], dict[str, float]]
 
 
 def general_mean(scores: dict[str, float]) -> float:
-    """Mean over the general categories present (not `task`, not `mean`)."""
-    general = [v for k, v in scores.items() if k in CATEGORIES] or [
-        v for k, v in scores.items() if k not in ("task", "mean")
-    ]
-    if not general:
+    """The mean general score of a probe (lifecycle.mean_general_score); an error without one."""
+    mean = mean_general_score(scores)
+    if mean is None:
         raise StageError(f"forgetting budget probe returned no general category scores: {sorted(scores)}")
-    return sum(general) / len(general)
+    return mean
 
 
 def suite_probe(job, probe_items: int, base_dir: Path | None = None) -> Probe:

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from forgetless import atomic
+from forgetless.lifecycle import STAGES
 
-STAGES = ("baseline", "train", "evaluate")
 TERMINATION_MESSAGE_ENV = "FORGETLESS_TERMINATION_MESSAGE_PATH"
 TERMINATION_MESSAGE_LIMIT = 4096
 DETAIL_KEYS = ("paired", "tasks", "probeHistory", "validationHistory")
