@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-for sub in ("core", "trainer"):
+for sub in ("core", "trainer", ""):  # "" = the repository root, for tests.support
     sys.path.insert(0, str(ROOT / sub))
 
 import torch  # noqa: E402
@@ -32,7 +32,8 @@ from forgetless import bundled  # noqa: E402
 from forgetless.api.schema import ModelSpec  # noqa: E402
 from forgetless.suites import Suite, load_suite  # noqa: E402
 from forgetless_trainer.evaluation import scorers  # noqa: E402
-from forgetless_trainer.evaluation.evaluator import _loglikelihoods, generation_input, naive_generate  # noqa: E402
+from forgetless_trainer.evaluation.evaluator import _loglikelihoods, generation_input  # noqa: E402
+from tests.support.evaluation_oracles import naive_generate  # noqa: E402
 from forgetless_trainer.evaluation.evaluator import evaluate_suite  # noqa: E402
 
 GOAL = 4.0

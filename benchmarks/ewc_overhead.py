@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from forgetless_trainer.training.benchmarking import (
+from benchlib import (
     bench_job,
     setup,
     write_json,

@@ -21,7 +21,7 @@ import torch
 from forgetless_trainer import data as D
 from forgetless_trainer.mitigations.ewc import estimate_fisher, fisher_examples, sequence_nll
 from forgetless_trainer.modeling import load_model_and_tokenizer
-from forgetless_trainer.training.benchmarking import bench_job, setup, write_json
+from benchlib import bench_job, setup, write_json
 
 
 def reference_fisher(model, examples, encoder) -> dict[str, torch.Tensor]:

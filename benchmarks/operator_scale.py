@@ -24,11 +24,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-for sub in ("core", "operator"):
+for sub in ("core", "operator", ""):  # "" = the repository root, for tests.support
     if str(ROOT / sub) not in sys.path:
         sys.path.insert(0, str(ROOT / sub))
 
-from forgetless_operator.fakeapi import FakeApi, free_port, kubeconfig, serve  # noqa: E402
+from tests.support.fakeapi import FakeApi, free_port, kubeconfig, serve  # noqa: E402
 
 NS = "bench"
 

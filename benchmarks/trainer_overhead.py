@@ -20,7 +20,7 @@ import torch
 
 from forgetless_trainer.modeling import load_model_and_tokenizer
 from forgetless_trainer.training import config
-from forgetless_trainer.training.benchmarking import (
+from benchlib import (
     bench_job,
     setup,
     write_json,

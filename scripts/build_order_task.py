@@ -18,8 +18,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "core"))
 
-from forgetless.world.build import DEFAULT_SEED  # noqa: E402
-from forgetless.world.orders import LEAK_PATTERN, orders  # noqa: E402
+from world.build import DEFAULT_SEED  # noqa: E402
+from world.orders import LEAK_PATTERN, orders  # noqa: E402
 
 BUNDLED = ROOT / "core" / "forgetless" / "bundled"
 

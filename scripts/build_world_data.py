@@ -15,7 +15,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "core"))
 
-from forgetless.world.build import DEFAULT_SEED, build_all  # noqa: E402
+from world.build import DEFAULT_SEED, build_all  # noqa: E402
 
 
 def main():

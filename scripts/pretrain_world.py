@@ -27,15 +27,15 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "core"))
+sys.path[:0] = [os.path.join(ROOT, "core"), os.path.join(ROOT, "trainer")]
 
 import torch  # noqa: E402
 from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast  # noqa: E402
 
-from forgetless.world.build import DEFAULT_SEED  # noqa: E402
-from forgetless.world.generator import STAGE2_MIX, World  # noqa: E402
-from forgetless.world.scoring import score_choice, score_generation  # noqa: E402
+from world.build import DEFAULT_SEED  # noqa: E402
+from world.generator import STAGE2_MIX, World  # noqa: E402
+from forgetless_trainer.evaluation.scorers import GENERATION, multiple_choice  # noqa: E402 - the product's scorers
 
 BUNDLED = os.path.join(ROOT, "core", "forgetless", "bundled")
 
@@ -153,10 +153,10 @@ def evaluate(model, tok, tasks, show=0):
     per_task = {}
     for t, items in tasks:
         if t["scorer"] == "multiple_choice":
-            s = [score_choice(it, choice_logliks(model, tok, it["prompt"], it["choices"])) for it in items]
+            s = [multiple_choice(it, choice_logliks(model, tok, it["prompt"], it["choices"])) for it in items]
         else:
             outs = greedy(model, tok, [it["prompt"] for it in items], t["max_new_tokens"])
-            s = [score_generation(t, it, o) for it, o in zip(items, outs)]
+            s = [GENERATION[t["scorer"]](t, it, o) for it, o in zip(items, outs)]
             for it, o in list(zip(items, outs))[:show]:
                 print(f"    [{t['name']}] {it['prompt']} => {o}")
         per_task[t["name"]] = (t["category"], sum(s) / len(s))

@@ -128,7 +128,7 @@ def test_batched_equals_one_at_a_time_and_respects_each_tasks_max_new_tokens(tin
     """A random model babbles to max_new_tokens: rows of different tasks share batches, yet each
     answer is cut at its own task's limit and equals the unbatched greedy answer."""
     from forgetless_trainer.evaluation import evaluate_suite
-    from forgetless_trainer.evaluation.evaluator import naive_generate, scores_equal
+    from tests.support.evaluation_oracles import naive_generate, scores_equal
 
     torch.set_num_threads(2)
     model, tokenizer = load(tiny_model_dir)

@@ -26,7 +26,7 @@ from forgetless.gate import evaluate_gate
 
 from forgetless.api.schema import FineTuneJobStatus
 from forgetless_operator.children import LABEL_JOB, OperatorConfig
-from forgetless_operator.fakeapi import FakeApi, free_port, kubeconfig, serve
+from tests.support.fakeapi import FakeApi, free_port, kubeconfig, serve
 from forgetless_operator.handlers import Options, run_operator
 from tests.conftest import tool_or_skip
 
@@ -354,7 +354,7 @@ async def test_suspend_deadline_and_ttl_through_the_api(api: FakeApi, operator: 
 
 
 def test_merge_patch_turns_old_into_new():
-    from forgetless_operator.fakeapi import merge
+    from tests.support.fakeapi import merge
     from forgetless_operator.handlers import merge_patch
 
     old = {"phase": "Baseline", "stages": {"baseline": {"phase": "Running", "message": "pulling"}}, "gone": 1}

@@ -109,7 +109,7 @@ def test_login_reads_kubeconfig_now_and_leaves_the_clients_default_alone(tmp_pat
 
     from kubernetes.config import kube_config
 
-    from forgetless_operator.fakeapi import kubeconfig
+    from tests.support.fakeapi import kubeconfig
     from forgetless_operator.handlers import login
 
     path = tmp_path / "kubeconfig"

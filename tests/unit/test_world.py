@@ -8,11 +8,11 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.join(ROOT, "core"))
+sys.path[:0] = [os.path.join(ROOT, "core"), os.path.join(ROOT, "scripts")]  # scripts/world: the build tool under test
 
-from forgetless.world import lexicon as L  # noqa: E402
-from forgetless.world.build import DEFAULT_SEED, build_all  # noqa: E402
-from forgetless.world.generator import LEAK_PATTERN, REFUSAL_PATTERN, SKILLS, STAGE2_MIX, World  # noqa: E402
+from world import lexicon as L  # noqa: E402
+from world.build import DEFAULT_SEED, build_all  # noqa: E402
+from world.generator import LEAK_PATTERN, REFUSAL_PATTERN, SKILLS, STAGE2_MIX, World  # noqa: E402
 
 BUNDLED = os.path.join(ROOT, "core", "forgetless", "bundled")
 SUITE = os.path.join(BUNDLED, "suites", "world-v1")

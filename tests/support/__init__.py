@@ -1,0 +1,1 @@
+"""Test and benchmark support code: doubles, oracles, builders. Never imported by a runtime package."""
