@@ -80,9 +80,9 @@ async def run_once(n: int, rate: float, workdir: Path) -> dict:
     api.create({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "outputs", "namespace": NS},
                 "spec": {}})
     port = free_port()
-    env = {**os.environ, "KUBECONFIG": str(config), "PYTHONPATH": f"{ROOT / 'core'}:{ROOT / 'operator'}"}
+    env = {**os.environ, "KUBECONFIG": str(config), "PYTHONPATH": f"{ROOT / 'core'}:{ROOT / 'operator'}:{ROOT / 'cli'}"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "forgetless", "operator", "--namespace", NS, "--standalone",
+        [sys.executable, "-m", "forgetless_cli", "operator", "--namespace", NS, "--standalone",
          "--metrics-port", str(port), "--metrics-host", "127.0.0.1", "--resync-seconds", "60"],
         env=env, stdout=subprocess.DEVNULL, stderr=open(workdir / f"operator-{n}.log", "w"),
     )

@@ -10,6 +10,7 @@ COPY pyproject.toml README.md ./
 COPY core core
 COPY operator operator
 COPY trainer trainer
+COPY cli cli
 # The base install (no extras) is the operator's dependency set; the trainer code is only files.
 RUN /opt/forgetless/bin/pip install . \
  && /opt/forgetless/bin/python -c "import forgetless_operator.handlers, sys; \

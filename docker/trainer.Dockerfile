@@ -21,6 +21,7 @@ COPY pyproject.toml README.md ./
 COPY core core
 COPY operator operator
 COPY trainer trainer
+COPY cli cli
 RUN pip install ".[trainer]" && rm -rf /src
 # uid/gid 1000 = the stage pods' runAsUser/runAsGroup; HOME is an emptyDir in the pod (read-only root fs).
 RUN (userdel -r ubuntu 2>/dev/null || true) \

@@ -355,7 +355,7 @@ def test_ha_peering(helm: str) -> None:
 
 
 def _operator_parser() -> argparse.ArgumentParser:
-    command = pytest.importorskip("forgetless.commands.operator")
+    command = pytest.importorskip("forgetless_cli.commands.operator")
     parser = argparse.ArgumentParser(prog="forgetless operator")
     command.configure(parser)
     return parser

@@ -239,7 +239,8 @@ def test_suite_edited_in_place_is_a_cache_miss(manifest, taught_model_dir, tmp_p
 
 
 def test_baseline_stage_bad_suite_is_a_stage_error(manifest, taught_model_dir, tmp_path, cache_env):
-    from forgetless_trainer.stages import StageError, baseline
+    from forgetless.errors import StageError
+    from forgetless_trainer.stages import baseline
 
     broken = tmp_path / "broken"
     shutil.copytree(MINI, broken)
@@ -305,7 +306,7 @@ def test_evaluate_stage_without_training_output(manifest, taught_model_dir, tmp_
 def test_forgetless_evaluate_command(taught_model_dir, capsys):
     import argparse
 
-    from forgetless.commands import evaluate as command
+    from forgetless_cli.commands import evaluate as command
 
     parser = argparse.ArgumentParser()
     command.configure(parser)

@@ -367,7 +367,7 @@ def test_merge_patch_turns_old_into_new():
 
 
 def test_cli_needs_a_scope_and_a_valid_port(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
-    from forgetless.cli import main
+    from forgetless_cli.main import main
 
     monkeypatch.delenv("FORGETLESS_NAMESPACE", raising=False)
     monkeypatch.delenv("POD_NAMESPACE", raising=False)

@@ -159,7 +159,7 @@ def test_deepspeed_config_from_the_spec(manifest):
 RENDEZVOUS = textwrap.dedent(
     """
     import sys, torch
-    from forgetless_trainer.stages import StageError
+    from forgetless.errors import StageError
     from forgetless_trainer.training import distributed
     try:
         distributed.init_process_group(distributed.Ranks(rank=int(sys.argv[1]), world_size=2, local_rank=0))

@@ -229,7 +229,7 @@ def test_cli_stage_reports_a_bad_job_and_exits_nonzero(tmp_path, manifest, tiny_
     path = tmp_path / "job.json"
     path.write_text(json.dumps(job.model_dump(by_alias=True, exclude_none=True, mode="json")))
     proc = subprocess.run(
-        [sys.executable, "-m", "forgetless", "stage", "train", "--job", str(path), "--workdir", str(tmp_path / "work")],
+        [sys.executable, "-m", "forgetless_cli", "stage", "train", "--job", str(path), "--workdir", str(tmp_path / "work")],
         capture_output=True, text=True, timeout=120, env=clean_env(), cwd=REPO,
     )
     assert proc.returncode != 0

@@ -145,10 +145,10 @@ class OperatorProcess:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "OperatorProcess":
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(REPO / d) for d in ("core", "operator"))}
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(REPO / d) for d in ("core", "operator", "cli"))}
         log = self.log_path.open("a")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "forgetless", "operator", "--namespace", self.namespace, "--standalone",
+            [sys.executable, "-m", "forgetless_cli", "operator", "--namespace", self.namespace, "--standalone",
              "--metrics-port", str(self.port), "--metrics-host", "127.0.0.1", "--resync-seconds", "5",
              "--trainer-image", UNPULLABLE_IMAGE],
             env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -261,6 +261,6 @@ def node(kube, namespace: str, tmp_path: Path, extensions_cache: Path) -> Iterat
         return overrides
 
     standin = StandInNode(kube.client.CoreV1Api(), [namespace], tmp_path / "node",
-                          entrypoint=[sys.executable, "-m", "forgetless"], env_hook=env_hook)
+                          entrypoint=[sys.executable, "-m", "forgetless_cli"], env_hook=env_hook)
     with standin:
         yield standin

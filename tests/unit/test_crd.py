@@ -27,7 +27,7 @@ def test_committed_crds_match_the_models_byte_for_byte():
 
 
 def test_crd_check_command_detects_drift(tmp_path):
-    cmd = [sys.executable, "-m", "forgetless", "crd"]
+    cmd = [sys.executable, "-m", "forgetless_cli", "crd"]
     assert subprocess.run([*cmd, "--write", str(tmp_path)], capture_output=True, timeout=60).returncode == 0
     assert subprocess.run([*cmd, "--check", str(tmp_path)], capture_output=True, timeout=60).returncode == 0
     stale = crd_targets(tmp_path)[1]

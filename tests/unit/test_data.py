@@ -9,7 +9,7 @@ import pytest
 
 from forgetless.api.schema import DataSource
 from forgetless_trainer import data as D
-from forgetless_trainer.stages import StageError
+from forgetless.errors import StageError
 
 
 def write_jsonl(path: Path, records) -> Path:

@@ -7,7 +7,7 @@ from collections import Counter
 import pytest
 
 from forgetless_trainer import data as D
-from forgetless_trainer.stages import StageError
+from forgetless.errors import StageError
 
 
 def pool(tag: str, n: int) -> list[D.Example]:

@@ -7,7 +7,7 @@ import pytest
 from forgetless.api.schema import parse_job
 from forgetless_trainer.mitigations.base import TrainContext
 from forgetless_trainer.mitigations.early_stopping import EarlyStopping
-from forgetless_trainer.stages import StageError
+from forgetless.errors import StageError
 
 
 class FakeTrainer:

@@ -21,7 +21,7 @@ from forgetless_trainer.mitigations.ewc import (  # noqa: E402
     hook_plan,
     sequence_nll,
 )
-from forgetless_trainer.stages import StageError  # noqa: E402
+from forgetless.errors import StageError  # noqa: E402
 
 
 def toy(seed: int = 0):

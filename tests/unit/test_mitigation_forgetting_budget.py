@@ -7,7 +7,7 @@ import pytest
 
 from forgetless_trainer.live_metrics import REGISTRY
 from forgetless_trainer.mitigations.forgetting_budget import ForgettingBudget, general_mean
-from forgetless_trainer.stages import StageError
+from forgetless.errors import StageError
 from tests.unit.test_mitigation_early_stopping import FakeTrainer
 
 

@@ -11,7 +11,7 @@ from forgetless_trainer.mitigations.base import TrainContext  # noqa: E402
 from forgetless_trainer.mitigations.full import Full  # noqa: E402
 from forgetless_trainer.mitigations.lora import Lora  # noqa: E402
 from forgetless_trainer.modeling import load_model_and_tokenizer  # noqa: E402
-from forgetless_trainer.stages import StageError  # noqa: E402
+from forgetless.errors import StageError  # noqa: E402
 
 
 def ctx(manifest, **method) -> TrainContext:

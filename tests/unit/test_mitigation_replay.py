@@ -11,7 +11,7 @@ from forgetless.api.schema import ReplaySource, parse_job
 from forgetless_trainer import data as D
 from forgetless_trainer.mitigations.base import TrainContext, find_job_artifact
 from forgetless_trainer.mitigations.replay import Replay, read_buffer, reservoir, write_buffer
-from forgetless_trainer.stages import StageError
+from forgetless.errors import StageError
 
 
 def items(n: int, tag: str = "a") -> list[D.Example]:

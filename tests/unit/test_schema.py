@@ -165,7 +165,7 @@ def test_validate_cli_reports_each_document_and_exits_1(tmp_path, manifest):
     path = tmp_path / "jobs.yaml"
     path.write_text(yaml.safe_dump_all([good, bad, ["not", "a", "mapping"]]))
     proc = subprocess.run(
-        [sys.executable, "-m", "forgetless", "validate", str(path)], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "forgetless_cli", "validate", str(path)], capture_output=True, text=True, timeout=60
     )
     assert proc.returncode == 1
     assert f"{path}#1: spec.training.batchSize" in proc.stderr

@@ -45,7 +45,7 @@ from typing import Any, Iterable, Sequence
 
 from forgetless import locations
 from forgetless.api.schema import DataSource
-from forgetless_trainer.stages import StageError
+from forgetless.errors import StageError
 
 IGNORE_INDEX = -100
 FORMATS = ("instruction", "chat", "text")

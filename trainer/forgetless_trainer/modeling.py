@@ -19,7 +19,7 @@ from typing import Any
 
 from forgetless import bundled, locations
 from forgetless.api.schema import ModelSpec
-from forgetless_trainer.stages import StageError
+from forgetless.errors import StageError
 
 
 class ModelLoadError(StageError):

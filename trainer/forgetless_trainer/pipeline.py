@@ -195,7 +195,8 @@ def execute(
 ) -> PipelineResult:
     """Run (or resume) the stages of a validated, preflighted job in `workdir`; then the gate."""
     from forgetless.metrics import ForgettingMetrics
-    from forgetless_trainer.stages import StageError, run_stage
+    from forgetless.errors import StageError
+    from forgetless_trainer.stages import run_stage
 
     log = log or (lambda message: print(message, file=sys.stderr))
     forgetting = ForgettingMetrics()

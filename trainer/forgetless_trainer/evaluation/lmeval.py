@@ -28,7 +28,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from forgetless.suites import ALL_CATEGORIES
 from forgetless_trainer.evaluation.results import EvaluationResult, ItemResult
-from forgetless_trainer.stages import StageError
+from forgetless.errors import StageError
 
 INCLUDE_PATH_ENV = "FORGETLESS_LMEVAL_INCLUDE_PATH"
 

@@ -14,7 +14,7 @@ from forgetless.api.schema import FineTuneJobSpec, ModelSpec, RegressionSpec
 from forgetless.baseline_cache import BaselineCache, directory_digest, spec_cache_key, weights_cache_key
 from forgetless.suites import Suite, SuiteError, load_suite
 from forgetless_trainer.evaluation.results import EvaluationResult
-from forgetless_trainer.stages import StageError
+from forgetless.errors import StageError
 
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from forgetless.api.schema import FineTuneJob
-from forgetless_trainer.stages import StageError
+from forgetless.errors import StageError
 
 if TYPE_CHECKING:
     from forgetless_trainer.data import Encoder, Example, MixPart

@@ -15,7 +15,7 @@ import math
 from typing import Any
 
 from forgetless_trainer.mitigations.base import Mitigation, Stop, TrainContext, TrainerView
-from forgetless_trainer.stages import StageError
+from forgetless.errors import StageError
 
 
 class EarlyStopping(Mitigation):

@@ -47,7 +47,7 @@ import torch
 from forgetless import atomic
 from forgetless_trainer.data import Encoder, Example, token_nll
 from forgetless_trainer.mitigations.base import Mitigation, TrainContext, TrainerView, find_job_artifact
-from forgetless_trainer.stages import StageError
+from forgetless.errors import StageError
 
 STATE_FILE = "ewc_state.pt"
 

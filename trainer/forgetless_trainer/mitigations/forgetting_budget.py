@@ -38,7 +38,7 @@ from typing import Any, Callable
 from forgetless.lifecycle import mean_general_score
 from forgetless_trainer.data import MixPart
 from forgetless_trainer.mitigations.base import Mitigation, Stop, TrainContext, TrainerView
-from forgetless_trainer.stages import StageError
+from forgetless.errors import StageError
 
 Probe = Callable[[Any, Any], dict[str, float]]
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from forgetless_trainer.mitigations.base import Mitigation, TrainContext
-from forgetless_trainer.stages import StageError
+from forgetless.errors import StageError
 
 
 class Lora(Mitigation):

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from forgetless import atomic
+from forgetless.errors import StageError
 from forgetless.lifecycle import STAGES
 
 TERMINATION_MESSAGE_ENV = "FORGETLESS_TERMINATION_MESSAGE_PATH"
@@ -29,8 +30,6 @@ the promoted model — does not)."""
 PROTECTED_KEYS = ("stage", "truncated", "stoppedReason", "steps", "error", "gate", "scores", "promotedModel")
 
 
-class StageError(Exception):
-    """An expected failure with a message a human can act on (missing data, bad suite, ...)."""
 
 
 def _encode(summary: Any) -> str:

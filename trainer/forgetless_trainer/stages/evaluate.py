@@ -33,7 +33,7 @@ from forgetless_trainer.evaluation.results import EvaluationResult
 from forgetless_trainer.evaluation.runner import (
     EvalTarget, cache_keys, cached_baseline, load_and_evaluate, resolve_target, store_baseline,
 )
-from forgetless_trainer.stages import StageError
+from forgetless.errors import StageError
 
 TRAIN_OUTPUT = Path("train") / "output"
 BASELINE_RESULTS = Path("baseline") / "results.json"

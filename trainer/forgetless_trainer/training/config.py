@@ -13,7 +13,7 @@ import math
 from typing import Any, Callable
 
 from forgetless.api.schema import FineTuneJobSpec
-from forgetless_trainer.stages import StageError
+from forgetless.errors import StageError
 
 
 def resolve_precision(precision: str) -> str:

@@ -13,7 +13,7 @@ import os
 import socket
 from dataclasses import dataclass
 
-from forgetless_trainer.stages import StageError
+from forgetless.errors import StageError
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from forgetless.api.schema import FineTuneJob
 from forgetless_trainer import data as D
 from forgetless_trainer import live_metrics, mitigations
 from forgetless_trainer.mitigations.base import Mitigation, Stop, TrainContext
-from forgetless_trainer.stages import StageError
+from forgetless.errors import StageError
 from forgetless_trainer.training import checkpoint, config, distributed
 
 

@@ -70,7 +70,7 @@ def main(args: argparse.Namespace) -> int:
         return _fail(f"invalid arguments: {exc.errors()[0]['msg']}")
 
     from forgetless_trainer.evaluation.runner import load_and_evaluate, resolve_target
-    from forgetless_trainer.stages import StageError
+    from forgetless.errors import StageError
 
     try:
         target = resolve_target(RegressionSpec(suite=suite), base_dir=Path.cwd())

@@ -32,7 +32,8 @@ def main(args: argparse.Namespace) -> int:
     except ManifestError as exc:
         print(str(exc), file=sys.stderr)
         return exit_codes.INVALID
-    from forgetless_trainer.stages import StageError, run_stage
+    from forgetless.errors import StageError
+    from forgetless_trainer.stages import run_stage
 
     try:
         summary = run_stage(args.name, job, args.workdir)

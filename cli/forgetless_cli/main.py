@@ -15,12 +15,12 @@ from typing import Sequence
 from forgetless import __version__, exit_codes
 
 COMMAND_MODULES = [
-    "forgetless.commands.validate",
-    "forgetless.commands.crd",
-    "forgetless.commands.stage",
-    "forgetless.commands.evaluate",
-    "forgetless.commands.run",
-    "forgetless.commands.operator",
+    "forgetless_cli.commands.validate",
+    "forgetless_cli.commands.crd",
+    "forgetless_cli.commands.stage",
+    "forgetless_cli.commands.evaluate",
+    "forgetless_cli.commands.run",
+    "forgetless_cli.commands.operator",
 ]
 
 

@@ -1,0 +1,5 @@
+import sys
+
+from forgetless_cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Sub-commands of the `forgetless` CLI, one module each (see forgetless_cli.main)."""

@@ -1,5 +1,0 @@
-import sys
-
-from forgetless.cli import main
-
-sys.exit(main())

@@ -1,1 +1,0 @@
-"""Sub-commands of the `forgetless` CLI, one module each (see forgetless.cli)."""
