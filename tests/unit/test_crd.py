@@ -154,6 +154,9 @@ CROSS_FIELD = [
     "adapter-only hand-off of a full fine-tune",
     "hand-off without promotion",
     "mlflow alias reserved",
+    "all-linear with module names",
+    "ewc previous without online",
+    "early stopping without validation data",
 ]
 
 
@@ -176,6 +179,9 @@ def test_cel_accepts_the_valid_edge_of_each_rule(manifest):
         {"spec": {"mitigation": {"ewc": {}}, "deepspeed": {"zeroStage": 2}}},
         {"spec": {"resources": {"workers": 2}, "output": {"pvc": {"claimName": "out"}}}},
         {"metadata": {"name": "a" * 40}},
+        {"spec": {"method": {"type": "lora", "lora": {"targetModules": ["q_proj", "v_proj"]}}}},
+        {"spec": {"mitigation": {"ewc": {"online": True, "previous": {"fineTuneJob": "earlier"}}}}},
+        {"spec": {"mitigation": {"earlyStopping": {}}}},
     ]
     for patch in edges:
         document = _apply(manifest(), patch)

@@ -77,6 +77,10 @@ def test_state_round_trips_so_a_resumed_run_stops_at_the_same_step():
 
 
 def test_needs_validation_data(manifest):
-    job = parse_job(manifest(spec={"dataset": {"task": {"path": "x"}, "validationFraction": 0.0}, "mitigation": {"earlyStopping": {}}}))
-    with pytest.raises(StageError, match="dataset.validationFraction above 0"):
+    """validationFraction 0 is refused by the schema; a split that left no examples (too little task
+    data) is refused when training starts, saying what to change."""
+    with pytest.raises(ValueError, match="dataset.validationFraction above 0"):
+        parse_job(manifest(spec={"dataset": {"task": {"path": "x"}, "validationFraction": 0.0}, "mitigation": {"earlyStopping": {}}}))
+    job = parse_job(manifest(spec={"dataset": {"task": {"path": "x"}, "validationFraction": 0.01}, "mitigation": {"earlyStopping": {}}}))
+    with pytest.raises(StageError, match="no validation examples"):
         EarlyStopping(3, 0.0, 5).configure_model(object(), TrainContext(job=job, workdir=None))

@@ -229,8 +229,8 @@ def test_online_ewc_full_fine_tuning_anchors_at_the_previous_final_weights(tmp_p
 
 def test_bad_ewc_chains_fail_clearly(tmp_path, lora_model, manifest):
     model, tokenizer = lora_model
-    with pytest.raises(StageError, match="needs mitigation.ewc.online: true"):
-        Ewc().configure_model(model, ewc_ctx(tmp_path, tokenizer, manifest, {"previous": {"fineTuneJob": "first"}}))
+    with pytest.raises(ValueError, match="previous needs online: true"):  # refused by the schema now
+        ewc_ctx(tmp_path, tokenizer, manifest, {"previous": {"fineTuneJob": "first"}})
     with pytest.raises(StageError, match=r"mitigation.ewc.previous: no ewc_state.pt for fineTuneJob 'missing'"):
         Ewc().configure_model(
             model, ewc_ctx(tmp_path, tokenizer, manifest, {"online": True, "previous": {"fineTuneJob": "missing"}})

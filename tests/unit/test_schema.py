@@ -128,6 +128,14 @@ BAD: list[tuple[str, object, str]] = [
      "spec.output.handOff.mlflow.registeredModel"),
     ("mlflow alias with spaces", {"spec": {"output": {"handOff": {"mlflow": {"registeredModel": "m", "alias": "bad alias!"}}}}},
      "spec.output.handOff.mlflow.alias"),
+    # checks that used to fire only at run time, after the baseline stage
+    ("all-linear with module names", {"spec": {"method": {"type": "lora", "lora": {"targetModules": ["all-linear", "q_proj"]}}}},
+     "spec.method.lora.targetModules"),
+    ("ewc previous without online", {"spec": {"mitigation": {"ewc": {"previous": {"fineTuneJob": "earlier"}}}}},
+     "spec.mitigation.ewc.previous"),
+    ("early stopping without validation data",
+     {"spec": {"dataset": {"task": {"path": "t.jsonl"}, "validationFraction": 0.0}, "mitigation": {"earlyStopping": {}}}},
+     "spec"),
 ]
 
 

@@ -85,6 +85,8 @@ def describe_validation_error(exc: ValidationError) -> list[str]:
             msg = "required field is missing"
         elif kind == "value_error":
             msg = msg.removeprefix("Value error, ")
+        elif kind == "forgetless_rule" and (err.get("ctx") or {}).get("field"):
+            where = _format_loc((*loc, err["ctx"]["field"]))
         if kind not in ("missing", "extra_forbidden") and "input" in err and not isinstance(err["input"], (dict, list)):
             msg += f" (got {err['input']!r})"
         lines.append(f"{where}: {msg}")

@@ -4,17 +4,22 @@ Pydantic v2 models for `forgetless.dev/v1alpha1` `FineTuneJob`. The CRD in `crds
 chart is generated from these models (`forgetless crd`), and the same models validate manifests
 for `forgetless validate` / `forgetless run` and inside the operator and trainer.
 
-Cross-field rules live twice, on purpose and side by side: as a pydantic validator (clear error
-messages for the CLI) and as a CEL rule in `x-kubernetes-validations` (rejected at
-`kubectl apply`). `tests/unit/test_schema.py` checks both agree on the bad-manifest corpus.
+Cross-field rules are declared once per model, in `RULES`: each `Rule` carries its CEL form (emitted
+into `x-kubernetes-validations`, so `kubectl apply` rejects the manifest) and its Python form (run by
+pydantic, so `forgetless validate` says the same thing). `exactly_one_of` and `requires` build both
+forms from field names. `tests/unit/test_schema.py` checks the two forms agree on the bad-manifest
+corpus.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Optional
+import re
+from dataclasses import dataclass
+from typing import Annotated, Any, Callable, ClassVar, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from pydantic.alias_generators import to_camel
+from pydantic.alias_generators import to_camel, to_snake
+from pydantic_core import PydanticCustomError
 
 from forgetless.lifecycle import CATEGORIES, GATE_VERDICTS, PHASES, PROMOTING_VERDICTS, STAGES  # noqa: F401 - re-exported
 
@@ -48,15 +53,71 @@ def cel(rule: str, message: str, field_path: str | None = None) -> dict[str, Any
     return entry
 
 
+@dataclass(frozen=True)
+class Rule:
+    """One cross-field rule in both forms: `cel` (over the wire object `self`) and `holds` (over the
+    validated model). `message` names the fields and the fix; both forms report it."""
+
+    cel: str
+    holds: Callable[[Any], bool]
+    message: str
+    field_path: Optional[str] = None
+
+    def to_cel(self) -> dict[str, Any]:
+        return cel(self.cel, self.message, self.field_path)
+
+
+def _is_set(model: Any, wire_name: str) -> bool:
+    value = getattr(model, to_snake(wire_name))
+    return value is not None and value != []
+
+
+def exactly_one_of(*wire_names: str) -> Rule:
+    """Exactly one of these optional fields is set (a list counts as set when non-empty)."""
+    present = [f"has(self.{n})" if not _LIST_FIELDS.get(n) else f"has(self.{n}) && size(self.{n}) > 0"
+               for n in wire_names]
+    expression = (f"{present[0]} != {present[1]}" if len(present) == 2
+                  else f"[{', '.join(present)}].filter(x, x).size() == 1")
+    listed = ", ".join(wire_names[:-1]) + f" or {wire_names[-1]}"
+    return Rule(expression, lambda m: sum(_is_set(m, n) for n in wire_names) == 1, f"set exactly one of {listed}")
+
+
+def requires(field: str, needed: str, message: str) -> Rule:
+    """When optional `field` is set, `needed` must be set too."""
+    return Rule(f"!has(self.{field}) || has(self.{needed})",
+                lambda m: not _is_set(m, field) or _is_set(m, needed), message)
+
+
+_LIST_FIELDS = {"lmEvalTasks": True}
+
+
+def _schema_rules(schema: dict[str, Any], model: type) -> None:
+    rules = getattr(model, "RULES", ())
+    if rules:
+        schema[CEL] = [rule.to_cel() for rule in rules]
+
+
 class ApiModel(BaseModel):
-    """Base: camelCase on the wire, unknown fields rejected, values validated on assignment."""
+    """Base: camelCase on the wire, unknown fields rejected, values validated on assignment; the
+    model's `RULES` are checked after field validation and emitted as CEL into its JSON schema."""
 
     model_config = ConfigDict(
         alias_generator=to_camel,
         populate_by_name=True,
         extra="forbid",
         validate_assignment=True,
+        json_schema_extra=_schema_rules,
     )
+    RULES: ClassVar[tuple[Rule, ...]] = ()
+
+    @model_validator(mode="after")
+    def _check_rules(self) -> "ApiModel":
+        for rule in type(self).RULES:
+            if not rule.holds(self):
+                # error type `forgetless_rule`; ctx.field (from fieldPath) lets error reports name the field
+                raise PydanticCustomError("forgetless_rule", rule.message.replace("{", "{{").replace("}", "}}"),
+                                          {"field": (rule.field_path or "").lstrip(".")})
+        return self
 
     def to_wire(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True, exclude_none=True, mode="json")
@@ -92,17 +153,7 @@ class ConfigMapKeyRef(ApiModel):
 class DataSource(ApiModel):
     """Where a dataset lives: `bundled:<name>`, a local or in-volume path, or a ConfigMap."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            CEL: [
-                cel(
-                    "has(self.path) != has(self.configMap)",
-                    "set exactly one of path or configMap",
-                ),
-                cel("!has(self.pvc) || has(self.path)", "pvc needs a path inside the volume"),
-            ]
-        }
-    )
+    RULES = (exactly_one_of("path", "configMap"), requires("pvc", "path", "pvc needs a path inside the volume"))
 
     path: Optional[ShortText] = Field(
         default=None,
@@ -110,14 +161,6 @@ class DataSource(ApiModel):
     )
     pvc: Optional[PvcRef] = Field(default=None, description="Volume that holds `path`.")
     config_map: Optional[ConfigMapKeyRef] = Field(default=None, description="ConfigMap holding JSONL.")
-
-    @model_validator(mode="after")
-    def _one_source(self) -> "DataSource":
-        if (self.path is None) == (self.config_map is None):
-            raise ValueError("set exactly one of path or configMap")
-        if self.pvc is not None and self.path is None:
-            raise ValueError("pvc needs a path inside the volume")
-        return self
 
 
 # --------------------------------------------------------------------------- spec sections
@@ -154,6 +197,10 @@ class DatasetSpec(ApiModel):
 
 
 class LoraSpec(ApiModel):
+    RULES = (Rule("!has(self.targetModules) || !('all-linear' in self.targetModules) || size(self.targetModules) == 1",
+                  lambda m: "all-linear" not in m.target_modules or len(m.target_modules) == 1,
+                  "`all-linear` cannot be combined with module names: use [all-linear] or list the modules",
+                  ".targetModules"),)
     r: Annotated[int, Field(ge=1, le=1024)] = Field(default=16, description="LoRA rank.")
     alpha: Annotated[float, Field(gt=0, le=4096)] = Field(default=32, description="LoRA alpha.")
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = Field(default=0.05, description="LoRA dropout.")
@@ -192,20 +239,10 @@ class DataMixingSpec(ApiModel):
 
 
 class ReplaySource(ApiModel):
-    model_config = ConfigDict(
-        json_schema_extra={
-            CEL: [cel("has(self.fineTuneJob) != has(self.path)", "set exactly one of fineTuneJob or path")]
-        }
-    )
+    RULES = (exactly_one_of("fineTuneJob", "path"),)
 
     fine_tune_job: Optional[Name] = Field(default=None, description="An earlier FineTuneJob in this namespace.")
     path: Optional[ShortText] = Field(default=None, description="A replay buffer file or an earlier job's output dir.")
-
-    @model_validator(mode="after")
-    def _one(self) -> "ReplaySource":
-        if (self.fine_tune_job is None) == (self.path is None):
-            raise ValueError("set exactly one of fineTuneJob or path")
-        return self
 
 
 class ReplaySpec(ApiModel):
@@ -234,6 +271,10 @@ class EwcSpec(ApiModel):
     previous: Optional[ReplaySource] = Field(
         default=None, description="Online EWC: the earlier job whose Fisher and anchor to accumulate."
     )
+
+    RULES = (Rule("!has(self.previous) || has(self.online) && self.online",
+                  lambda m: m.previous is None or m.online,
+                  "previous needs online: true (online EWC chains jobs)", ".previous"),)
 
 
 class EarlyStoppingSpec(ApiModel):
@@ -277,16 +318,11 @@ class ForgettingBudgetSpec(ApiModel):
 
 
 class MitigationSpec(ApiModel):
-    model_config = ConfigDict(
-        json_schema_extra={
-            CEL: [
-                cel(
-                    "(has(self.dataMixing) ? self.dataMixing.generalFraction : 0.2)"
-                    " + (has(self.replay) ? self.replay.fraction : 0.0) < 1.0",
-                    "dataMixing.generalFraction + replay.fraction must be below 1",
-                )
-            ]
-        }
+    RULES = (
+        Rule("(has(self.dataMixing) ? self.dataMixing.generalFraction : 0.2)"
+             " + (has(self.replay) ? self.replay.fraction : 0.0) < 1.0",
+             lambda m: m.data_mixing.general_fraction + (m.replay.fraction if m.replay else 0.0) < 1.0,
+             "dataMixing.generalFraction + replay.fraction must be below 1 so some task data remains"),
     )
 
     data_mixing: DataMixingSpec = Field(default_factory=DataMixingSpec, description="General-data mixing.")
@@ -296,16 +332,6 @@ class MitigationSpec(ApiModel):
     forgetting_budget: Optional[ForgettingBudgetSpec] = Field(
         default=None, description="Stop and roll back when a probe shows more forgetting than allowed."
     )
-
-    @model_validator(mode="after")
-    def _fractions(self) -> "MitigationSpec":
-        replay = self.replay.fraction if self.replay else 0.0
-        if self.data_mixing.general_fraction + replay >= 1.0:
-            raise ValueError(
-                f"dataMixing.generalFraction ({self.data_mixing.general_fraction}) + replay.fraction ({replay}) "
-                "must be below 1 so some task data remains"
-            )
-        return self
 
 
 class TrainingSpec(ApiModel):
@@ -330,21 +356,12 @@ class TrainingSpec(ApiModel):
 
 
 class DeepSpeedSpec(ApiModel):
-    model_config = ConfigDict(
-        json_schema_extra={
-            CEL: [cel("!self.offloadParams || self.zeroStage == 3", "offloadParams needs zeroStage 3", ".offloadParams")]
-        }
-    )
+    RULES = (Rule("!self.offloadParams || self.zeroStage == 3", lambda m: not m.offload_params or m.zero_stage == 3,
+                  "offloadParams needs zeroStage 3", ".offloadParams"),)
 
     zero_stage: Annotated[int, Field(ge=0, le=3)] = Field(default=2, description="ZeRO stage 0–3.")
     offload_optimizer: bool = Field(default=False, description="Offload optimizer state to CPU (ZeRO ≥ 1).")
     offload_params: bool = Field(default=False, description="Offload parameters to CPU (ZeRO 3 only).")
-
-    @model_validator(mode="after")
-    def _offload(self) -> "DeepSpeedSpec":
-        if self.offload_params and self.zero_stage != 3:
-            raise ValueError("offloadParams needs zeroStage 3")
-        return self
 
 
 Quantity = Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+)?([eE][0-9]+|[numkKMGTPE]i?)?$", max_length=64)]
@@ -378,17 +395,7 @@ class ResourcesSpec(ApiModel):
 
 
 class SuiteSpec(ApiModel):
-    model_config = ConfigDict(
-        json_schema_extra={
-            CEL: [
-                cel(
-                    "[has(self.path), has(self.configMap), has(self.lmEvalTasks) && size(self.lmEvalTasks) > 0]"
-                    ".filter(x, x).size() == 1",
-                    "set exactly one of path, configMap or lmEvalTasks",
-                )
-            ]
-        }
-    )
+    RULES = (exactly_one_of("path", "configMap", "lmEvalTasks"),)
 
     path: Optional[ShortText] = Field(default=None, description="`bundled:<name>` or a suite directory (local or in `pvc`).")
     pvc: Optional[PvcRef] = None
@@ -396,13 +403,6 @@ class SuiteSpec(ApiModel):
     lm_eval_tasks: Optional[Annotated[list[Annotated[str, Field(min_length=1, max_length=128)]], Field(max_length=64)]] = (
         Field(default=None, description="lm-evaluation-harness task names (hellaswag, arc_easy, mmlu, …).")
     )
-
-    @model_validator(mode="after")
-    def _one(self) -> "SuiteSpec":
-        chosen = [self.path is not None, self.config_map is not None, bool(self.lm_eval_tasks)]
-        if sum(chosen) != 1:
-            raise ValueError("set exactly one of path, configMap or lmEvalTasks")
-        return self
 
 
 class ThresholdsSpec(ApiModel):
@@ -447,12 +447,10 @@ class InferenceServiceHandOff(ApiModel):
 
 
 class MlflowHandOff(ApiModel):
-    model_config = ConfigDict(
-        json_schema_extra={
-            CEL: [cel("!has(self.alias) || self.alias != 'latest' && !self.alias.matches('^[vV][0-9]+$')",
-                      "alias: `latest` and `v<N>` are reserved by MLflow", ".alias")]
-        }
-    )
+    RULES = (Rule("!has(self.alias) || self.alias != 'latest' && !self.alias.matches('^[vV][0-9]+$')",
+                  lambda m: m.alias != "latest" and not re.fullmatch(r"[vV][0-9]+", m.alias),
+                  "alias: `latest` and `v<N>` are reserved by MLflow; choose another alias (e.g. champion)",
+                  ".alias"),)
 
     tracking_uri: Optional[ShortText] = Field(
         default=None,
@@ -468,15 +466,6 @@ class MlflowHandOff(ApiModel):
     experiment: Annotated[str, Field(min_length=1, max_length=256)] = Field(
         default="forgetless", description="Experiment of the run logged for every job (blocked ones too)."
     )
-
-    @field_validator("alias")
-    @classmethod
-    def _alias_not_reserved(cls, value: str) -> str:
-        import re
-
-        if value == "latest" or re.fullmatch(r"[vV][0-9]+", value):
-            raise ValueError("`latest` and `v<N>` are reserved by MLflow; choose another alias (e.g. champion)")
-        return value
 
 
 class HandOffSpec(ApiModel):
@@ -505,32 +494,31 @@ class OutputSpec(ApiModel):
 
 
 class FineTuneJobSpec(ApiModel):
-    model_config = ConfigDict(
-        json_schema_extra={
-            CEL: [
-                cel(
-                    "!has(self.mitigation) || !has(self.mitigation.ewc) || !has(self.deepspeed)"
-                    " || self.deepspeed.zeroStage < 3",
-                    "mitigation.ewc is not supported with deepspeed.zeroStage 3 (use zeroStage 0-2)",
-                ),
-                cel(
-                    "has(self.output) && has(self.output.pvc) || !has(self.resources) || self.resources.workers == 1",
-                    "resources.workers > 1 needs output.pvc (a volume all workers share)",
-                ),
-                cel(
-                    "!has(self.output) || !has(self.output.handOff) || !has(self.output.handOff.inferenceService)"
-                    " || !has(self.output.handOff.inferenceService.adapterOnly)"
-                    " || !self.output.handOff.inferenceService.adapterOnly"
-                    " || !has(self.method) || !has(self.method.type) || self.method.type == 'lora'",
-                    "output.handOff.inferenceService.adapterOnly needs method.type lora (a full fine-tune has no adapter)",
-                ),
-                cel(
-                    "!has(self.output) || !has(self.output.handOff) || !has(self.output.handOff.inferenceService)"
-                    " || !has(self.output.promote) || self.output.promote",
-                    "output.handOff.inferenceService needs output.promote: true (nothing is handed off otherwise)",
-                ),
-            ]
-        }
+    RULES = (
+        Rule("!has(self.mitigation) || !has(self.mitigation.ewc) || !has(self.deepspeed)"
+             " || !has(self.deepspeed.zeroStage) || self.deepspeed.zeroStage < 3",
+             lambda m: m.mitigation.ewc is None or m.deepspeed.zero_stage < 3,
+             "mitigation.ewc is not supported with deepspeed.zeroStage 3 (use zeroStage 0-2): the Fisher and "
+             "anchor need whole parameters"),
+        Rule("has(self.output) && has(self.output.pvc) || !has(self.resources) || !has(self.resources.workers)"
+             " || self.resources.workers == 1",
+             lambda m: m.output.pvc is not None or m.resources.workers == 1,
+             "resources.workers > 1 needs output.pvc (a volume all workers share)"),
+        Rule("!has(self.output) || !has(self.output.handOff) || !has(self.output.handOff.inferenceService)"
+             " || !has(self.output.handOff.inferenceService.adapterOnly)"
+             " || !self.output.handOff.inferenceService.adapterOnly"
+             " || !has(self.method) || !has(self.method.type) || self.method.type == 'lora'",
+             lambda m: not (m.output.hand_off and m.output.hand_off.inference_service
+                            and m.output.hand_off.inference_service.adapter_only) or m.method.type == "lora",
+             "output.handOff.inferenceService.adapterOnly needs method.type lora (a full fine-tune has no adapter)"),
+        Rule("!has(self.output) || !has(self.output.handOff) || !has(self.output.handOff.inferenceService)"
+             " || !has(self.output.promote) || self.output.promote",
+             lambda m: not (m.output.hand_off and m.output.hand_off.inference_service) or m.output.promote,
+             "output.handOff.inferenceService needs output.promote: true (nothing is handed off otherwise)"),
+        Rule("!has(self.mitigation) || !has(self.mitigation.earlyStopping) || !has(self.dataset.validationFraction)"
+             " || self.dataset.validationFraction > 0.0",
+             lambda m: m.mitigation.early_stopping is None or m.dataset.validation_fraction > 0,
+             "mitigation.earlyStopping needs validation data: set dataset.validationFraction above 0 (e.g. 0.1)"),
     )
 
     model: ModelSpec = Field(description="The base model.")
@@ -554,23 +542,6 @@ class FineTuneJobSpec(ApiModel):
     ttl_seconds_after_finished: Optional[Annotated[int, Field(ge=0)]] = Field(
         default=None, description="Delete the FineTuneJob this long after it finished."
     )
-
-    @model_validator(mode="after")
-    def _cross(self) -> "FineTuneJobSpec":
-        if self.mitigation.ewc is not None and self.deepspeed.zero_stage == 3:
-            raise ValueError(
-                "mitigation.ewc is not supported with deepspeed.zeroStage 3 (use zeroStage 0-2): "
-                "the Fisher and anchor need whole parameters"
-            )
-        if self.resources.workers > 1 and self.output.pvc is None:
-            raise ValueError("resources.workers > 1 needs output.pvc (a volume all workers share)")
-        service = self.output.hand_off.inference_service if self.output.hand_off else None
-        if service is not None and service.adapter_only and self.method.type != "lora":
-            raise ValueError("output.handOff.inferenceService.adapterOnly needs method.type lora "
-                             "(a full fine-tune has no adapter)")
-        if service is not None and not self.output.promote:
-            raise ValueError("output.handOff.inferenceService needs output.promote: true (nothing is handed off otherwise)")
-        return self
 
     def learning_rate(self) -> float:
         return self.training.learning_rate or DEFAULT_LEARNING_RATE[self.method.type]

@@ -36,8 +36,9 @@ class EarlyStopping(Mitigation):
     def configure_model(self, model: Any, ctx: TrainContext) -> Any:
         if not ctx.validation:
             raise StageError(
-                "mitigation.earlyStopping needs validation data: set dataset.validationFraction above 0 "
-                f"(now {ctx.spec.dataset.validation_fraction}) with enough task examples"
+                "mitigation.earlyStopping: the validation split has no validation examples "
+                f"(dataset.validationFraction {ctx.spec.dataset.validation_fraction} of the task data); "
+                "add task data or raise validationFraction"
             )
         return model
 

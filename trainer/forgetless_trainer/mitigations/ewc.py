@@ -382,8 +382,6 @@ class Ewc(Mitigation):
 
     def configure_model(self, model: Any, ctx: TrainContext) -> Any:
         spec = ctx.spec.mitigation.ewc
-        if spec.previous is not None and not spec.online:
-            raise StageError("mitigation.ewc.previous needs mitigation.ewc.online: true (online EWC chains jobs)")
         self.lam = float(spec.lambda_)
         named = trainable_parameters(model)
         if not named:

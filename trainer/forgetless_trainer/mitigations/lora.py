@@ -22,8 +22,6 @@ class Lora(Mitigation):
 
         spec = ctx.spec.method.lora_or_default()
         targets = list(spec.target_modules)
-        if "all-linear" in targets and len(targets) > 1:
-            raise StageError("method.lora.targetModules: `all-linear` cannot be combined with module names")
         config = LoraConfig(
             r=spec.r,
             lora_alpha=spec.alpha,
