@@ -38,7 +38,7 @@ def bare_step_fn(job):
     spec = job.spec
     torch.manual_seed(spec.training.seed)
     model, _ = load_model_and_tokenizer(spec.model)
-    lora = spec.method.lora_or_default()
+    lora = spec.method.lora
     model = get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                                              target_modules="all-linear", task_type="CAUSAL_LM"))
     model.train()

@@ -199,7 +199,7 @@ def test_progress_bar_on_a_tty():
         ({"model": {"name": "/nonexistent/model"}}, "model.name: no model at /nonexistent/model"),
         ({"training": {"precision": "fp16"}}, "training.precision fp16 needs a CUDA GPU"),
         ({"method": {"lora": {"targetModules": ["qkv"]}}}, "method.lora.targetModules ['qkv']"),
-        ({"dataset": {"validationFraction": 0.0}, "mitigation": {"earlyStopping": {}}}, "dataset.validationFraction above 0"),
+        ({"dataset": {"validationFraction": 0.001}, "mitigation": {"earlyStopping": {}}}, "no validation examples"),
         ({"mitigation": {"replay": {"sources": [{"fineTuneJob": "never-ran"}]}}}, "mitigation.replay.sources[0]: no replay_buffer.jsonl"),
     ],
 )

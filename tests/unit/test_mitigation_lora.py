@@ -8,8 +8,8 @@ torch = pytest.importorskip("torch")
 
 from forgetless.api.schema import ModelSpec, parse_job  # noqa: E402
 from forgetless_trainer.mitigations.base import TrainContext  # noqa: E402
-from forgetless_trainer.mitigations.full import Full  # noqa: E402
-from forgetless_trainer.mitigations.lora import Lora  # noqa: E402
+from forgetless_trainer.methods.full import Full  # noqa: E402
+from forgetless_trainer.methods.lora import Lora  # noqa: E402
 from forgetless_trainer.modeling import load_model_and_tokenizer  # noqa: E402
 from forgetless.errors import StageError  # noqa: E402
 

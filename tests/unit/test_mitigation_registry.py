@@ -26,5 +26,14 @@ def test_everything_on_in_run_order(manifest):
 
 def test_every_registry_entry_builds_its_named_mitigation(manifest):
     spec = parse_job(manifest(spec={"mitigation": {"replay": {}, "ewc": {}, "earlyStopping": {}, "forgettingBudget": {}}})).spec
-    for name, _, factory in mitigations.REGISTRY:
-        assert factory(spec, {"probe": None, "factory": None}).name == name
+    for name, _, target in mitigations.REGISTRY:
+        assert mitigations._load(target).from_spec(spec, {"probe": None, "factory": None}).name == name
+
+
+def test_methods_say_whether_base_weights_train(manifest):
+    from forgetless_trainer.methods import method_for
+
+    lora = method_for(parse_job(manifest()).spec)
+    full = method_for(parse_job(manifest(spec={"method": {"type": "full"}})).spec)
+    assert (lora.name, lora.trains_base_weights) == ("lora", False)
+    assert (full.name, full.trains_base_weights) == ("full", True)

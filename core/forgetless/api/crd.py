@@ -44,8 +44,45 @@ def _resolve(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
     return node
 
 
+def _merge_tagged_union(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
+    """`oneOf` of objects told apart by one constant property (the tag, e.g. method.type) -> one
+    object with every member's properties, the tag an enum, and a CEL rule per property that only
+    some members have (`lora` only with type lora). The first member's tag default stays the default."""
+    members = [_resolve(m, defs) for m in node["oneOf"]]
+    tags = [name for name in members[0].get("properties", {})
+            if all("const" in m.get("properties", {}).get(name, {}) for m in members)]
+    if len(tags) != 1:
+        raise ValueError(f"cannot express union {node['oneOf']} structurally: no single tag property")
+    tag = tags[0]
+    values = [m["properties"][tag]["const"] for m in members]
+    properties: dict[str, Any] = {}
+    owners: dict[str, list[str]] = {}
+    for member, value in zip(members, values):
+        for name, sub in member.get("properties", {}).items():
+            properties.setdefault(name, sub)
+            owners.setdefault(name, []).append(value)
+    merged = {key: node[key] for key in node if key not in ("oneOf", "title")}
+    tag_schema = {k: v for k, v in properties[tag].items() if k != "const"}
+    tag_schema.update(type="string", enum=values, default=values[0])
+    properties[tag] = tag_schema
+    rules = []
+    for name, having in owners.items():
+        if name == tag or len(having) == len(values):
+            continue
+        properties[name] = {k: v for k, v in properties[name].items() if k != "default"}  # no default for others
+        allowed = ", ".join(f"'{v}'" for v in having)
+        rules.append({"rule": f"!has(self.{name}) || self.{tag} in [{allowed}]",
+                      "message": f"a {name} block is only allowed with {tag} {' or '.join(having)}",
+                      "fieldPath": f".{name}"})
+    merged.update(type="object", properties=properties)
+    merged[schema.CEL] = rules + list(node.get(schema.CEL, []))
+    return merged
+
+
 def _convert(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
     node = _resolve(node, defs)
+    if "oneOf" in node:
+        node = _merge_tagged_union(node, defs)
     if "anyOf" in node:
         options = [o for o in node["anyOf"] if o.get("type") != "null"]
         if len(options) != 1:

@@ -49,15 +49,38 @@ def _submodel(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
+def _tagged_member(annotation: Any, tag: Any) -> type[BaseModel] | None:
+    """The member of a tagged union (`Annotated[Union[Annotated[M, Tag(t)], ...], Discriminator]`) tagged `tag`."""
+    for arg in getattr(annotation, "__args__", ()) or ():
+        if any(getattr(meta, "tag", None) == tag for meta in getattr(arg, "__metadata__", ())):
+            return _submodel(arg)
+        found = _tagged_member(arg, tag)
+        if found is not None:
+            return found
+    return None
+
+
+def _walk(loc: tuple[Any, ...]) -> tuple[tuple[Any, ...], type[BaseModel] | None]:
+    """(`loc` without the tags pydantic inserts for tagged unions, the model holding its last part)."""
+    model: type[BaseModel] | None = FineTuneJob
+    annotation: Any = None
+    kept: list[Any] = []
+    for index, part in enumerate(loc):
+        member = _tagged_member(annotation, part) if annotation is not None else None
+        if member is not None:  # a union tag (method.full.lora -> method.lora, checked against FullMethod)
+            model, annotation = member, None
+            continue
+        kept.append(part)
+        if index == len(loc) - 1 or model is None or isinstance(part, int) or part not in _alias_map(model):
+            continue
+        annotation = _alias_map(model)[part]
+        model = _submodel(annotation)
+    return tuple(kept), model
+
+
 def _allowed_fields(loc: tuple[Any, ...]) -> list[str]:
     """Field names allowed at the object that holds `loc[-1]`."""
-    model: type[BaseModel] | None = FineTuneJob
-    for part in loc[:-1]:
-        if model is None:
-            return []
-        if isinstance(part, int) or part not in _alias_map(model):
-            continue
-        model = _submodel(_alias_map(model)[part])
+    _, model = _walk(loc)
     return sorted(_alias_map(model)) if model is not None else []
 
 
@@ -75,7 +98,7 @@ def describe_validation_error(exc: ValidationError) -> list[str]:
     lines = []
     for err in exc.errors(include_url=False):
         loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-        where = _format_loc(loc)
+        where = _format_loc(_walk(loc)[0])
         kind = err["type"]
         msg = err["msg"]
         if kind == "extra_forbidden":
@@ -85,8 +108,12 @@ def describe_validation_error(exc: ValidationError) -> list[str]:
             msg = "required field is missing"
         elif kind == "value_error":
             msg = msg.removeprefix("Value error, ")
+        elif kind == "method_type":  # the tag of the method union (schema.MethodSpec)
+            where = _format_loc((*_walk(loc)[0], "type"))
+            got = err["input"].get("type") if isinstance(err.get("input"), dict) else err.get("input")
+            msg = f"{msg} (got {got!r})"
         elif kind == "forgetless_rule" and (err.get("ctx") or {}).get("field"):
-            where = _format_loc((*loc, err["ctx"]["field"]))
+            where = _format_loc((*_walk(loc)[0], err["ctx"]["field"]))
         if kind not in ("missing", "extra_forbidden") and "input" in err and not isinstance(err["input"], (dict, list)):
             msg += f" (got {err['input']!r})"
         lines.append(f"{where}: {msg}")

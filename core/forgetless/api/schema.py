@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Annotated, Any, Callable, ClassVar, Literal, Optional
+from typing import Annotated, Any, Callable, ClassVar, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 from pydantic.alias_generators import to_camel, to_snake
 from pydantic_core import PydanticCustomError
 
@@ -212,24 +212,30 @@ class LoraSpec(ApiModel):
     )
 
 
-class MethodSpec(ApiModel):
-    model_config = ConfigDict(
-        json_schema_extra={
-            CEL: [cel("!has(self.lora) || self.type == 'lora'", "a lora block is only allowed with type lora", ".lora")]
-        }
-    )
+class LoraMethod(ApiModel):
+    """LoRA: the base model stays frozen; low-rank adapters are trained."""
 
-    type: Literal["lora", "full"] = Field(default="lora", description="`lora` (frozen base) or `full` fine-tuning.")
-    lora: Optional[LoraSpec] = Field(default=None, description="LoRA settings; only with type `lora`.")
+    type: Literal["lora"] = Field(default="lora", description="`lora` (frozen base) or `full` fine-tuning.")
+    lora: LoraSpec = Field(default_factory=LoraSpec, description="LoRA settings; only with type `lora`.")
 
-    @model_validator(mode="after")
-    def _lora_only_with_lora(self) -> "MethodSpec":
-        if self.lora is not None and self.type != "lora":
-            raise ValueError("a lora block is only allowed with type lora (remove `lora` or set type: lora)")
-        return self
 
-    def lora_or_default(self) -> LoraSpec:
-        return self.lora or LoraSpec()
+class FullMethod(ApiModel):
+    """Full fine-tuning: every weight of the base model is trained."""
+
+    type: Literal["full"] = Field(description="`lora` (frozen base) or `full` fine-tuning.")
+
+
+def _method_tag(value: Any) -> str:
+    """The union's tag: `type`, defaulting to lora (a manifest may give only a `lora` block)."""
+    return (value.get("type", "lora") if isinstance(value, dict) else getattr(value, "type", "lora")) or "lora"
+
+
+MethodSpec = Annotated[
+    Union[Annotated[LoraMethod, Tag("lora")], Annotated[FullMethod, Tag("full")]],
+    Discriminator(_method_tag, custom_error_type="method_type",
+                  custom_error_message="choose lora or full"),
+]
+"""The training method: a union discriminated by `type`, so a `lora` block exists only with type lora."""
 
 
 class DataMixingSpec(ApiModel):
@@ -523,7 +529,7 @@ class FineTuneJobSpec(ApiModel):
 
     model: ModelSpec = Field(description="The base model.")
     dataset: DatasetSpec = Field(description="Task data and general data.")
-    method: MethodSpec = Field(default_factory=MethodSpec)
+    method: MethodSpec = Field(default_factory=LoraMethod)
     mitigation: MitigationSpec = Field(default_factory=MitigationSpec)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     deepspeed: DeepSpeedSpec = Field(default_factory=DeepSpeedSpec)

@@ -11,6 +11,7 @@ A mitigation overrides only the hooks it needs (all default to doing nothing):
 - `on_train_end(trainer)`                 after the last step (replay buffer, EWC state).
 - `state_dict()` / `load_state_dict(d)`   saved in every checkpoint so a resumed run continues exactly.
 - `summary() -> dict`                     merged into the train stage's summary.json.
+- `from_spec(spec, extras)` (classmethod)  how the registry builds it (default: no arguments).
 
 The registry in `forgetless_trainer.mitigations` picks them from the spec; they compose.
 """
@@ -52,8 +53,15 @@ class TrainContext:
     resuming: bool = False
     device: Any = "cpu"
     general_loader: Callable[[], "list[Example]"] | None = None
+    method: Any = None  # the job's forgetless_trainer.methods.Method (the trainer passes the one it runs)
     log: Callable[[str], None] = print
     _general: "list[Example] | None" = None
+
+    def __post_init__(self) -> None:
+        if self.method is None:
+            from forgetless_trainer.methods import method_for
+
+            self.method = method_for(self.job.spec)
 
     @property
     def spec(self):
@@ -110,6 +118,11 @@ class TrainerView(Protocol):
 
 class Mitigation:
     name: str = "mitigation"
+
+    @classmethod
+    def from_spec(cls, spec: Any, extras: dict[str, Any]) -> "Mitigation":
+        """Built by the registry from the job spec (extras: the forgetting budget's probe)."""
+        return cls()
 
     def configure_model(self, model: Any, ctx: TrainContext) -> Any:
         return model

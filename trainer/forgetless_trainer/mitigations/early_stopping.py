@@ -30,8 +30,9 @@ class EarlyStopping(Mitigation):
         self.history: list[tuple[int, float]] = []
 
     @classmethod
-    def from_spec(cls, spec) -> "EarlyStopping":
-        return cls(spec.patience, spec.min_delta, spec.eval_interval_steps)
+    def from_spec(cls, spec, extras=None) -> "EarlyStopping":
+        rule = spec.mitigation.early_stopping
+        return cls(rule.patience, rule.min_delta, rule.eval_interval_steps)
 
     def configure_model(self, model: Any, ctx: TrainContext) -> Any:
         if not ctx.validation:

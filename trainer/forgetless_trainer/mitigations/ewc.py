@@ -391,7 +391,7 @@ class Ewc(Mitigation):
         anchor = {n: p.detach() for n, p in named}
         if spec.online and spec.previous is not None:
             path = find_job_artifact(spec.previous, ctx, STATE_FILE, "mitigation.ewc.previous")
-            fisher, anchor = self._accumulate(path, fisher, anchor, spec.decay, ctx.spec.method.type)
+            fisher, anchor = self._accumulate(path, fisher, anchor, spec.decay, ctx.method)
         device = named[0][1].device
         self.fisher = FlatState(fisher, device)
         self.anchor = FlatState(anchor, device)
@@ -399,7 +399,7 @@ class Ewc(Mitigation):
         self.samples = len(samples)
         return model
 
-    def _accumulate(self, path: Path, fisher, anchor, decay: float, method: str):
+    def _accumulate(self, path: Path, fisher, anchor, decay: float, method: Any):
         state = torch.load(path, map_location="cpu", weights_only=True)
         prev_fisher, prev_anchor = state.get("fisher", {}), state.get("anchor", {})
         matched = [n for n in fisher if n in prev_fisher and prev_fisher[n].shape == fisher[n].shape]
@@ -409,7 +409,7 @@ class Ewc(Mitigation):
                 f"{state.get('method', '?')} job; chain jobs with the same model and method)"
             )
         fisher = {n: decay * prev_fisher[n].to(f) + f if n in matched else f for n, f in fisher.items()}
-        if method == "full":
+        if method.trains_base_weights:  # lora: the adapter's anchor stays at its init
             anchor = {n: prev_anchor[n].to(a) if n in matched and n in prev_anchor else a for n, a in anchor.items()}
         self.previous, self.matched = str(path), len(matched)
         return fisher, anchor

@@ -71,6 +71,18 @@ def suite_probe(job, probe_items: int, base_dir: Path | None = None) -> Probe:
 class ForgettingBudget(Mitigation):
     name = "forgetting_budget"
 
+    @classmethod
+    def from_spec(cls, spec, extras) -> "ForgettingBudget":
+        budget = spec.mitigation.forgetting_budget
+        return cls(
+            budget.max_drop, budget.probe_interval_steps, probe=extras.get("probe"), probe_factory=extras.get("factory"),
+            regression=spec.regression,
+            on_breach=budget.on_breach, max_adjustments=budget.max_adjustments,
+            learning_rate_factor=budget.learning_rate_factor, general_fraction_step=budget.general_fraction_step,
+            max_general_fraction=budget.max_general_fraction,
+            base_general_fraction=spec.mitigation.data_mixing.general_fraction,
+        )
+
     def __init__(self, max_drop: float, interval: int, probe: Probe | None = None, probe_factory=None, *,
                  regression: Any = None,
                  on_breach: str = "Stop", max_adjustments: int = 0, learning_rate_factor: float = 0.5,

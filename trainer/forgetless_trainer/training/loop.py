@@ -239,6 +239,7 @@ class Trainer:
 
             factory = lambda: suite_probe(self.job, budget.probe_items, self.base_dir)  # noqa: E731
         self.mitigations = mitigations.build(spec, probe=self.probe, probe_factory=factory)
+        self.method = self.ctx.method = self.mitigations[0]  # build() puts the method first
         for mitigation in self.mitigations:
             model = mitigation.configure_model(model, self.ctx)
         model.train()
@@ -285,7 +286,7 @@ class Trainer:
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
         )
-        self.exclude_frozen = spec.method.type == "lora"
+        self.exclude_frozen = not self.method.trains_base_weights  # lora: checkpoints hold the adapter only
 
     # ------------------------------------------------------------------ run
 

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from forgetless_trainer.mitigations.base import Mitigation, TrainContext
+from forgetless_trainer.methods import Method
+from forgetless_trainer.mitigations.base import TrainContext
 
 
-class Full(Mitigation):
+class Full(Method):
     name = "full"
+    trains_base_weights = True
 
     def configure_model(self, model: Any, ctx: TrainContext) -> Any:
         for param in model.parameters():
             param.requires_grad_(True)
         self.trainable = sum(p.numel() for p in model.parameters())
         return model
-
-    def summary(self) -> dict[str, Any]:
-        return {"trainableParameters": getattr(self, "trainable", 0)}

@@ -10,17 +10,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from forgetless_trainer.mitigations.base import Mitigation, TrainContext
+from forgetless_trainer.methods import Method
+from forgetless_trainer.mitigations.base import TrainContext
 from forgetless.errors import StageError
 
 
-class Lora(Mitigation):
+class Lora(Method):
     name = "lora"
+    trains_base_weights = False
 
     def configure_model(self, model: Any, ctx: TrainContext) -> Any:
         from peft import LoraConfig, get_peft_model
 
-        spec = ctx.spec.method.lora_or_default()
+        spec = ctx.spec.method.lora
         targets = list(spec.target_modules)
         config = LoraConfig(
             r=spec.r,
@@ -38,6 +40,3 @@ class Lora(Mitigation):
             ) from exc
         self.trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         return model
-
-    def summary(self) -> dict[str, Any]:
-        return {"trainableParameters": getattr(self, "trainable", 0)}
