@@ -44,9 +44,8 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Mapping, Optional, Union
+from typing import Any, Callable, Mapping, Optional
 
 from pydantic import ValidationError
 
@@ -56,99 +55,21 @@ from forgetless.api.schema import (
 
 from forgetless.lifecycle import STAGE_PHASE, STAGES, TERMINAL_PHASES
 from forgetless_operator import children
-from forgetless_operator.children import CONTAINER, OperatorConfig
+from forgetless_operator.baseline_cache_store import cache_data_key, cache_patch, default_cache_key
+from forgetless_operator.children import OperatorConfig
+from forgetless_operator.decision import (
+    Action, CreateObject, Decision, DeleteObject, Event, Observed, PatchObject, RecordBaselineCache,
+)
+from forgetless_operator.observation import (
+    alive, job_attempt, job_condition, observe_stage, owned_by,
+    pod_job_name, pods_of, short,
+)
 
 STAGE_TITLE = {"baseline": "Baseline", "train": "Train", "evaluate": "Evaluate"}
 RUN_CONTROLS = ("suspend", "activeDeadlineSeconds", "ttlSecondsAfterFinished")
-WAITING_PROBLEMS = {
-    "ErrImagePull",
-    "ImagePullBackOff",
-    "InvalidImageName",
-    "CreateContainerConfigError",
-    "CreateContainerError",
-    "CrashLoopBackOff",
-}
-MESSAGE_LIMIT = 1024
 RESTARTS_KEPT = 10
-ALIVE_POD_PHASES = ("Pending", "Running", "Unknown")
 
 CacheKeyFn = Callable[[FineTuneJobSpec], str]
-
-
-# --------------------------------------------------------------------------- data
-
-
-@dataclass
-class Observed:
-    """What the edge read from the API for one FineTuneJob."""
-
-    jobs: dict[str, dict] = field(default_factory=dict)
-    """stage -> batch/v1 Job (by label forgetless.dev/stage; the newest attempt, see `index_jobs`)."""
-    superseded_jobs: list[dict] = field(default_factory=list)
-    """Jobs of earlier attempts of a stage (a multi-worker group that was restarted)."""
-    pods: dict[str, list[dict]] = field(default_factory=dict)
-    """stage -> pods of that stage."""
-    configmaps: dict[str, dict] = field(default_factory=dict)
-    """name -> ConfigMap (the `<job>-spec` one)."""
-    services: dict[str, dict] = field(default_factory=dict)
-    baseline_cache: dict[str, str] = field(default_factory=dict)
-    """data of the `forgetless-baseline-cache` ConfigMap: cache key -> entry JSON."""
-    missing_claims: frozenset[str] = frozenset()
-    """PersistentVolumeClaims the spec names that do not exist."""
-    inference_services: dict[tuple[str, str], dict | None] = field(default_factory=dict)
-    """(namespace, name) -> the InferenceService named by output.handOff (None: it does not exist);
-    a key is present only when the edge looked it up."""
-
-
-@dataclass(frozen=True)
-class CreateObject:
-    obj: dict
-
-
-@dataclass(frozen=True)
-class DeleteObject:
-    api_version: str
-    kind: str
-    namespace: str
-    name: str
-    propagation_policy: str = "Background"
-
-
-@dataclass(frozen=True)
-class PatchObject:
-    """A JSON merge patch (application/merge-patch+json) of a child's main resource."""
-
-    api_version: str
-    kind: str
-    namespace: str
-    name: str
-    patch: dict
-
-
-@dataclass(frozen=True)
-class RecordBaselineCache:
-    """Merge `data` into the baseline-cache ConfigMap (created when missing; None values delete keys)."""
-
-    namespace: str
-    name: str
-    data: dict
-
-
-Action = Union[CreateObject, DeleteObject, PatchObject, RecordBaselineCache]
-
-
-@dataclass(frozen=True)
-class Event:
-    type: str  # Normal | Warning
-    reason: str
-    message: str
-
-
-@dataclass
-class Decision:
-    actions: list[Action]
-    status: dict
-    events: list[Event]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -168,208 +89,6 @@ def spec_hash(spec: Mapping[str, Any]) -> str:
     """sha256 over the spec without the run controls (which may change after start)."""
     body = {k: v for k, v in spec.items() if k not in RUN_CONTROLS}
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:32]
-
-
-def _short(text: str) -> str:
-    text = text.strip()
-    return text if len(text) <= MESSAGE_LIMIT else text[: MESSAGE_LIMIT - 3] + "..."
-
-
-def owned_by(obj: Mapping[str, Any], uid: str) -> bool:
-    return any(ref.get("uid") == uid for ref in (obj.get("metadata") or {}).get("ownerReferences") or [])
-
-
-def _job_condition(job: Mapping[str, Any], type_: str) -> dict | None:
-    for cond in (job.get("status") or {}).get("conditions") or []:
-        if cond.get("type") == type_ and cond.get("status") == "True":
-            return cond
-    return None
-
-
-def _container_state(pod: Mapping[str, Any]) -> dict:
-    for status in (pod.get("status") or {}).get("containerStatuses") or []:
-        if status.get("name") == CONTAINER:
-            return status.get("state") or {}
-    return {}
-
-
-def _rank(pod: Mapping[str, Any]) -> int:
-    meta = pod.get("metadata") or {}
-    for source in (meta.get("annotations") or {}, meta.get("labels") or {}):
-        value = source.get(children.COMPLETION_INDEX_ANNOTATION)
-        if value is not None:
-            try:
-                return int(value)
-            except ValueError:
-                return -1
-    return 0
-
-
-def job_attempt(job: Mapping[str, Any]) -> int:
-    """The attempt a stage Job runs (label forgetless.dev/attempt; 1 when absent)."""
-    value = ((job.get("metadata") or {}).get("labels") or {}).get(children.LABEL_ATTEMPT, "1")
-    try:
-        return max(1, int(value))
-    except ValueError:
-        return 1
-
-
-def index_jobs(jobs: list[dict]) -> tuple[dict[str, dict], list[dict]]:
-    """stage -> its newest attempt's Job, and the Jobs of earlier attempts."""
-    current: dict[str, dict] = {}
-    superseded: list[dict] = []
-    for job in sorted(jobs, key=job_attempt):
-        stage = ((job.get("metadata") or {}).get("labels") or {}).get(children.LABEL_STAGE)
-        if not stage:
-            continue
-        if stage in current:
-            superseded.append(current[stage])
-        current[stage] = job
-    return current, superseded
-
-
-def _pod_job_name(pod: Mapping[str, Any]) -> str | None:
-    labels = (pod.get("metadata") or {}).get("labels") or {}
-    return labels.get("batch.kubernetes.io/job-name") or labels.get("job-name")
-
-
-def pods_of(job_name: str, pods: list[dict]) -> list[dict]:
-    """The pods of one Job (by the Job controller's job-name label; pods without it are kept)."""
-    return [p for p in pods if _pod_job_name(p) in (None, job_name)]
-
-
-def _alive(pod: Mapping[str, Any]) -> bool:
-    return ((pod.get("status") or {}).get("phase") or "Pending") in ALIVE_POD_PHASES
-
-
-def _finished(terminated: Mapping[str, Any]) -> str:
-    return terminated.get("finishedAt") or ""
-
-
-def _tail(text: str, limit: int) -> str:
-    """The end of a long text (a log tail's last lines hold the error)."""
-    text = " ".join(text.split())
-    return text if len(text) <= limit else "..." + text[-(limit - 3):]
-
-
-def failure_text(terminated: Mapping[str, Any]) -> str:
-    """What a failed container said: the stage's `{"error": ...}` summary, else the message (or log
-    tail, FallbackToLogsOnError), else the container's reason (OOMKilled, Error, ...)."""
-    text = (terminated.get("message") or "").strip()
-    try:
-        document = json.loads(text) if text.startswith("{") else None
-    except ValueError:
-        document = None
-    if isinstance(document, dict) and document.get("error"):
-        return str(document["error"])
-    if text:
-        return text
-    code = f"exit code {terminated.get('exitCode')}"
-    return f"{terminated['reason']} ({code})" if terminated.get("reason") else code
-
-
-@dataclass
-class StageObservation:
-    state: str  # Running | Succeeded | Failed
-    result: dict | None = None
-    message: str | None = None
-    failed_pods: int = 0
-    completion_time: str | None = None
-
-
-def observe_stage(stage: str, job: Mapping[str, Any], pods: list[dict], workers: int) -> StageObservation:
-    """The state of one stage Job from the Job's conditions and its pods' termination messages."""
-    status = job.get("status") or {}
-    failed_pods = int(status.get("failed") or 0)
-    ranked = [p for p in pods if workers == 1 or _rank(p) == 0]
-    ok = sorted(
-        (
-            (_finished(t), t)
-            for t in (_container_state(p).get("terminated") for p in ranked)
-            if t is not None and t.get("exitCode") == 0
-        ),
-        key=lambda pair: pair[0],
-    )
-    bad = sorted(  # (finished at, rank, terminated state) of every failed container, earliest first
-        (
-            (_finished(t), _rank(p), t)
-            for p, t in ((p, _container_state(p).get("terminated")) for p in pods)
-            if t is not None and t.get("exitCode") not in (0, None)
-        ),
-        key=lambda entry: entry[:2],
-    )
-    complete = _job_condition(job, "Complete")
-    failed = _job_condition(job, "Failed")
-    if failed is not None:
-        reason = failed.get("reason") or "Failed"
-        message = f"{reason}: {failed.get('message') or 'the stage Job failed'}"
-        if workers > 1 and bad:  # every failed rank, earliest first: the first one is usually the cause
-            message += "; failed ranks: " + "; ".join(
-                f"rank {rank} exit code {terminated.get('exitCode')}: {_tail(failure_text(terminated), 200)}"
-                for _, rank, terminated in bad
-            )
-        elif bad:
-            message += f"; last pod: {failure_text(bad[-1][2])}"
-        return StageObservation("Failed", message=_short(message), failed_pods=failed_pods)
-    # Multi-worker: only the Job's Complete condition says all ranks finished; one worker: the pod suffices.
-    if ok and (complete is not None or workers == 1):
-        finished_at, terminated = ok[-1]
-        raw = terminated.get("message") or ""
-        try:
-            # NaN/Infinity (a diverged loss) would make the status patch invalid JSON for the API server
-            result = json.loads(raw, parse_constant=lambda _constant: None)
-        except ValueError:
-            return StageObservation(
-                "Failed",
-                message=_short(f"ResultUnreadable: the {stage} pod's termination message is not JSON: {raw[:200]!r}"),
-                failed_pods=failed_pods,
-            )
-        if not isinstance(result, dict) or result.get("stage", stage) != stage:
-            return StageObservation(
-                "Failed",
-                message=f"ResultUnreadable: the {stage} pod's termination message is not a {stage} summary",
-                failed_pods=failed_pods,
-            )
-        completion = status.get("completionTime") or finished_at or None
-        return StageObservation("Succeeded", result=result, failed_pods=failed_pods, completion_time=completion)
-    if complete is not None:
-        return StageObservation(
-            "Failed",
-            message=f"ResultMissing: the {stage} Job completed but no pod holds its termination message",
-            failed_pods=failed_pods,
-        )
-    message = None
-    if _job_condition(job, "Suspended") is not None or (job.get("spec") or {}).get("suspend"):
-        message = f"the {stage} Job is suspended (waiting for admission or resume)"
-    for pod in pods:
-        waiting = _container_state(pod).get("waiting") or {}
-        if waiting.get("reason") in WAITING_PROBLEMS:
-            name = (pod.get("metadata") or {}).get("name", "?")
-            message = _short(f"pod {name}: {waiting['reason']}: {waiting.get('message') or ''}".rstrip(": "))
-            break
-        for cond in (pod.get("status") or {}).get("conditions") or []:
-            if cond.get("type") == "PodScheduled" and cond.get("status") == "False" and cond.get("reason"):
-                name = (pod.get("metadata") or {}).get("name", "?")
-                message = _short(f"pod {name}: {cond['reason']}: {cond.get('message') or ''}".rstrip(": "))
-    if bad and message is None:
-        message = _short(f"retrying after a failed pod: {failure_text(bad[-1][2])}")
-    return StageObservation("Running", message=message, failed_pods=failed_pods)
-
-
-def _default_cache_key(spec: FineTuneJobSpec) -> str | None:
-    try:
-        from forgetless.baseline_cache import spec_cache_key
-    except ImportError:  # the cache module is optional: without it every job runs its baseline
-        return None
-    try:
-        return spec_cache_key(spec)
-    except (ValueError, TypeError):  # a spec the cache cannot key: run the baseline
-        return None
-
-
-def cache_data_key(key: str) -> str:
-    """ConfigMap data keys allow [-._a-zA-Z0-9]; anything else becomes '_'."""
-    return "".join(ch if ch.isalnum() or ch in "-._" else "_" for ch in key)[:253]
 
 
 # --------------------------------------------------------------------------- the reconciler
@@ -402,7 +121,7 @@ class _Run:
     # ------------------------------------------------------------ small tools
 
     def event(self, reason: str, message: str, warning: bool = False) -> None:
-        self.events.append(Event("Warning" if warning else "Normal", reason, _short(message)))
+        self.events.append(Event("Warning" if warning else "Normal", reason, short(message)))
 
     def set_condition(self, type_: str, status: str, reason: str, message: str) -> None:
         conditions = self.status.setdefault("conditions", [])
@@ -410,11 +129,11 @@ class _Run:
             if cond["type"] == type_:
                 if cond["status"] != status:
                     cond["lastTransitionTime"] = self.now_s
-                cond.update(status=status, reason=reason, message=_short(message),
+                cond.update(status=status, reason=reason, message=short(message),
                             observedGeneration=self.meta.get("generation"))
                 return
         conditions.append({
-            "type": type_, "status": status, "reason": reason, "message": _short(message),
+            "type": type_, "status": status, "reason": reason, "message": short(message),
             "lastTransitionTime": self.now_s, "observedGeneration": self.meta.get("generation"),
         })
 
@@ -430,17 +149,17 @@ class _Run:
     def fail(self, reason: str, message: str) -> None:
         self.status["phase"] = "Failed"
         self.status["completionTime"] = self.now_s
-        self.status["message"] = _short(message)
+        self.status["message"] = short(message)
         self.set_condition("Failed", "True", reason, message)
         self.event(reason, message, warning=True)
 
     def reject(self, reason: str, message: str) -> None:
         """Not started and cannot start yet: a condition and (once per distinct problem) an event."""
         self.status["phase"] = "Pending"
-        self.status["message"] = _short(message)
+        self.status["message"] = short(message)
         self.reason = (reason, message)
         ready = next((c for c in self.old.get("conditions") or [] if c["type"] == "Ready"), None)
-        if ready is None or ready.get("reason") != reason or ready.get("message") != _short(message):
+        if ready is None or ready.get("reason") != reason or ready.get("message") != short(message):
             self.event(reason, message, warning=True)
 
     # ------------------------------------------------------------ main flow
@@ -618,7 +337,7 @@ class _Run:
         for stage, job in self.observed.jobs.items():
             if not owned_by(job, self.uid):
                 continue
-            if _job_condition(job, "Complete") or _job_condition(job, "Failed"):
+            if job_condition(job, "Complete") or job_condition(job, "Failed"):
                 continue
             self.actions.append(DeleteObject("batch/v1", "Job", self.namespace, job["metadata"]["name"]))
             record = self.stage(stage)
@@ -639,7 +358,7 @@ class _Run:
             spec = job.get("spec") or {}
             if not owned_by(job, self.uid) or spec.get("suspend"):
                 continue
-            if _job_condition(job, "Complete") or _job_condition(job, "Failed"):
+            if job_condition(job, "Complete") or job_condition(job, "Failed"):
                 continue
             meta = job["metadata"]
             self.actions.append(PatchObject("batch/v1", "Job", self.namespace, meta["name"], {
@@ -754,7 +473,7 @@ class _Run:
         workers = spec.resources.workers if stage == "train" else 1
         job_name = children.stage_job_name(self.name, stage, workers, attempt)
         lingering = [p["metadata"]["name"] for p in self.observed.pods.get(stage, [])
-                     if _pod_job_name(p) not in (None, job_name) and _alive(p)]
+                     if pod_job_name(p) not in (None, job_name) and alive(p)]
         record.update(jobName=job_name, attempts=attempt)
         record.setdefault("startTime", self.now_s)
         if lingering:
@@ -786,9 +505,9 @@ class _Run:
                       f"{spec.backoff_limit} group restarts used)")
             return False
         restarts = [r for r in record.get("restarts") or [] if r.get("attempt") != attempt]
-        restarts.append({"attempt": attempt, "time": self.now_s, "message": _short(why)})
+        restarts.append({"attempt": attempt, "time": self.now_s, "message": short(why)})
         record["restarts"] = restarts[-RESTARTS_KEPT:]
-        record["message"] = _short(f"group attempt {attempt} failed: {why}")
+        record["message"] = short(f"group attempt {attempt} failed: {why}")
         self.event(f"{STAGE_TITLE[stage]}GroupRestarted",
                    f"stage {stage}: {why}; restarting all {spec.resources.workers} workers from the last "
                    f"checkpoint (attempt {attempt + 1} of {allowed})", warning=True)
@@ -820,18 +539,7 @@ class _Run:
 
     def record_cache(self, key: str, result: dict, spec: FineTuneJobSpec) -> None:
         entry = {**result, "claimName": children.output_claim(spec), "storedAt": self.now_s}
-        data: dict[str, Any] = {cache_data_key(key): json.dumps(entry, sort_keys=True)}
-        existing = dict(self.observed.baseline_cache)
-        existing.pop(cache_data_key(key), None)
-        overflow = len(existing) + 1 - self.config.baseline_cache_max_entries
-        if overflow > 0:
-            def stored_at(item: tuple[str, str]) -> str:
-                try:
-                    return str(json.loads(item[1]).get("storedAt", ""))
-                except ValueError:
-                    return ""
-            for old_key, _ in sorted(existing.items(), key=stored_at)[:overflow]:
-                data[old_key] = None
+        data = cache_patch(self.observed.baseline_cache, key, entry, self.config.baseline_cache_max_entries)
         self.actions.append(RecordBaselineCache(self.namespace, self.config.baseline_cache_configmap, data))
 
     def record_verdict(self, spec: FineTuneJobSpec) -> None:
@@ -944,4 +652,4 @@ def reconcile(
     cache_key: CacheKeyFn | None = None,
 ) -> Decision:
     """Decide what to do for one FineTuneJob. Pure: no I/O, `job` and `observed` are not modified."""
-    return _Run(job, observed, now, config or OperatorConfig(), cache_key or _default_cache_key).run()
+    return _Run(job, observed, now, config or OperatorConfig(), cache_key or default_cache_key).run()

@@ -355,7 +355,7 @@ async def test_suspend_deadline_and_ttl_through_the_api(api: FakeApi, operator: 
 
 def test_merge_patch_turns_old_into_new():
     from tests.support.fakeapi import merge
-    from forgetless_operator.handlers import merge_patch
+    from forgetless_operator.runtime import merge_patch
 
     old = {"phase": "Baseline", "stages": {"baseline": {"phase": "Running", "message": "pulling"}}, "gone": 1}
     new = {"phase": "Training", "stages": {"baseline": {"phase": "Succeeded"}, "train": {"phase": "Running"}}}

@@ -13,16 +13,8 @@ import pytest
 from forgetless.api.schema import FineTuneJobSpec, FineTuneJobStatus
 from forgetless_operator import children
 from forgetless_operator.children import OperatorConfig
-from forgetless_operator.reconcile import (
-    CreateObject,
-    DeleteObject,
-    Observed,
-    PatchObject,
-    RecordBaselineCache,
-    fmt_time,
-    reconcile,
-    spec_hash,
-)
+from forgetless_operator.decision import CreateObject, DeleteObject, Observed, PatchObject, RecordBaselineCache
+from forgetless_operator.reconcile import fmt_time, reconcile, spec_hash
 
 T0 = datetime(2026, 11, 29, 9, 0, 0, tzinfo=timezone.utc)
 UID = "0b1c2d3e-0000-4000-8000-000000000001"
@@ -584,7 +576,7 @@ def test_multi_worker_stage_waits_for_job_completion_and_reads_rank_zero():
     ({"exitCode": 2}, "exit code 2"),
 ])
 def test_failure_text_prefers_the_stage_error(terminated, text):
-    from forgetless_operator.reconcile import failure_text
+    from forgetless_operator.observation import failure_text
 
     assert failure_text(terminated) == text
 
@@ -702,7 +694,7 @@ def test_group_success_reads_rank_zero_of_the_current_attempt():
 
 
 def test_index_jobs_picks_the_newest_attempt():
-    from forgetless_operator.reconcile import index_jobs
+    from forgetless_operator.observation import index_jobs
 
     job, _ = training_group()
     jobs = [group_job(job, 2), stage_job(job, "baseline"), group_job(job, 1), group_job(job, 3)]

@@ -4,7 +4,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from forgetless_operator.handlers import needs_resync, peering_allows
+from forgetless_operator.runtime import needs_resync, peering_allows
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=timezone.utc)
 HAND_OFF = {"output": {"handOff": {"inferenceService": {"name": "chat"}}}}
@@ -43,3 +43,50 @@ def test_peering_allows(peers, allowed):
 
 def test_no_peering_object_allows():
     assert peering_allows(None, "me", 0, NOW)
+
+
+async def test_coalescer_runs_once_more_for_triggers_during_a_run():
+    import asyncio
+
+    from forgetless_operator.runtime import Coalescer
+
+    coalescer, runs, release = Coalescer(), [], asyncio.Event()
+
+    async def once() -> bool:
+        runs.append(len(runs))
+        if len(runs) == 1:
+            await release.wait()
+        return True
+
+    first = asyncio.ensure_future(coalescer.run("job", once))
+    await asyncio.sleep(0)
+    for _ in range(5):  # five triggers while the first run is in progress
+        await coalescer.run("job", once)
+    release.set()
+    await first
+    assert runs == [0, 1]  # the first run, then exactly one more
+
+
+async def test_coalescer_does_not_repeat_a_failed_run():
+    from forgetless_operator.runtime import Coalescer
+
+    coalescer, runs = Coalescer(), []
+
+    async def failing() -> bool:
+        runs.append(1)
+        await coalescer.run("job", failing)  # a trigger during the run marks it dirty
+        return False
+
+    await coalescer.run("job", failing)
+    assert runs == [1]
+
+
+def test_echo_filter_skips_only_the_created_version_once():
+    from forgetless_operator.runtime import EchoFilter
+
+    echoes = EchoFilter()
+    created = {"metadata": {"namespace": "ns", "name": "j-baseline", "resourceVersion": "7"}}
+    echoes.expect("Job", created)
+    assert echoes.is_echo("Job", created)
+    assert not echoes.is_echo("Job", created)  # only once
+    assert not echoes.is_echo("Job", {"metadata": {"namespace": "ns", "name": "j-baseline", "resourceVersion": "8"}})

@@ -1,0 +1,394 @@
+"""The operator's runtime: for one FineTuneJob, read what `reconcile` needs (`observe`), call it, apply
+its Decision and patch the status (`reconcile_once`); plus the small parts that keep that cheap
+under load: `Coalescer` (one reconcile per job at a time), `EchoFilter` (skip the watch events of
+the operator's own creates), `SharedReads` (one GET for a burst of jobs reading the same object).
+kopf is not imported here: handlers.py wires watch events and the resync loop to this.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Awaitable, Callable, Optional
+
+from forgetless.api.schema import API_VERSION, KIND
+from forgetless.lifecycle import TERMINAL_PHASES
+
+from forgetless_operator import children
+from forgetless_operator.children import LABEL_JOB, LABEL_STAGE, OperatorConfig
+from forgetless_operator.decision import (
+    CreateObject,
+    Decision,
+    DeleteObject,
+    Observed,
+    PatchObject,
+    RecordBaselineCache,
+)
+from forgetless_operator.kube import ApiError, KubeClient
+from forgetless_operator.metrics import OperatorMetrics
+from forgetless_operator.observation import index_jobs
+from forgetless_operator.reconcile import fmt_time, reconcile
+
+log = logging.getLogger("forgetless.operator")
+LEGACY_FINALIZER = "forgetless.dev/finalizer"  # added by versions with a per-object kopf timer; removed on resync
+
+
+def merge_patch(old: Any, new: Any) -> dict:
+    """The RFC 7386 merge patch turning `old` into `new` (both dicts)."""
+    patch: dict[str, Any] = {key: None for key in old if key not in new}
+    for key, value in new.items():
+        before = old.get(key, _MISSING)
+        if isinstance(value, dict) and isinstance(before, dict):
+            sub = merge_patch(before, value)
+            if sub:
+                patch[key] = sub
+        elif value != before:
+            patch[key] = value
+    return patch
+
+
+_MISSING = object()
+
+
+class Coalescer:
+    """One run at a time per key: a trigger while a run is in progress marks the key dirty, and the
+    run repeats once afterwards (however many triggers came). A run that returns False (it failed)
+    is not repeated; the resync loop retries it."""
+
+    def __init__(self) -> None:
+        self._running: set[Any] = set()
+        self._dirty: set[Any] = set()
+
+    async def run(self, key: Any, once: Callable[[], Awaitable[bool]]) -> None:
+        if key in self._running:
+            self._dirty.add(key)
+            return
+        self._running.add(key)
+        try:
+            while True:
+                self._dirty.discard(key)
+                if not await once() or key not in self._dirty:
+                    return
+        finally:
+            self._running.discard(key)
+            self._dirty.discard(key)
+
+    def forget(self, key: Any) -> None:
+        if key not in self._running:
+            self._dirty.discard(key)
+
+
+class EchoFilter:
+    """Watch events that only echo the operator's own creates: the ADDED event of a child it just
+    created carries the resourceVersion the create returned, and is skipped once."""
+
+    LIMIT = 10_000  # echoes whose event never came (a watch relist) are forgotten past this many
+
+    def __init__(self) -> None:
+        self._expected: set[tuple[str, str, str, str]] = set()
+
+    @staticmethod
+    def _key(kind: str, body: Any) -> tuple[str, str, str, str]:
+        meta = body.get("metadata") or {}
+        return kind, meta.get("namespace", ""), meta.get("name", ""), meta.get("resourceVersion", "")
+
+    def expect(self, kind: str, created: Any) -> None:
+        if (created.get("metadata") or {}).get("resourceVersion"):
+            if len(self._expected) > self.LIMIT:
+                self._expected.clear()
+            self._expected.add(self._key(kind, created))
+
+    def is_echo(self, kind: str, body: Any) -> bool:
+        key = self._key(kind, body)
+        if key in self._expected:
+            self._expected.discard(key)
+            return True
+        return False
+
+
+class SharedReads:
+    """GETs of objects many jobs read (a PVC, the baseline-cache ConfigMap), shared for `ttl` seconds:
+    a burst of new jobs costs one request, not one per job. Staleness is harmless here (a late cache
+    entry means one more baseline run; a PVC is re-checked on the next resync)."""
+
+    def __init__(self, kube: KubeClient, ttl: float) -> None:
+        self.kube, self.ttl = kube, ttl
+        self._reads: dict[tuple[str, str, str], tuple[float, asyncio.Future]] = {}
+
+    async def get(self, kind: str, namespace: str, name: str) -> dict | None:
+        key = (kind, namespace, name)
+        loop = asyncio.get_running_loop()
+        cached = self._reads.get(key)
+        if cached is None or cached[0] < loop.time():
+            future = asyncio.ensure_future(self.kube.get("v1", kind, namespace, name))
+            cached = (loop.time() + self.ttl, future)
+            self._reads[key] = cached
+            if len(self._reads) > 1024:
+                self._reads = {k: v for k, v in self._reads.items() if v[0] >= loop.time()}
+        try:
+            return await asyncio.shield(cached[1])
+        except Exception:
+            self._reads.pop(key, None)
+            raise
+
+
+@dataclass
+class Runtime:
+    """Operator-wide state: the API client, settings and metrics (one per process or per test)."""
+
+    kube: KubeClient
+    config: OperatorConfig = field(default_factory=OperatorConfig)
+    metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
+    instance: str = "forgetless-operator"
+    cache_key: Optional[Callable[..., Any]] = None
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now(timezone.utc))
+    shared_ttl: float = 1.0
+    _coalescer: "Coalescer" = field(default_factory=lambda: Coalescer())
+    _echoes: "EchoFilter" = field(default_factory=lambda: EchoFilter())
+    _fingerprints: dict[tuple[str, str], str] = field(default_factory=dict)
+    _tasks: set[asyncio.Future] = field(default_factory=set)
+    _shared: "SharedReads | None" = None
+
+    async def shared_get(self, kind: str, namespace: str, name: str) -> dict | None:
+        """A GET of an object many jobs read, shared for `shared_ttl` seconds (see SharedReads)."""
+        if self._shared is None:
+            self._shared = SharedReads(self.kube, self.shared_ttl)
+        return await self._shared.get(kind, namespace, name)
+
+    # Watch events that only echo the operator's own writes are skipped: a FineTuneJob whose
+    # generation, labels, deletion mark and status are what the last reconcile wrote (kopf's own
+    # finalizer/annotation edits, our status patch), and the ADDED event of a child just created.
+    # Time-based work (deadline, TTL) and errors are covered by the resync timer, which never skips.
+
+    async def on_finetunejob(self, namespace: str, name: str, body: Any) -> None:
+        if self._fingerprints.get((namespace, name)) == fingerprint(body):
+            return
+        await self.trigger(namespace, name)
+
+    async def on_child(self, kind: str, namespace: str, job: str, body: Any) -> None:
+        if self._echoes.is_echo(kind, body):
+            return
+        await self.trigger(namespace, job)
+
+    async def trigger(self, namespace: str, name: str) -> None:
+        """Reconcile the job now, or once more after the reconcile that is running (Coalescer)."""
+        await self._coalescer.run((namespace, name), lambda: self._reconcile_logged(namespace, name))
+
+    async def _reconcile_logged(self, namespace: str, name: str) -> bool:
+        try:
+            await self.reconcile_once(namespace, name)
+        except Exception as exc:  # noqa: BLE001 - counted, logged; the resync loop retries
+            self.metrics.error(namespace)
+            log.warning("reconcile %s/%s failed: %s", namespace, name, exc)
+            return False
+        return True
+
+    def spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def forget(self, namespace: str, name: str) -> None:
+        self.metrics.forget(namespace, name)
+        self._fingerprints.pop((namespace, name), None)
+        self._coalescer.forget((namespace, name))
+
+    async def resync_pass(self, namespaces: list[str] | None) -> int:
+        """List the FineTuneJobs (None: all namespaces) and reconcile, in the background, each one with
+        time-based work left; strip the legacy finalizer. Returns how many were triggered."""
+        listed = await asyncio.gather(*(self.kube.list(API_VERSION, KIND, ns) for ns in (namespaces or [None])))
+        triggered = 0
+        for ftj in (item for items in listed for item in items):
+            meta = ftj.get("metadata") or {}
+            namespace, name = meta.get("namespace", ""), meta.get("name", "")
+            if LEGACY_FINALIZER in (meta.get("finalizers") or []):
+                remaining = [f for f in meta["finalizers"] if f != LEGACY_FINALIZER]
+                self.spawn(self.kube.patch(API_VERSION, KIND, namespace, name,
+                                           {"metadata": {"finalizers": remaining or None}}))
+            if needs_resync(ftj):
+                triggered += 1
+                self.spawn(self.trigger(namespace, name))
+        return triggered
+
+    async def observe(self, ftj: dict) -> Observed:
+        meta = ftj["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        status = ftj.get("status") or {}
+        if meta.get("deletionTimestamp"):
+            return Observed()
+        if status.get("phase") in TERMINAL_PHASES:
+            if not hand_off_pending(ftj):
+                return Observed()  # only the TTL is left to watch
+            spec_cm, services = await asyncio.gather(
+                self.kube.get("v1", "ConfigMap", namespace, children.spec_configmap_name(name)),
+                self._inference_services(ftj),
+            )
+            configmaps = {spec_cm["metadata"]["name"]: spec_cm} if spec_cm is not None else {}
+            return Observed(configmaps=configmaps, inference_services=services)
+        if not status.get("specHash"):
+            # Not started: no children are expected (one left by a crash between create and status
+            # patch makes the create answer 409 AlreadyExists, which is success), so only read what
+            # preflight and the baseline-cache decision need.
+            cache, missing = await asyncio.gather(
+                self.shared_get("ConfigMap", namespace, self.config.baseline_cache_configmap),
+                self._missing_claims(ftj),
+            )
+            return Observed(baseline_cache=dict((cache or {}).get("data") or {}), missing_claims=frozenset(missing))
+        selector = f"{LABEL_JOB}={name}"
+        jobs, pods, services, spec_cm = await asyncio.gather(
+            self.kube.list("batch/v1", "Job", namespace, selector),
+            self.kube.list("v1", "Pod", namespace, selector),
+            self.kube.list("v1", "Service", namespace, selector),
+            self.kube.get("v1", "ConfigMap", namespace, children.spec_configmap_name(name)),
+        )
+        current, superseded = index_jobs(jobs)
+        observed = Observed(jobs=current, superseded_jobs=superseded,
+                            services={s["metadata"]["name"]: s for s in services})
+        for pod in pods:
+            stage = (pod["metadata"].get("labels") or {}).get(LABEL_STAGE)
+            if stage:
+                observed.pods.setdefault(stage, []).append(pod)
+        if spec_cm is not None:
+            observed.configmaps[spec_cm["metadata"]["name"]] = spec_cm
+        observed.inference_services = await self._inference_services(ftj)
+        baseline = (status.get("stages") or {}).get("baseline") or {}
+        if "baseline" not in observed.jobs and baseline.get("phase") not in ("Succeeded", "Skipped"):
+            cache = await self.shared_get("ConfigMap", namespace, self.config.baseline_cache_configmap)
+            observed.baseline_cache = dict((cache or {}).get("data") or {})
+        return observed
+
+    async def _inference_services(self, ftj: dict) -> dict:
+        target = inference_service_ref(ftj)
+        if target is None:
+            return {}
+        namespace = target.get("namespace") or ftj["metadata"]["namespace"]
+        found = await self.kube.get("serving.kserve.io/v1beta1", "InferenceService", namespace, target["name"])
+        return {(namespace, target["name"]): found}
+
+    async def _missing_claims(self, ftj: dict) -> set[str]:
+        from forgetless.api.schema import FineTuneJobSpec
+
+        try:
+            spec = FineTuneJobSpec.model_validate(ftj.get("spec") or {})
+        except ValueError:
+            return set()
+        names = sorted(children.claims(spec))
+        found = await asyncio.gather(
+            *(self.shared_get("PersistentVolumeClaim", ftj["metadata"]["namespace"], c) for c in names)
+        )
+        return {c for c, obj in zip(names, found) if obj is None}
+
+    async def reconcile_once(self, namespace: str, name: str) -> Decision | None:
+        ftj = await self.kube.get(API_VERSION, KIND, namespace, name)
+        if ftj is None:
+            self.forget(namespace, name)
+            return None
+        observed = await self.observe(ftj)
+        decision = reconcile(ftj, observed, self.clock(), self.config, cache_key=self.cache_key)
+        results = await asyncio.gather(*(self.apply(a) for a in decision.actions), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result  # the status is not patched: the next reconcile redoes the whole step
+        old = dict(ftj.get("status") or {})
+        old.pop("kopf", None)
+        patch = merge_patch(old, decision.status)
+        written = ftj
+        if patch:
+            written = await self.kube.patch(API_VERSION, KIND, namespace, name, {"status": patch}, subresource="status")
+        self._fingerprints[(namespace, name)] = fingerprint(written)
+        now = fmt_time(self.clock())
+        await asyncio.gather(*(self._post(ftj, event, now) for event in decision.events))
+        self.metrics.observe(namespace, name, old, decision.status)
+        return decision
+
+    async def _post(self, ftj: dict, event: Any, now: str) -> None:
+        body = children.event(ftj, event.reason, event.message, event.type, now, self.instance)
+        try:
+            await self.kube.create(body)
+        except ApiError as exc:  # an event is worth a log line, not a failed reconcile
+            log.warning("posting event %s for %s failed: %s", event.reason, ftj["metadata"]["name"], exc)
+
+    async def apply(self, action: Any) -> None:
+        kube = self.kube
+        if isinstance(action, CreateObject):
+            created = await kube.create(action.obj)
+            if created and action.obj["kind"] in ("Job", "Pod"):
+                self._echoes.expect(action.obj["kind"], created)
+        elif isinstance(action, DeleteObject):
+            await kube.delete(action.api_version, action.kind, action.namespace, action.name, action.propagation_policy)
+        elif isinstance(action, PatchObject):
+            await kube.patch(action.api_version, action.kind, action.namespace, action.name, action.patch)
+        elif isinstance(action, RecordBaselineCache):
+            await self._record_cache(action)
+        else:  # pragma: no cover - a new Action type without an edge
+            raise TypeError(f"unknown action {action!r}")
+
+    async def _record_cache(self, action: RecordBaselineCache) -> None:
+        try:
+            await self.kube.patch("v1", "ConfigMap", action.namespace, action.name, {"data": action.data})
+            return
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+        body = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": action.name, "namespace": action.namespace, "labels": dict(children.MANAGED_BY)},
+            "data": {k: v for k, v in action.data.items() if v is not None},
+        }
+        if not await self.kube.create(body):  # created meanwhile by another job's reconcile
+            await self.kube.patch("v1", "ConfigMap", action.namespace, action.name, {"data": action.data})
+
+
+def inference_service_ref(ftj: Any) -> dict | None:
+    """spec.output.handOff.inferenceService of a FineTuneJob body, if any (read raw: no validation)."""
+    target = ((((ftj.get("spec") or {}).get("output") or {}).get("handOff") or {}).get("inferenceService"))
+    return target if isinstance(target, dict) and target.get("name") else None
+
+
+def hand_off_pending(ftj: Any) -> bool:
+    """A Succeeded job whose InferenceService has not been pointed at its model yet."""
+    status = ftj.get("status") or {}
+    handed = (status.get("handOff") or {}).get("inferenceService") or {}
+    return (inference_service_ref(ftj) is not None and status.get("phase") == "Succeeded"
+            and bool(status.get("promoted")) and handed.get("phase") != "Patched")
+
+
+def needs_resync(ftj: Any) -> bool:
+    """Whether the resync loop reconciles this FineTuneJob: all but those finished for good (terminal,
+    no TTL to wait for, no hand-off pending) and those being deleted."""
+    meta, spec, status = ftj.get("metadata") or {}, ftj.get("spec") or {}, ftj.get("status") or {}
+    if meta.get("deletionTimestamp"):
+        return False
+    if status.get("phase") in TERMINAL_PHASES:
+        return spec.get("ttlSecondsAfterFinished") is not None or hand_off_pending(ftj)
+    return True
+
+
+def peering_allows(peering: dict | None, identity: str, priority: int, now: datetime) -> bool:
+    """kopf's rule (kopf/_core/engines/peering.py): this replica acts unless another live peer in the
+    peering object's status has the same or a higher priority. No peering object: it acts."""
+    from datetime import timedelta
+
+    for peer, info in ((peering or {}).get("status") or {}).items():
+        if peer == identity or not isinstance(info, dict):
+            continue
+        try:
+            seen = datetime.fromisoformat(str(info.get("lastseen")).replace("Z", "+00:00"))
+            alive = seen + timedelta(seconds=int(info.get("lifetime", 60))) > now
+        except ValueError:
+            continue
+        if alive and int(info.get("priority", 0)) >= priority:
+            return False
+    return True
+
+
+def fingerprint(body: Any) -> str:
+    """What a FineTuneJob's reconcile depends on, besides children and the clock."""
+    meta = body.get("metadata") or {}
+    status = {k: v for k, v in (body.get("status") or {}).items() if k != "kopf"}
+    return json.dumps([meta.get("uid"), meta.get("generation"), meta.get("labels"), meta.get("deletionTimestamp"),
+                       body.get("spec"), status], sort_keys=True, default=str)
