@@ -101,11 +101,15 @@ def _log_progress():
 
 def load_and_evaluate(
     model_spec: ModelSpec, target: EvalTarget, *, adapter_path: Path | None = None,
-    limit: int | None = None, batch_size: int = 32, base_dir: Path | None = None,
+    limit: int | None = None, batch_size: int = 32, base_dir: Path | None = None, dataset: Any = None,
 ) -> EvaluationResult:
+    """`dataset` (the job's DatasetSpec): its chatTemplate / chat format decide the prompt format, as in
+    training (forgetless_trainer.chat.install_template)."""
+    from forgetless_trainer.chat import install_template
     from forgetless_trainer.modeling import load_model_and_tokenizer
 
     model, tokenizer = load_model_and_tokenizer(model_spec, adapter_path=adapter_path, base_dir=base_dir)
+    install_template(tokenizer, dataset, base_dir)
     result = evaluate_model(model, tokenizer, target, limit=limit, batch_size=batch_size)
     result.meta.update({"model": model_spec.name, "adapter": str(adapter_path) if adapter_path else None})
     return result
