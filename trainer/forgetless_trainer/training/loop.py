@@ -345,7 +345,7 @@ class Trainer:
         """Forward, mitigation loss terms, backward and `engine.step()` (an optimizer step at the accumulation boundary)."""
         batch = {k: v.to(self.device) for k, v in batch.items()}
         out = self.engine(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
-                          position_ids=batch.get("position_ids"), labels=batch["labels"])
+                          position_ids=batch.get("position_ids"), labels=batch["labels"], use_cache=False)
         loss = out.loss
         extra = None
         for mitigation in self.mitigations:

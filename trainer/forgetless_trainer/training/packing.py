@@ -6,7 +6,8 @@ Rows are filled first-fit in the micro-batch's order; every example keeps its ow
 reads such position ids as packed sequences ("padding-free" training): with SDPA and eager
 attention its mask builder (`masking_utils.find_packed_sequence_indices`) makes the causal mask
 block-diagonal, and flash-attention uses variable-length kernels, so no token attends to another
-example. A row's tail padding gets its own positions (a separate dummy sequence) and labels -100.
+example. The forward must run with `use_cache=False` (the trainer's does): transformers only reads
+packed position ids when no KV cache is passed, and builds one by default. A row's tail padding gets its own positions (a separate dummy sequence) and labels -100.
 
 A micro-batch still holds `batchSize` examples, so mixing fractions, replay draws, the data
 position in checkpoints and sharding are unchanged; packing only removes the padding (fewer,
