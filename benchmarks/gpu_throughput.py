@@ -126,7 +126,7 @@ def run(method: str, shape: dict, steps: int, warmup: int, device) -> dict:
         "method": method, "params_matmul": n_matmul, "params_trainable": n_lora or n_matmul,
         "tokens_per_second": tokens / seconds, "seconds_per_step": seconds / len(times),
         "flops_per_token": per_token, "achieved_tflops": per_token * tokens / seconds / 1e12,
-        "loss": float(loss), "peak_memory_gib": memory,
+        "loss": float(loss.detach()), "peak_memory_gib": memory,
     }
 
 
