@@ -59,3 +59,16 @@ def test_lm_eval_suite_errors_name_the_file_and_the_fix(tmp_path):
     with pytest.raises(SuiteError, match="lm_eval.limit"):
         resolve_suite(folder)
     assert resolve_suite("bundled:world-v1").name == "world-v1"  # native suites still load
+
+
+def test_llama_chat_example_validates_and_uses_the_standard_suite():
+    import yaml
+
+    from forgetless.api.schema import parse_job
+
+    path = Path(__file__).resolve().parents[2] / "examples" / "llama-3.2-1b-chat.yaml"
+    job = parse_job(yaml.safe_load(path.read_text()))
+    spec = job.spec
+    assert spec.regression.suite.path == "bundled:standard-v1" and spec.dataset.format == "chat"
+    assert spec.method.type == "lora" and spec.mitigation.data_mixing.general_fraction == 0.25
+    assert spec.dataset.task.pvc is not None and spec.training.packing and spec.training.gradient_checkpointing
