@@ -143,3 +143,36 @@ def test_bundled_tiny_world_has_no_template_and_stays_raw():
     tokenizer = load_tokenizer(str(bundled.resolve("bundled:tiny-world", "model")))
     assert chat.resolve_template(tokenizer, DatasetSpec(task={"path": "bundled:support-tickets"})) is None
     assert chat.chat_format(tokenizer) is None
+
+
+def test_evaluator_prompts_an_instruct_model_through_its_template_and_stops_at_end_of_turn(family_model):
+    pytest.importorskip("torch")
+    from transformers import AutoModelForCausalLM
+
+    from forgetless.suites import load_suite
+    from forgetless_trainer.evaluation import lmeval
+    from forgetless_trainer.evaluation.evaluator import evaluate_suite
+
+    tokenizer = _tokenizer(family_model, "llama")
+    model = AutoModelForCausalLM.from_pretrained(family_model("llama"))
+    seen = {}
+    real = model.generate
+
+    def spy(**kwargs):
+        seen.setdefault("prompt", tokenizer.decode(kwargs["input_ids"][0][kwargs["attention_mask"][0].bool()]))
+        seen["eos"] = kwargs["eos_token_id"]
+        return real(**kwargs)
+
+    model.generate = spy
+    suite = load_suite("bundled:world-v1").subset(1)
+    result = evaluate_suite(model, tokenizer, suite, batch_size=4)
+    assert len(result.items) == len(suite.tasks)
+    prompt = seen["prompt"]
+    assert prompt.startswith("<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n")
+    assert prompt.endswith("<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n") and " =>" not in prompt
+    assert tokenizer.convert_tokens_to_ids("<|eot_id|>") in seen["eos"]
+    assert lmeval.uses_chat_template(tokenizer)
+    from forgetless_trainer.modeling import load_tokenizer
+    from forgetless import bundled
+
+    assert not lmeval.uses_chat_template(load_tokenizer(str(bundled.resolve("bundled:tiny-world", "model"))))
