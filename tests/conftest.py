@@ -99,3 +99,19 @@ def tool_or_skip(name: str) -> str:
     if os.environ.get("FORGETLESS_REQUIRE_TOOLS") == "1":
         pytest.fail(f"{name} is required (FORGETLESS_REQUIRE_TOOLS=1) but not installed; run scripts/install-tools.sh")
     pytest.skip(f"{name} not installed; scripts/install-tools.sh installs it")
+
+
+@pytest.fixture(scope="session")
+def family_model(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """family_model("llama" | "qwen2" | "mistral" | "gemma2" | "phi3") -> a tiny model dir of that
+    family with its chat template (tests/support/tiny_models.py), built once per session."""
+    from tests.support.tiny_models import build
+
+    built: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in built:
+            built[name] = build(name, tmp_path_factory.mktemp(f"family-{name}"))
+        return built[name]
+
+    return get

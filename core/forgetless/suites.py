@@ -173,6 +173,61 @@ def load_suite(ref: SuiteSpec | str | Path, base_dir: Path | None = None) -> Sui
     return parse_suite(document, directory, text)
 
 
+@dataclass(frozen=True)
+class LmEvalSuite:
+    """A suite whose tasks are lm-evaluation-harness tasks (`bundled:standard-v1`): suite.json holds
+    `"lm_eval": {"tasks": ["task:category", ...], "limit": N}` instead of `tasks`. Every task names
+    its category (one of the five general ones, or `task`); `limit` (documents per task) applies
+    when spec.regression.limit is not set."""
+
+    name: str
+    version: str
+    tasks: tuple[str, ...]
+    limit: int | None = None
+    description: str = ""
+
+    @property
+    def categories(self) -> tuple[str, ...]:
+        present = {entry.rsplit(":", 1)[1] for entry in self.tasks}
+        return tuple(c for c in ALL_CATEGORIES if c in present)
+
+
+def parse_lm_eval_suite(document: Mapping[str, Any], suite_file: Path) -> LmEvalSuite:
+    block = document.get("lm_eval")
+    tasks = block.get("tasks") if isinstance(block, dict) else None
+    if not isinstance(tasks, list) or not tasks or not all(isinstance(t, str) for t in tasks):
+        raise SuiteError(f'{suite_file}: "lm_eval.tasks" must be a non-empty list of "task:category" strings')
+    for entry in tasks:
+        name, _, category = entry.rpartition(":")
+        if not name or category not in ALL_CATEGORIES:
+            raise SuiteError(
+                f"{suite_file}: lm_eval task {entry!r} needs a category: write `task:category` with one of "
+                f"{', '.join(ALL_CATEGORIES)}"
+            )
+    limit = block.get("limit")
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+        raise SuiteError(f'{suite_file}: "lm_eval.limit" must be a positive integer (documents per task)')
+    return LmEvalSuite(str(document.get("name", suite_file.parent.name)), str(document.get("version", "1")),
+                       tuple(tasks), limit, str(document.get("description", "")))
+
+
+def resolve_suite(ref: SuiteSpec | str | Path, base_dir: Path | None = None) -> Suite | LmEvalSuite:
+    """`load_suite`, or the LmEvalSuite when the suite.json is an lm-eval suite."""
+    try:
+        directory = suite_directory(ref, base_dir)
+    except LookupError as exc:
+        raise SuiteError(str(exc)) from exc
+    suite_file = directory / SUITE_FILE
+    if suite_file.is_file():
+        try:
+            document = json.loads(suite_file.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            document = None
+        if isinstance(document, dict) and "lm_eval" in document:
+            return parse_lm_eval_suite(document, suite_file)
+    return load_suite(ref, base_dir)
+
+
 def parse_suite(document: Any, directory: Path, text: str = "") -> Suite:
     suite_file = directory / SUITE_FILE
     if not isinstance(document, dict):

@@ -27,7 +27,8 @@ def test_reads_the_three_formats(tmp_path):
     )
     text = write_jsonl(tmp_path / "t.jsonl", [{"text": "all of it"}])
     assert D.read_jsonl(inst, "instruction") == [D.Example("p", "r")]
-    assert D.read_jsonl(chat, "chat") == [D.Example("hi\na\nmore", "b")]
+    turns = (("user", "hi"), ("assistant", "a"), ("user", "more"), ("assistant", "b"))
+    assert D.read_jsonl(chat, "chat") == [D.Example("hi\na\nmore", "b", messages=turns)]
     assert D.read_jsonl(text, "text") == [D.Example("", "all of it", "text")]
     # general data: the shape is detected per record
     mixed = write_jsonl(tmp_path / "m.jsonl", [{"prompt": "p", "response": "r"}, {"text": "x"}])

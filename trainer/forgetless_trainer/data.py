@@ -7,9 +7,10 @@ Reading
     every `*.jsonl`, in name order. Every problem is a `StageError` naming the file and line.
 
 Records (docs/contracts.md)
-    instruction `{"prompt", "response"}`; chat `{"messages": [{"role", "content"}, ...]}` (the last
-    assistant message is the response, the earlier turns' contents joined by newlines are the
-    prompt); text `{"text"}` (trained on all tokens). Task data is read in `dataset.format`;
+    instruction `{"prompt", "response"}`; chat `{"messages": [{"role", "content"}, ...]}` with an
+    optional `"system"` string (with a chat template, chat.py, every assistant turn is trained on;
+    without one the last assistant message is the response and the earlier turns' contents joined
+    by newlines are the prompt); text `{"text"}` (trained on all tokens). Task data is read in `dataset.format`;
     general and replay data may be in any of the three shapes (detected per record).
 
 Prompt format
@@ -59,8 +60,12 @@ class Example:
     response: str
     kind: str = "instruction"  # instruction | text
     source: str = "task"  # task | general | replay:<origin>
+    messages: tuple[tuple[str, str], ...] | None = None
+    """A chat record's turns ((role, content), system first); rendered by a chat template (chat.py)."""
 
     def to_record(self) -> dict[str, Any]:
+        if self.messages:
+            return {"messages": [{"role": r, "content": c} for r, c in self.messages], "source": self.source}
         if self.kind == "text":
             return {"text": self.response, "source": self.source}
         return {"prompt": self.prompt, "response": self.response, "source": self.source}
@@ -96,8 +101,12 @@ def parse_record(record: Any, fmt: str | None, where: str, source: str = "task")
         last = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=None)
         if last is None or last == 0:
             raise StageError(f"{where}: a chat record needs an assistant message after at least one other turn")
+        system = record.get("system")
+        if system is not None and not isinstance(system, str):
+            raise StageError(f'{where}: "system" must be a string (the system prompt)')
+        turns = ((("system", system),) if system else ()) + tuple((str(m.get("role")), m["content"]) for m in messages)
         prompt = "\n".join(m["content"] for m in messages[:last])
-        return Example(prompt, messages[last]["content"], "instruction", source)
+        return Example(prompt, messages[last]["content"], "instruction", source, turns)
     if fmt == "text":
         text = record.get("text")
         if not isinstance(text, str) or not text:
@@ -244,8 +253,14 @@ def steps_per_epoch(epoch_size: int, *, world_size: int, batch_size: int, accumu
     return math.ceil(shard / (batch_size * accumulation))
 
 
-def encode(tokenizer, example: Example, max_length: int) -> tuple[list[int], list[int]]:
-    """(input_ids, labels) with labels -100 on the prompt; see the module docstring."""
+def encode(tokenizer, example: Example, max_length: int, chat=None) -> tuple[list[int], list[int]]:
+    """(input_ids, labels) with labels -100 on the prompt; see the module docstring. With `chat` (a
+    `forgetless_trainer.chat.ChatFormat`) instruction and chat examples go through the chat template
+    and every assistant turn is trained on; text examples stay raw."""
+    if chat is not None and example.kind != "text":
+        from forgetless_trainer.chat import messages_of
+
+        return chat.encode(messages_of(example), max_length)
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     if example.kind == "text":
         ids = tokenizer(example.response, add_special_tokens=True)["input_ids"][: max_length - len(eos)] + eos
@@ -289,17 +304,27 @@ def token_nll(logits, labels):
 class Encoder:
     """Tokenises examples once (cached by example) and collates micro-batches."""
 
-    def __init__(self, tokenizer, max_length: int):
+    def __init__(self, tokenizer, max_length: int, chat=None, packing: bool = False):
         self.tokenizer = tokenizer
         self.max_length = max_length
+        self.chat = chat
+        self.packing = packing
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self._cache: dict[Example, tuple[list[int], list[int]]] = {}
 
     def encode(self, example: Example) -> tuple[list[int], list[int]]:
         hit = self._cache.get(example)
         if hit is None:
-            hit = self._cache[example] = encode(self.tokenizer, example, self.max_length)
+            hit = self._cache[example] = encode(self.tokenizer, example, self.max_length, self.chat)
         return hit
+
+    def train_batch(self, examples: Sequence[Example]):
+        """A training micro-batch: packed rows when `training.packing` is on (training/packing.py)."""
+        if self.packing:
+            from forgetless_trainer.training.packing import pack
+
+            return pack([self.encode(e) for e in examples], self.max_length, self.pad_id)
+        return self.batch(examples)
 
     def batch(self, examples: Sequence[Example]):
         return collate((self.encode(e) for e in examples), self.pad_id)

@@ -82,6 +82,7 @@ def load_model_and_tokenizer(
     adapter_path: Path | None = None,
     dtype: Any = None,
     base_dir: Path | None = None,
+    attn_implementation: str | None = None,
 ):
     """(model, tokenizer), model in eval mode.
 
@@ -95,13 +96,15 @@ def load_model_and_tokenizer(
     kwargs = _hub_kwargs(model_spec, location)
     if dtype is not None:
         kwargs["dtype"] = dtype
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
     adapter = Path(adapter_path) if adapter_path is not None else None
     if adapter is not None and not adapter.exists():
         raise ModelLoadError(f"no adapter or model at {adapter}")
     is_full = adapter is not None and (adapter / "config.json").exists() and not (adapter / "adapter_config.json").exists()
     if adapter is not None and not is_full and not (adapter / "adapter_config.json").exists():
         raise ModelLoadError(f"{adapter} holds neither a peft adapter (adapter_config.json) nor a model (config.json)")
-    tok_kwargs = {k: v for k, v in kwargs.items() if k != "dtype"}
+    tok_kwargs = {k: v for k, v in kwargs.items() if k not in ("dtype", "attn_implementation")}
     has_tokenizer = adapter is not None and any(
         (adapter / f).exists() for f in ("tokenizer.json", "tokenizer_config.json")
     )

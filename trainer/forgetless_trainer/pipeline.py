@@ -72,9 +72,9 @@ def preflight(job: FineTuneJob) -> None:
     suite = spec.regression.suite
     if suite.path is not None:
         try:
-            from forgetless.suites import load_suite
+            from forgetless.suites import resolve_suite
 
-            load_suite(suite)
+            resolve_suite(suite)
         except Exception as exc:  # SuiteError or a lookup error: say which field
             problems.append(f"spec.regression.suite: {exc}")
     if spec.resources.workers > 1:

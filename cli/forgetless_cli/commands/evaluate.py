@@ -52,6 +52,9 @@ def render(result) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
+    from forgetless_trainer import quiet  # before torch/transformers are imported
+
+    quiet.silence()
     if args.limit is not None and args.limit < 1:
         return _fail(f"--limit must be at least 1, got {args.limit}")
     if args.batch_size < 1:

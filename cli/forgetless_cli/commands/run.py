@@ -31,6 +31,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from forgetless_trainer import quiet  # before torch/transformers/DeepSpeed are imported
+
+    quiet.silence()
     from forgetless_trainer.pipeline import run_pipeline
 
     return run_pipeline(args.file, workdir=args.workdir, metrics_port=args.metrics_port, restart=args.restart)

@@ -25,6 +25,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from forgetless_trainer import quiet  # before torch/transformers/DeepSpeed are imported
+
+    quiet.silence()
     from forgetless.api.manifests import ManifestError, load_job
 
     try:

@@ -190,6 +190,11 @@ class DatasetSpec(ApiModel):
     validation_fraction: Annotated[float, Field(ge=0.0, le=0.5)] = Field(
         default=0.1, description="Share of task data held out for validation loss (early stopping)."
     )
+    chat_template: Optional[Annotated[str, Field(min_length=1, max_length=65536)]] = Field(
+        default=None,
+        description="Chat template (Jinja text, or a path to a file holding it) that overrides the model's own; "
+        "without either, chat data uses a ChatML default and instruction data of a base model the raw `prompt =>` format.",
+    )
     general: DataSource = Field(
         default_factory=lambda: DataSource(path="bundled:general"),
         description="General instruction data used for mixing (and as the Fisher sample for EWC).",
@@ -355,7 +360,18 @@ class TrainingSpec(ApiModel):
     max_steps: Optional[Annotated[int, Field(ge=1)]] = Field(default=None, description="Stop after this many steps.")
     seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = Field(default=42)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        default="auto", description="`auto`: bf16 on GPUs that support it, fp32 on CPU."
+        default="auto", description="`auto`: bf16 on GPUs that support it, fp32 on CPU. Also the dtype the model is loaded in."
+    )
+    attention: Literal["auto", "flash_attention_2", "sdpa", "eager"] = Field(
+        default="auto",
+        description="Attention kernel (`attn_implementation`); `auto`: flash-attention 2 when installed on a GPU, else SDPA, else eager.",
+    )
+    gradient_checkpointing: bool = Field(
+        default=False, description="Recompute activations in the backward pass: less memory, ~30 % more compute."
+    )
+    packing: bool = Field(
+        default=False,
+        description="Pack a micro-batch's examples end to end into rows of maxSeqLength (position ids restart per example; no cross-example attention).",
     )
     checkpoint_interval_steps: Annotated[int, Field(ge=1)] = Field(default=100)
     log_interval_steps: Annotated[int, Field(ge=1)] = Field(default=10)

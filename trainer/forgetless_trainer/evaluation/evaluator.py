@@ -1,7 +1,9 @@
 """Batched, deterministic evaluation of a causal LM on a regression suite.
 
 Generation items (exact_match, format_compliance, refusal, format_leak): input `f"{prompt} =>"`
-(docs/contracts.md), greedy decoding with the KV cache through `model.generate`, left padding,
+(docs/contracts.md) for a base model; an instruct model (its tokenizer carries a chat template,
+forgetless_trainer.chat) gets the prompt as one user turn rendered with the generation prompt, and
+generation also stops at the template's end-of-turn token; greedy decoding with the KV cache through `model.generate`, left padding,
 up to the task's max_new_tokens or EOS; the answer is the decoded continuation, stripped. Items
 of all tasks are pooled and sorted by (max_new_tokens, prompt length) so batches carry little
 padding and stop early; a row never keeps tokens past its own task's max_new_tokens.
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from forgetless.suites import Suite, SuiteTask
+from forgetless_trainer.chat import chat_format
 from forgetless_trainer.evaluation import scorers
 from forgetless_trainer.evaluation.results import EvaluationResult, ItemResult
 
@@ -63,6 +66,8 @@ def _generate(
     import torch
 
     pad, eos = _special_ids(tokenizer)
+    fmt = chat_format(tokenizer)
+    stops = [t for t in dict.fromkeys([eos, fmt.end_of_turn_id() if fmt else None]) if t is not None]
     device = _device(model)
     order = sorted(range(len(requests)), key=lambda i: (requests[i].max_new_tokens, len(requests[i].ids), i))
     answers: list[str] = [""] * len(requests)
@@ -87,22 +92,23 @@ def _generate(
             do_sample=False,
             num_beams=1,
             pad_token_id=pad,
-            eos_token_id=eos,
+            eos_token_id=stops or None,
             use_cache=True,
         )
         new_tokens = output[:, width:].tolist()
         for row, request in enumerate(batch):
             tokens = new_tokens[row][: request.max_new_tokens]
-            if eos is not None and eos in tokens:
-                tokens = tokens[: tokens.index(eos)]
+            cut = [tokens.index(t) for t in stops if t in tokens]
+            if cut:
+                tokens = tokens[: min(cut)]
             answers[order[start + row]] = tokenizer.decode(tokens, skip_special_tokens=True).strip()
         if progress is not None:
             progress(start + len(batch), len(requests))
     return answers
 
 
-def _continuation(tokenizer: Any, context: str, context_ids: list[int], choice: str) -> list[int]:
-    whole = tokenizer(context + " " + choice)["input_ids"]
+def _continuation(tokenizer: Any, context: str, context_ids: list[int], choice: str, specials: bool = True) -> list[int]:
+    whole = tokenizer(context + " " + choice, add_special_tokens=specials)["input_ids"]
     if whole[: len(context_ids)] == context_ids and len(whole) > len(context_ids):
         return whole[len(context_ids):]
     return tokenizer(" " + choice, add_special_tokens=False)["input_ids"]
@@ -169,16 +175,17 @@ def evaluate_suite(
     generation: list[_Request] = []
     choice_rows: list[tuple[list[int], list[int]]] = []
     choice_spans: list[tuple[SuiteTask, dict, int, int]] = []
+    fmt = chat_format(tokenizer)  # an instruct model is prompted through its chat template
     for task in suite.tasks:
         for item in task.items:
-            context = generation_input(item["prompt"])
-            context_ids = tokenizer(context)["input_ids"]
+            context = fmt.generation_text(item["prompt"]) if fmt else generation_input(item["prompt"])
+            context_ids = tokenizer(context, add_special_tokens=fmt is None)["input_ids"]
             if task.is_generation:
                 generation.append(_Request(task, item, context_ids, task.max_new_tokens))
             else:
                 first = len(choice_rows)
                 for choice in item["choices"]:
-                    choice_rows.append((context_ids, _continuation(tokenizer, context, context_ids, choice)))
+                    choice_rows.append((context_ids, _continuation(tokenizer, context, context_ids, choice, fmt is None)))
                 choice_spans.append((task, item, first, len(choice_rows)))
     try:
         with torch.no_grad():

@@ -162,6 +162,12 @@ def _answer(sample: Mapping[str, Any]) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
+def uses_chat_template(tokenizer: Any) -> bool:
+    """An instruct model (its tokenizer carries a chat template, chat.install_template) is prompted
+    through it (lm-eval's `apply_chat_template=True`); a base model gets raw prompts."""
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
 def evaluate_lm_eval(
     model: Any, tokenizer: Any, entries: Sequence[str], *, limit: int | None = None, batch_size: int = 32
 ) -> EvaluationResult:
@@ -182,6 +188,7 @@ def evaluate_lm_eval(
             log_samples=True,
             task_manager=_task_manager(TaskManager, include),
             bootstrap_iters=0,
+            apply_chat_template=uses_chat_template(tokenizer),
         )
     except LmEvalError:
         raise

@@ -12,7 +12,7 @@ from typing import Any
 
 from forgetless.api.schema import FineTuneJobSpec, ModelSpec, RegressionSpec
 from forgetless.baseline_cache import BaselineCache, directory_digest, spec_cache_key, weights_cache_key
-from forgetless.suites import Suite, SuiteError, load_suite
+from forgetless.suites import LmEvalSuite, Suite, SuiteError, resolve_suite
 from forgetless_trainer.evaluation.results import EvaluationResult
 from forgetless.errors import StageError
 
@@ -27,6 +27,8 @@ class EvalTarget:
     digest: str
     suite: Suite | None = None
     lm_eval_tasks: tuple[str, ...] = ()
+    lm_eval_limit: int | None = None
+    """Documents per lm-eval task when spec.regression.limit is not set (an lm-eval suite's default)."""
 
     def result_digest(self, limit: int | None) -> str:
         """The digest an EvaluationResult of this target at `limit` carries (the evaluated subset's)."""
@@ -41,9 +43,14 @@ def resolve_target(regression: RegressionSpec, base_dir: Path | None = None) -> 
         tasks = tuple(spec.lm_eval_tasks)
         return EvalTarget(name="lm-eval", digest=lmeval.tasks_digest(tasks), lm_eval_tasks=tasks)
     try:
-        suite = load_suite(spec, base_dir=base_dir)
+        suite = resolve_suite(spec, base_dir=base_dir)
     except SuiteError as exc:
         raise StageError(f"spec.regression.suite: {exc}") from exc
+    if isinstance(suite, LmEvalSuite):  # bundled:standard-v1: lm-eval tasks with a default limit
+        from forgetless_trainer.evaluation import lmeval
+
+        digest = lmeval.tasks_digest(suite.tasks + (f"limit={suite.limit}",))
+        return EvalTarget(name=suite.name, digest=digest, lm_eval_tasks=suite.tasks, lm_eval_limit=suite.limit)
     return EvalTarget(name=suite.name, digest=suite.digest, suite=suite)
 
 
@@ -80,7 +87,10 @@ def evaluate_model(
     if target.lm_eval_tasks:
         from forgetless_trainer.evaluation import lmeval
 
-        return lmeval.evaluate_lm_eval(model, tokenizer, target.lm_eval_tasks, limit=limit, batch_size=batch_size)
+        result = lmeval.evaluate_lm_eval(model, tokenizer, target.lm_eval_tasks, batch_size=batch_size,
+                                         limit=limit if limit is not None else target.lm_eval_limit)
+        result.limit = limit  # the spec's limit (cache keys and comparisons use it); the suite's default is in the digest
+        return result
     from forgetless_trainer.evaluation.evaluator import evaluate_suite
 
     return evaluate_suite(model, tokenizer, target.suite, limit=limit, batch_size=batch_size, progress=_log_progress())
@@ -101,11 +111,15 @@ def _log_progress():
 
 def load_and_evaluate(
     model_spec: ModelSpec, target: EvalTarget, *, adapter_path: Path | None = None,
-    limit: int | None = None, batch_size: int = 32, base_dir: Path | None = None,
+    limit: int | None = None, batch_size: int = 32, base_dir: Path | None = None, dataset: Any = None,
 ) -> EvaluationResult:
+    """`dataset` (the job's DatasetSpec): its chatTemplate / chat format decide the prompt format, as in
+    training (forgetless_trainer.chat.install_template)."""
+    from forgetless_trainer.chat import install_template
     from forgetless_trainer.modeling import load_model_and_tokenizer
 
     model, tokenizer = load_model_and_tokenizer(model_spec, adapter_path=adapter_path, base_dir=base_dir)
+    install_template(tokenizer, dataset, base_dir)
     result = evaluate_model(model, tokenizer, target, limit=limit, batch_size=batch_size)
     result.meta.update({"model": model_spec.name, "adapter": str(adapter_path) if adapter_path else None})
     return result

@@ -117,6 +117,9 @@ def run_stage(name: str, job, workdir: Path) -> dict[str, Any]:
     """Run stage `name` for `job` (a FineTuneJob) in `workdir`; returns its summary."""
     if name not in STAGES:
         raise StageError(f"unknown stage {name!r} (choose one of {', '.join(STAGES)})")
+    from forgetless_trainer import quiet
+
+    quiet.silence()
     module = importlib.import_module(f"forgetless_trainer.stages.{name}")
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)

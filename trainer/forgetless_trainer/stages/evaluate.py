@@ -66,7 +66,7 @@ def find_baseline(job: FineTuneJob, workdir: Path, target: EvalTarget) -> tuple[
     result = cached_baseline(cache, keys, target, spec.regression.limit)
     source = "cache"
     if result is None:
-        result = load_and_evaluate(spec.model, target, limit=spec.regression.limit)
+        result = load_and_evaluate(spec.model, target, limit=spec.regression.limit, dataset=spec.dataset)
         store_baseline(cache, keys, result, spec.model.name)
         source = "evaluated"
     result.save(workdir / BASELINE_RESULTS)
@@ -92,7 +92,7 @@ def run(job: FineTuneJob, workdir: Path) -> dict[str, Any]:
         raise StageError(f"no fine-tuned model in {output}: run the train stage first (it writes the adapter or model there)")
     target = resolve_target(spec.regression)
     baseline, source = find_baseline(job, workdir, target)
-    final = load_and_evaluate(spec.model, target, adapter_path=output, limit=spec.regression.limit)
+    final = load_and_evaluate(spec.model, target, adapter_path=output, limit=spec.regression.limit, dataset=spec.dataset)
     final.save(workdir / RESULTS)
     try:
         paired = paired_counts(baseline.items, final.items)

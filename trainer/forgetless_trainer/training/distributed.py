@@ -99,6 +99,9 @@ def init_process_group(ranks: Ranks | None = None) -> None:
     import torch
     import torch.distributed as dist
 
+    from forgetless_trainer import quiet
+
+    quiet.quiet_deepspeed()  # DeepSpeed set its log level when imported
     if dist.is_initialized():
         return
     backend = "nccl" if torch.cuda.is_available() else "gloo"

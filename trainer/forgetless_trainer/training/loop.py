@@ -33,10 +33,9 @@ from typing import Any, Callable
 from forgetless import atomic
 from forgetless.api.schema import FineTuneJob
 from forgetless_trainer import data as D
-from forgetless_trainer import live_metrics, mitigations
+from forgetless_trainer import chat, live_metrics, mitigations
 from forgetless_trainer.mitigations.base import Mitigation, Stop, TrainContext
-from forgetless.errors import StageError
-from forgetless_trainer.training import checkpoint, config, distributed
+from forgetless_trainer.training import checkpoint, config, distributed, knobs, packing
 
 
 @dataclass
@@ -211,10 +210,19 @@ class Trainer:
 
         task = D.read_source(spec.dataset.task, spec.dataset.format, field_name="dataset.task", base_dir=self.base_dir)
         train, validation = D.split_validation(task, spec.dataset.validation_fraction, seed)
-        model, tokenizer = load_model_and_tokenizer(spec.model, base_dir=self.base_dir)
+        model, tokenizer = load_model_and_tokenizer(
+            spec.model, base_dir=self.base_dir, dtype=knobs.load_dtype(config.resolve_precision(spec.training.precision)),
+            attn_implementation=knobs.attention_implementation(spec.training.attention),
+        )
         model.to(self.device)
+        if spec.training.gradient_checkpointing:
+            knobs.enable_gradient_checkpointing(model)
         self.tokenizer = tokenizer
-        self.encoder = D.Encoder(tokenizer, spec.training.max_seq_length)
+        template = chat.install_template(tokenizer, spec.dataset, self.base_dir)
+        self.encoder = D.Encoder(
+            tokenizer, spec.training.max_seq_length,
+            chat=chat.ChatFormat(tokenizer, template) if template else None, packing=spec.training.packing,
+        )
         distributed.init_process_group(self.ranks)
         self.checkpoints = self.workdir / "train" / "checkpoints"
         self.resume_from = checkpoint.latest(self.checkpoints)
@@ -336,7 +344,8 @@ class Trainer:
     def micro_step(self, batch) -> tuple[Any, Any]:
         """Forward, mitigation loss terms, backward and `engine.step()` (an optimizer step at the accumulation boundary)."""
         batch = {k: v.to(self.device) for k, v in batch.items()}
-        out = self.engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+        out = self.engine(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
+                          position_ids=batch.get("position_ids"), labels=batch["labels"], use_cache=False)
         loss = out.loss
         extra = None
         for mitigation in self.mitigations:
@@ -430,8 +439,8 @@ class Trainer:
             while step_in_epoch * accumulation < len(micro) and self.step < self.total_steps:
                 losses, extra, step_tokens = [], None, 0
                 for batch_examples in micro[step_in_epoch * accumulation : (step_in_epoch + 1) * accumulation]:
-                    batch = self.encoder.batch(batch_examples)
-                    step_tokens += int(batch["attention_mask"].sum())
+                    batch = self.encoder.train_batch(batch_examples)
+                    step_tokens += packing.real_tokens(batch)
                     loss, extra = self.micro_step(batch)
                     losses.append(loss)
                 self.step += 1
