@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 
 from forgetless_trainer import data as D
-from forgetless_trainer.mitigations.ewc import estimate_fisher, fisher_examples, sequence_nll
+from forgetless_trainer.mitigations.ewc import fisher_examples
+from forgetless_trainer.mitigations.ewc_fisher import estimate_fisher, sequence_nll
 from forgetless_trainer.modeling import load_model_and_tokenizer
 from benchlib import bench_job, setup, write_json
 

@@ -46,7 +46,6 @@ EVALUATOR_VERSION = "1"
 
 CACHE_DIR_ENV = "FORGETLESS_CACHE_DIR"
 DEFAULT_CACHE_DIR = Path("~/.cache/forgetless/baselines")
-CLUSTER_CACHE_SUBDIR = ".forgetless-cache/baselines"
 """Inside the output PVC; the operator sets FORGETLESS_CACHE_DIR to `<pvc mount>/<this>`."""
 
 _KEY = re.compile(r"^[ws]-[0-9a-f]{40}$")
@@ -62,13 +61,28 @@ def _digest(document: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:40]
 
 
+def prompt_identity(spec: FineTuneJobSpec) -> dict[str, Any] | None:
+    """What, besides the model and the suite, decides how the suite is prompted: a chat template set
+    in the spec, or `dataset.format: chat` (ChatML for a model without a template of its own).
+    None for the default (the model's own template, or the raw format): existing keys stay."""
+    dataset = spec.dataset
+    template = getattr(dataset, "chat_template", None)
+    if template is None and dataset.format != "chat":
+        return None
+    return {"chatTemplate": template, "format": dataset.format}
+
+
 def weights_cache_key(
-    model_id: str, model_version: str, suite_digest: str, limit: int | None, evaluator_version: str = EVALUATOR_VERSION
+    model_id: str, model_version: str, suite_digest: str, limit: int | None, evaluator_version: str = EVALUATOR_VERSION,
+    prompt: dict[str, Any] | None = None,
 ) -> str:
-    """The exact key: (model id, weights digest or commit, suite digest, evaluator version, limit)."""
-    return "w-" + _digest(
-        {"model": model_id, "version": model_version, "suite": suite_digest, "evaluator": evaluator_version, "limit": limit}
-    )
+    """The exact key: (model id, weights digest or commit, suite digest, evaluator version, limit,
+    prompt format when not the default)."""
+    document: dict[str, Any] = {"model": model_id, "version": model_version, "suite": suite_digest,
+                                "evaluator": evaluator_version, "limit": limit}
+    if prompt is not None:
+        document["prompt"] = prompt
+    return "w-" + _digest(document)
 
 
 def spec_cache_key(spec: FineTuneJobSpec, evaluator_version: str = EVALUATOR_VERSION) -> str:
@@ -85,6 +99,9 @@ def spec_cache_key(spec: FineTuneJobSpec, evaluator_version: str = EVALUATOR_VER
         "limit": spec.regression.limit,
         "evaluator": evaluator_version,
     }
+    prompt = prompt_identity(spec)
+    if prompt is not None:
+        document["prompt"] = prompt
     if model.name.startswith("bundled:") or (suite.path or "").startswith("bundled:"):
         document["forgetless"] = FORGETLESS_VERSION
     if suite.pvc is not None:  # read_only is a mount detail, not content

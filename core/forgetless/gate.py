@@ -143,10 +143,6 @@ class GateResult:
             return "lower bound > 0 (evidence of learning)"
         return f"gain ≥ {self.min_task_gain:+.3f}"
 
-    def forgetting(self) -> dict[str, float]:
-        """Drop per general category (baseline − final), the status.forgetting shape."""
-        return {c.category: c.drop for c in self.categories}
-
     def to_status(self) -> dict[str, Any]:
         """The `status.gate` wire form (camelCase), validated through GateStatus."""
         status = GateStatus.model_validate(

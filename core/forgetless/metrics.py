@@ -12,7 +12,10 @@ from typing import Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from forgetless.lifecycle import CATEGORIES, PHASES, PROMOTING_VERDICTS, mean_general_score
+from forgetless.lifecycle import PHASES, PROMOTING_VERDICTS, mean_general_score
+
+LOCAL_NAMESPACE = "local"
+"""The `namespace` label of a run outside a cluster (`forgetless run`) whose manifest names none."""
 
 STAGE_DURATION_BUCKETS = (10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800, 86400)
 

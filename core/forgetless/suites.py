@@ -33,11 +33,10 @@ import json
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 from forgetless.api.schema import SuiteSpec
-from forgetless.lifecycle import ALL_CATEGORIES, TASK_CATEGORY  # noqa: F401 - re-exported for suite users
-from forgetless.lifecycle import CATEGORIES as GENERAL_CATEGORIES
+from forgetless.lifecycle import ALL_CATEGORIES, TASK_CATEGORY
 
 GENERATION_SCORERS = ("exact_match", "format_compliance", "refusal", "format_leak")
 LOGLIKELIHOOD_SCORERS = ("multiple_choice",)

@@ -197,9 +197,9 @@ def test_missing_dataset_path_is_named_before_anything_runs(tmp_path, tiny_model
 
 
 def test_a_work_dir_of_another_spec_is_not_overwritten(tmp_path, tiny_model_dir, world, capsys):
-    from forgetless_trainer.pipeline import prepare_workdir
+    from forgetless_trainer.workdir import prepare_workdir
     from forgetless.api.manifests import load_job
-    from forgetless_trainer.pipeline import PreflightError
+    from forgetless_trainer.workdir import PreflightError
 
     job = load_job(_job(tmp_path, tiny_model_dir, world))
     workdir = tmp_path / "work"

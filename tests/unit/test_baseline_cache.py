@@ -44,8 +44,12 @@ def test_spec_key_is_pure_and_tracks_what_the_spec_names():
         spec_cache_key(spec(**{"regression.limit": 10})),
         spec_cache_key(spec(), evaluator_version="2"),
         spec_cache_key(spec(**{"model.pvc": {"claimName": "models"}})),
+        # the prompt format: a chat template in the spec, or chat data (ChatML for a template-less model)
+        spec_cache_key(spec(**{"dataset.chatTemplate": "{{ messages }}"})),
+        spec_cache_key(spec(**{"dataset.format": "chat"})),
     }
-    assert base not in changed and len(changed) == 6
+    assert base not in changed and len(changed) == 8
+    assert weights_cache_key("m", "v", "d", None) != weights_cache_key("m", "v", "d", None, prompt={"format": "chat"})
     # the mount mode of a volume is not content
     assert spec_cache_key(spec(**{"model.pvc": {"claimName": "models", "readOnly": False}})) == spec_cache_key(
         spec(**{"model.pvc": {"claimName": "models"}})

@@ -12,15 +12,9 @@ torch = pytest.importorskip("torch")
 from forgetless.api.schema import parse_job  # noqa: E402
 from forgetless_trainer import data as D  # noqa: E402
 from forgetless_trainer.mitigations.base import TrainContext  # noqa: E402
-from forgetless_trainer.mitigations.ewc import (  # noqa: E402
-    Ewc,
-    FlatState,
-    estimate_fisher,
-    ewc_penalty,
-    fisher_examples,
-    hook_plan,
-    sequence_nll,
-)
+from forgetless_trainer.mitigations.ewc import Ewc, fisher_examples  # noqa: E402
+from forgetless_trainer.mitigations.ewc_fisher import estimate_fisher, hook_plan, sequence_nll  # noqa: E402
+from forgetless_trainer.mitigations.ewc_penalty import FlatState, ewc_penalty  # noqa: E402
 from forgetless.errors import StageError  # noqa: E402
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from forgetless.api.schema import SuiteSpec
-from forgetless.suites import ALL_CATEGORIES, SuiteError, load_suite
+from forgetless.lifecycle import ALL_CATEGORIES
+from forgetless.suites import SuiteError, load_suite
 
 MINI = Path(__file__).resolve().parents[1] / "fixtures" / "suites" / "mini"
 

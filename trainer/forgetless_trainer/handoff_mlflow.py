@@ -42,9 +42,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
-from forgetless.api.schema import CATEGORIES, FineTuneJob
+from forgetless.api.schema import FineTuneJob
+from forgetless.lifecycle import CATEGORIES, TASK_CATEGORY
 from forgetless.locations import pvc_root
-from forgetless.suites import TASK_CATEGORY
+from forgetless.metrics import LOCAL_NAMESPACE
 
 INSTALL_HINT = "pip install 'forgetless[mlflow]'"
 STORE_DIR = "mlruns"
@@ -102,7 +103,7 @@ def run_tags(job: FineTuneJob, gate_status: dict[str, Any]) -> dict[str, str]:
     spec = job.spec
     tags = {
         "forgetless.job": job.metadata.name,
-        "forgetless.namespace": job.metadata.namespace or "local",
+        "forgetless.namespace": job.metadata.namespace or LOCAL_NAMESPACE,
         "forgetless.base_model": spec.model.name,
         "forgetless.method": spec.method.type,
         "forgetless.policy": json.dumps(

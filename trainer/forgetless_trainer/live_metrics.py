@@ -20,6 +20,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
+from forgetless.metrics import LOCAL_NAMESPACE
+
 PORT_ENV = "FORGETLESS_METRICS_PORT"
 NAMESPACE_ENV = "FORGETLESS_NAMESPACE"
 JOB_ENV = "FORGETLESS_JOB"
@@ -58,7 +60,7 @@ _server_started: dict[int, Any] = {}
 
 def labels(job_name: str | None = None, namespace: str | None = None) -> dict[str, str]:
     return {
-        "namespace": os.environ.get(NAMESPACE_ENV) or namespace or "default",
+        "namespace": os.environ.get(NAMESPACE_ENV) or namespace or LOCAL_NAMESPACE,
         "finetunejob": os.environ.get(JOB_ENV) or job_name or "local",
     }
 

@@ -9,160 +9,21 @@ dir continues where it stopped (and `train` resumes from its last checkpoint).
 
 from __future__ import annotations
 
-import json
-import shutil
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from forgetless import atomic, exit_codes
+from forgetless import exit_codes
 from forgetless.api.manifests import ManifestError, load_job
-from forgetless.api.schema import DataSource, FineTuneJob
-from forgetless.lifecycle import PROMOTING_VERDICTS, STAGE_PHASE, STAGES, mean_general_score, phase_of_verdict
-from forgetless.locations import resolve_path
-
-JOB_FILE = "job.json"
-
-
-class PreflightError(Exception):
-    """The manifest is valid but names something that is not there; nothing has run yet."""
-
-
-def default_workdir(job: FineTuneJob) -> Path:
-    return Path(job.spec.output.path) if job.spec.output.path else Path("runs") / job.metadata.name
-
-
-def _check_source(field: str, source: DataSource, problems: list[str]) -> None:
-    if source.config_map is not None:
-        problems.append(f"{field}.configMap: ConfigMaps exist only in a cluster; use a path for local runs")
-        return
-    try:
-        path = resolve_path(source.path, pvc=source.pvc, kind="data")
-    except LookupError as exc:
-        problems.append(f"{field}.path: {exc}")
-        return
-    if source.pvc is not None and not path.exists():
-        problems.append(f"{field}.pvc: PVCs exist only in a cluster; use a local path for local runs")
-    elif not path.exists():
-        problems.append(f"{field}.path: {path} does not exist")
-
-
-def preflight(job: FineTuneJob) -> None:
-    """Check everything a local run needs before any stage starts; raise with every problem named."""
-    spec = job.spec
-    problems: list[str] = []
-    _check_source("spec.dataset.task", spec.dataset.task, problems)
-    needs_general = spec.mitigation.data_mixing.general_fraction > 0 or spec.mitigation.ewc is not None
-    if needs_general:
-        _check_source("spec.dataset.general", spec.dataset.general, problems)
-    model = spec.model
-    if model.pvc is not None:
-        problems.append("spec.model.pvc: PVCs exist only in a cluster; use a local path for local runs")
-    elif model.name.startswith("bundled:") or model.name.startswith(("/", ".", "~")):
-        try:
-            location = resolve_path(model.name, kind="model")
-        except LookupError as exc:
-            problems.append(f"spec.model.name: {exc}")
-        else:
-            if not location.exists():
-                problems.append(f"spec.model.name: {location} does not exist")
-    suite = spec.regression.suite
-    if suite.path is not None:
-        try:
-            from forgetless.suites import resolve_suite
-
-            resolve_suite(suite)
-        except Exception as exc:  # SuiteError or a lookup error: say which field
-            problems.append(f"spec.regression.suite: {exc}")
-    if spec.resources.workers > 1:
-        problems.append("spec.resources.workers: local runs use one process; set workers: 1 or run in a cluster")
-    if problems:
-        raise PreflightError("\n".join(problems))
-
-
-def _stage_done(workdir: Path, stage: str) -> dict[str, Any] | None:
-    summary = workdir / stage / "summary.json"
-    if summary.exists():
-        return json.loads(summary.read_text())
-    return None
-
-
-def prepare_workdir(job: FineTuneJob, workdir: Path, restart: bool) -> None:
-    """Create `workdir` and record the spec; refuse a work dir holding another spec unless `restart`."""
-    job_file = workdir / JOB_FILE
-    wire = job.to_wire()
-    wire.pop("status", None)
-    if restart and workdir.exists():
-        for stage in (*STAGES, "report", "promoted"):
-            shutil.rmtree(workdir / stage, ignore_errors=True)
-        job_file.unlink(missing_ok=True)
-    if job_file.exists():
-        previous = json.loads(job_file.read_text())
-        if previous.get("spec") != wire["spec"]:
-            raise PreflightError(
-                f"{workdir} holds a run of a different spec; use another --workdir, or --restart to discard it"
-            )
-    atomic.write_text(job_file, json.dumps(wire, indent=2, sort_keys=True))
-
-
-class _CombinedRegistry:
-    """Serve several prometheus registries on one port."""
-
-    def __init__(self, *registries: Any) -> None:
-        self.registries = registries
-
-    def collect(self) -> Iterator[Any]:
-        for registry in self.registries:
-            yield from registry.collect()
-
-
-@contextmanager
-def _metrics_server(port: int | None, forgetting: Any) -> Iterator[None]:
-    if port is None:
-        yield
-        return
-    from prometheus_client import start_http_server
-
-    from forgetless_trainer import live_metrics
-
-    registry = _CombinedRegistry(forgetting.registry, live_metrics.REGISTRY)
-    try:
-        server, thread = start_http_server(port, registry=registry)  # type: ignore[arg-type]
-    except OSError as exc:  # metrics are an aid: a taken port must never cost a run
-        print(f"warning: cannot serve metrics on port {port} ({exc}); running without them", file=sys.stderr)
-        yield
-        return
-    print(f"metrics: http://127.0.0.1:{port}/metrics", file=sys.stderr)
-    try:
-        yield
-    finally:
-        server.shutdown()
-        thread.join(timeout=5)
-
-
-def render_table(status: dict[str, Any], baseline: dict[str, float], final: dict[str, float]) -> str:
-    """The per-category table `forgetless run` prints, from the gate's `status.gate` form."""
-    rows = [f"{'category':<22} {'baseline':>8} {'final':>7} {'drop':>7} {'drop interval':>17} {'max':>6}  result"]
-    for verdict in status.get("categories", []):
-        interval = f"[{verdict['dropLower']:+.3f}, {verdict['dropUpper']:+.3f}]"
-        rows.append(
-            f"{verdict['category']:<22} {verdict['baseline']:8.3f} {verdict['final']:7.3f} {verdict['drop']:+7.3f} "
-            f"{interval:>17} {verdict['threshold']:6.3f}  {'pass' if verdict['passed'] else 'FAIL'}"
-        )
-    mean_base, mean_final = mean_general_score(baseline, among=final), mean_general_score(final, among=baseline)
-    if mean_base is not None and mean_final is not None:
-        rows.append(f"{'mean general':<22} {mean_base:8.3f} {mean_final:7.3f} {status['meanDrop']:+7.3f}")
-    if "task" in baseline and "task" in final:
-        lower = status.get("taskGainLower")
-        bound = f" (lower bound {lower:+.3f})" if lower is not None else ""
-        rows.append(f"{'task (target)':<22} {baseline['task']:8.3f} {final['task']:7.3f} gain "
-                    f"{final['task'] - baseline['task']:+.3f}{bound}")
-    rows.append(f"verdict: {status['verdict']}")
-    rows += [f"  - {reason}" for reason in status.get("reasons", [])]
-    return "\n".join(rows)
+from forgetless.api.schema import FineTuneJob
+from forgetless.lifecycle import PROMOTING_VERDICTS, STAGE_PHASE, STAGES, phase_of_verdict
+from forgetless.metrics import LOCAL_NAMESPACE
+from forgetless_trainer.run_output import metrics_server, render_table
+from forgetless_trainer.workdir import (  # noqa: F401 - default_workdir/PreflightError: part of the run API
+    PreflightError, default_workdir, finished_stage, preflight, prepare_workdir,
+)
 
 
 @dataclass
@@ -200,12 +61,12 @@ def execute(
 
     log = log or (lambda message: print(message, file=sys.stderr))
     forgetting = ForgettingMetrics()
-    namespace, name = "local", job.metadata.name
+    namespace, name = job.metadata.namespace or LOCAL_NAMESPACE, job.metadata.name
     summaries: dict[str, dict[str, Any]] = {}
     began = time.monotonic()
-    with _metrics_server(metrics_port, forgetting):
+    with metrics_server(metrics_port, forgetting):
         for index, stage in enumerate(STAGES, start=1):
-            done = _stage_done(workdir, stage)
+            done = finished_stage(workdir, stage)
             if done is not None:
                 log(f"[{index}/3] {stage}: already finished, reusing {workdir / stage}")
                 summaries[stage] = done

@@ -26,7 +26,7 @@ import os
 import time
 from typing import Any, Iterable, Mapping, Sequence
 
-from forgetless.suites import ALL_CATEGORIES
+from forgetless.lifecycle import ALL_CATEGORIES
 from forgetless_trainer.evaluation.results import EvaluationResult, ItemResult
 from forgetless.errors import StageError
 

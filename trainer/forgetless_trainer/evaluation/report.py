@@ -15,7 +15,8 @@ from typing import Any, Mapping
 
 from forgetless import atomic
 from forgetless.gate import GateResult
-from forgetless.suites import GENERAL_CATEGORIES, TASK_CATEGORY
+from forgetless.lifecycle import CATEGORIES as GENERAL_CATEGORIES
+from forgetless.lifecycle import TASK_CATEGORY
 
 JSON_NAME, MARKDOWN_NAME, PNG_NAME = "gate.json", "report.md", "report.png"
 BUDGET_PNG_NAME = "budget.png"

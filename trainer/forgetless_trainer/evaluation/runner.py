@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from forgetless.api.schema import FineTuneJobSpec, ModelSpec, RegressionSpec
-from forgetless.baseline_cache import BaselineCache, directory_digest, spec_cache_key, weights_cache_key
+from forgetless.baseline_cache import BaselineCache, directory_digest, prompt_identity, spec_cache_key, weights_cache_key
 from forgetless.suites import LmEvalSuite, Suite, SuiteError, resolve_suite
 from forgetless_trainer.evaluation.results import EvaluationResult
 from forgetless.errors import StageError
@@ -78,7 +78,9 @@ def model_identity(model_spec: ModelSpec, base_dir: Path | None = None) -> tuple
 def cache_keys(spec: FineTuneJobSpec, target: EvalTarget, base_dir: Path | None = None) -> tuple[str, str]:
     """(weights key, spec key) of the job's baseline."""
     model_id, version = model_identity(spec.model, base_dir)
-    return weights_cache_key(model_id, version, target.digest, spec.regression.limit), spec_cache_key(spec)
+    prompt = prompt_identity(spec)
+    return (weights_cache_key(model_id, version, target.digest, spec.regression.limit, prompt=prompt),
+            spec_cache_key(spec))
 
 
 def evaluate_model(
