@@ -164,22 +164,31 @@ class Runtime:
     # Time-based work (deadline, TTL) and errors are covered by the resync timer, which never skips.
 
     async def on_finetunejob(self, namespace: str, name: str, body: Any) -> None:
-        if self._fingerprints.get((namespace, name)) == fingerprint(body):
+        known = self._fingerprints.get((namespace, name))
+        if known == fingerprint(body):
             return
-        await self.trigger(namespace, name)
+        # First sight of a job (created, or listed at start-up): its watch body is as fresh as a GET
+        # and cannot predate a write of ours, so the first reconcile uses it and saves that GET.
+        # Every later reconcile re-reads the object.
+        await self.trigger(namespace, name, first_sight=body if known is None else None)
 
     async def on_child(self, kind: str, namespace: str, job: str, body: Any) -> None:
         if self._echoes.is_echo(kind, body):
             return
         await self.trigger(namespace, job)
 
-    async def trigger(self, namespace: str, name: str) -> None:
+    async def trigger(self, namespace: str, name: str, first_sight: Optional[dict] = None) -> None:
         """Reconcile the job now, or once more after the reconcile that is running (Coalescer)."""
-        await self._coalescer.run((namespace, name), lambda: self._reconcile_logged(namespace, name))
+        bodies = [first_sight]  # only the first run of this trigger may use the watch body
 
-    async def _reconcile_logged(self, namespace: str, name: str) -> bool:
+        async def once() -> bool:
+            return await self._reconcile_logged(namespace, name, bodies.pop() if bodies else None)
+
+        await self._coalescer.run((namespace, name), once)
+
+    async def _reconcile_logged(self, namespace: str, name: str, body: Optional[dict] = None) -> bool:
         try:
-            await self.reconcile_once(namespace, name)
+            await self.reconcile_once(namespace, name, body)
         except Exception as exc:  # noqa: BLE001 - counted, logged; the resync loop retries
             self.metrics.error(namespace)
             log.warning("reconcile %s/%s failed: %s", namespace, name, exc)
@@ -281,8 +290,8 @@ class Runtime:
         )
         return {c for c, obj in zip(names, found) if obj is None}
 
-    async def reconcile_once(self, namespace: str, name: str) -> Decision | None:
-        ftj = await self.kube.get(API_VERSION, KIND, namespace, name)
+    async def reconcile_once(self, namespace: str, name: str, body: Optional[dict] = None) -> Decision | None:
+        ftj = body if body is not None else await self.kube.get(API_VERSION, KIND, namespace, name)
         if ftj is None:
             self.forget(namespace, name)
             return None

@@ -403,3 +403,16 @@ async def test_resync_strips_the_finalizer_of_earlier_versions(api: FakeApi, ope
     api.update(*FTJ, NS, "ft", {"metadata": {"finalizers": ["forgetless.dev/finalizer", "example.com/keep"]}})
     await until(lambda: api.get(*FTJ, NS, "ft")["metadata"].get("finalizers") == ["example.com/keep"],
                 timeout=10, what="the legacy finalizer removed by the resync loop, others kept")
+
+
+async def test_first_reconcile_uses_the_watch_body(api: FakeApi, operator: Operator):
+    """A new job's first reconcile works from its ADDED event (no GET before the first child); later
+    reconciles re-read the object."""
+    submit(api)
+    await until(lambda: api.get("batch/v1", "Job", NS, "ft-baseline"), what="baseline Job")
+    first_post = next(i for i, r in enumerate(api.requests) if r.method == "POST" and r.path.endswith("/jobs"))
+    gets = [r for r in api.requests[:first_post] if r.method == "GET" and r.path.endswith("/finetunejobs/ft")]
+    assert gets == []
+    finish_stage(api, "ft-baseline", SUMMARIES["baseline"])
+    await until(lambda: status(api).get("phase") == "Training", what="training")
+    assert any(r.method == "GET" and r.path.endswith("/finetunejobs/ft") for r in api.requests[first_post:])

@@ -24,7 +24,7 @@ import pytest
 
 from tests.e2e.conftest import STAGE_TIMES, wait
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # each case trains through real stage pods: 20-60 s
 
 GROUP, VERSION, PLURAL = "forgetless.dev", "v1alpha1", "finetunejobs"
 CLAIM = "outputs"
