@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "forgetless_cli.commands.stage",
     "forgetless_cli.commands.evaluate",
     "forgetless_cli.commands.run",
+    "forgetless_cli.commands.sweep",
     "forgetless_cli.commands.operator",
 ]
 

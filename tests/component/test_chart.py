@@ -136,8 +136,8 @@ def test_rendered_objects_are_valid(helm: str, values: Path) -> None:
     assert len(names) == len(set(names)), "two rendered objects share kind/namespace/name"
 
 
-def test_crds_in_the_chart_equal_the_generated_ones() -> None:
-    name = "finetunejobs.forgetless.dev.yaml"
+@pytest.mark.parametrize("name", ["finetunejobs.forgetless.dev.yaml", "finetunesweeps.forgetless.dev.yaml"])
+def test_crds_in_the_chart_equal_the_generated_ones(name: str) -> None:
     assert (CHART / "crds" / name).read_bytes() == (REPO_ROOT / "crds" / name).read_bytes(), (
         "charts/forgetless/crds is stale: run forgetless crd --write"
     )
@@ -149,7 +149,8 @@ def test_chart_crds_are_valid_crds() -> None:
         for doc in yaml.safe_load_all(path.read_text()):
             kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
             seen.add(doc["metadata"]["name"])
-    assert {"finetunejobs.forgetless.dev", "kopfpeerings.kopf.dev", "clusterkopfpeerings.kopf.dev"} <= seen
+    assert {"finetunejobs.forgetless.dev", "finetunesweeps.forgetless.dev", "kopfpeerings.kopf.dev",
+            "clusterkopfpeerings.kopf.dev"} <= seen
 
 
 # --------------------------------------------------------------------------- RBAC = rbac.py

@@ -9,7 +9,7 @@ from pathlib import Path
 from forgetless import exit_codes
 
 NAME = "crd"
-HELP = "render the FineTuneJob CRD (to stdout, or into crds/ and the chart with --write)"
+HELP = "render the FineTuneJob CRD (to stdout; --write writes it and the FineTuneSweep CRD into crds/ and the chart)"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -26,11 +26,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from forgetless.api.crd import crd_targets, render_crd_yaml, write_crds
+    from forgetless.api.crd import generated_files, render_crd_yaml, write_crds
 
     if args.check is not None:
-        expected = render_crd_yaml()
-        stale = [p for p in crd_targets(args.check) if not p.exists() or p.read_text(encoding="utf-8") != expected]
+        stale = [p for p, expected in generated_files(args.check).items()
+                 if not p.exists() or p.read_text(encoding="utf-8") != expected]
         for path in stale:
             print(f"{path}: out of date; run `forgetless crd --write`", file=sys.stderr)
         return exit_codes.INVALID if stale else exit_codes.OK

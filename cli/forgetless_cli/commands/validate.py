@@ -1,4 +1,4 @@
-"""`forgetless validate FILE...`: check FineTuneJob manifests without running anything."""
+"""`forgetless validate FILE...`: check FineTuneJob and FineTuneSweep manifests without running anything."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 from forgetless import exit_codes
 
 NAME = "validate"
-HELP = "check FineTuneJob manifests; one line per problem naming the field"
+HELP = "check FineTuneJob and FineTuneSweep manifests; one line per problem naming the field"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -18,12 +18,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from forgetless.api.manifests import ManifestError, load_jobs
+    from forgetless.api.documents import load_manifests
+    from forgetless.api.manifests import ManifestError
 
     status = exit_codes.OK
     for path in args.files:
         try:
-            jobs = load_jobs(path)
+            jobs = load_manifests(path)
         except ManifestError as exc:
             for line in exc.lines:
                 print(line, file=sys.stderr)

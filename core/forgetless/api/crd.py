@@ -135,12 +135,16 @@ def _convert(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def model_schema(model: type) -> dict[str, Any]:
+    """One pydantic model as a structural OpenAPI v3.0 schema."""
+    js = model.model_json_schema(by_alias=True, mode="validation")
+    return _convert(js, js.get("$defs", {}))
+
+
 def openapi_schema() -> dict[str, Any]:
     """The structural `openAPIV3Schema` for the FineTuneJob kind."""
-    spec_js = schema.FineTuneJobSpec.model_json_schema(by_alias=True, mode="validation")
-    status_js = schema.FineTuneJobStatus.model_json_schema(by_alias=True, mode="validation")
-    spec = _convert(spec_js, spec_js.get("$defs", {}))
-    status = _convert(status_js, status_js.get("$defs", {}))
+    spec = model_schema(schema.FineTuneJobSpec)
+    status = model_schema(schema.FineTuneJobStatus)
     status.pop("x-kubernetes-preserve-unknown-fields", None)
     status["properties"]["kopf"] = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
     status["properties"]["kopf"]["description"] = "kopf handler progress (operator internal)."
@@ -232,10 +236,18 @@ def crd_targets(repo_root: Path) -> list[Path]:
     return [repo_root / "crds" / CRD_FILE_NAME, repo_root / "charts" / "forgetless" / "crds" / CRD_FILE_NAME]
 
 
+def generated_files(repo_root: Path) -> dict[Path, str]:
+    """Every generated CRD file (FineTuneJob and FineTuneSweep, in crds/ and the chart) -> its text."""
+    from forgetless.api.sweep_crd import render_sweep_crd_yaml, sweep_crd_targets
+
+    files = {target: render_crd_yaml() for target in crd_targets(repo_root)}
+    files.update({target: render_sweep_crd_yaml() for target in sweep_crd_targets(repo_root)})
+    return files
+
+
 def write_crds(repo_root: Path) -> list[Path]:
-    text = render_crd_yaml()
     written = []
-    for target in crd_targets(repo_root):
+    for target, text in generated_files(repo_root).items():
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(text, encoding="utf-8")
         written.append(target)

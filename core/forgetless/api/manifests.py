@@ -60,9 +60,9 @@ def _tagged_member(annotation: Any, tag: Any) -> type[BaseModel] | None:
     return None
 
 
-def _walk(loc: tuple[Any, ...]) -> tuple[tuple[Any, ...], type[BaseModel] | None]:
+def _walk(loc: tuple[Any, ...], root: type[BaseModel] = FineTuneJob) -> tuple[tuple[Any, ...], type[BaseModel] | None]:
     """(`loc` without the tags pydantic inserts for tagged unions, the model holding its last part)."""
-    model: type[BaseModel] | None = FineTuneJob
+    model: type[BaseModel] | None = root
     annotation: Any = None
     kept: list[Any] = []
     for index, part in enumerate(loc):
@@ -78,9 +78,9 @@ def _walk(loc: tuple[Any, ...]) -> tuple[tuple[Any, ...], type[BaseModel] | None
     return tuple(kept), model
 
 
-def _allowed_fields(loc: tuple[Any, ...]) -> list[str]:
+def _allowed_fields(loc: tuple[Any, ...], root: type[BaseModel] = FineTuneJob) -> list[str]:
     """Field names allowed at the object that holds `loc[-1]`."""
-    _, model = _walk(loc)
+    _, model = _walk(loc, root)
     return sorted(_alias_map(model)) if model is not None else []
 
 
@@ -94,26 +94,26 @@ def _format_loc(loc: tuple[Any, ...]) -> str:
     return text or "(document)"
 
 
-def describe_validation_error(exc: ValidationError) -> list[str]:
+def describe_validation_error(exc: ValidationError, root: type[BaseModel] = FineTuneJob) -> list[str]:
     lines = []
     for err in exc.errors(include_url=False):
         loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-        where = _format_loc(_walk(loc)[0])
+        where = _format_loc(_walk(loc, root)[0])
         kind = err["type"]
         msg = err["msg"]
         if kind == "extra_forbidden":
-            allowed = _allowed_fields(loc)
+            allowed = _allowed_fields(loc, root)
             msg = f"unknown field {loc[-1]!r}" + (f" (allowed: {', '.join(allowed)})" if allowed else "")
         elif kind == "missing":
             msg = "required field is missing"
         elif kind == "value_error":
             msg = msg.removeprefix("Value error, ")
         elif kind == "method_type":  # the tag of the method union (schema.MethodSpec)
-            where = _format_loc((*_walk(loc)[0], "type"))
+            where = _format_loc((*_walk(loc, root)[0], "type"))
             got = err["input"].get("type") if isinstance(err.get("input"), dict) else err.get("input")
             msg = f"{msg} (got {got!r})"
         elif kind == "forgetless_rule" and (err.get("ctx") or {}).get("field"):
-            where = _format_loc((*_walk(loc)[0], err["ctx"]["field"]))
+            where = _format_loc((*_walk(loc, root)[0], err["ctx"]["field"]))
         if kind not in ("missing", "extra_forbidden") and "input" in err and not isinstance(err["input"], (dict, list)):
             msg += f" (got {err['input']!r})"
         lines.append(f"{where}: {msg}")

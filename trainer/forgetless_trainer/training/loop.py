@@ -378,6 +378,8 @@ class Trainer:
         for mitigation in self.mitigations:
             mitigation.on_train_start(self)
         stopped: Stop | None = None
+        if finished in ("completed", "max_steps") and self.step < self.total_steps:
+            finished = None  # epochs or maxSteps grew since (a sweep trial promoted to a longer rung): train on
         if finished is not None:
             stopped = Stop(finished, self.stop_message or "") if finished not in ("completed", "max_steps") else None
             if final_weights is not None:
@@ -405,6 +407,8 @@ class Trainer:
             "finalLoss": self.last_loss if math.isfinite(self.last_loss) else None,  # NaN is not JSON
             "stoppedReason": reason,
             "tokensPerSecond": round(tokens_all / seconds, 2) if seconds > 0 else 0.0,
+            "tokens": tokens_all,
+            "trainSeconds": round(seconds, 3),
             "outputPath": str(output),
             "method": spec.method.type,
             "mitigations": [m.name for m in self.mitigations],
