@@ -352,11 +352,11 @@ def workers_service(ftj: dict[str, Any]) -> dict[str, Any]:
 
 
 def event(ftj: dict[str, Any], reason: str, message: str, type_: str, now: str, instance: str) -> dict[str, Any]:
-    """A core/v1 Event about the FineTuneJob."""
+    """A core/v1 Event about the FineTuneJob (or another of our objects: its apiVersion and kind)."""
     meta = ftj["metadata"]
     involved = {
-        "apiVersion": API_VERSION,
-        "kind": KIND,
+        "apiVersion": ftj.get("apiVersion", API_VERSION),
+        "kind": ftj.get("kind", KIND),
         "name": meta["name"],
         "namespace": meta["namespace"],
         "uid": meta["uid"],

@@ -35,11 +35,13 @@ from typing import Any, Optional
 import kopf
 
 from forgetless.api.schema import GROUP, PLURAL, VERSION
+from forgetless.api.sweep import PLURAL as SWEEP_PLURAL
 
 from forgetless_operator.children import LABEL_JOB, OperatorConfig
 from forgetless_operator.kube import KubeClient
 from forgetless_operator.metrics import make_app, start_server
 from forgetless_operator.runtime import Runtime, peering_allows
+from forgetless_operator.sweep_reconcile import LABEL_SWEEP
 
 log = logging.getLogger("forgetless.operator")
 PEERING_API = "kopf.dev/v1"
@@ -81,6 +83,16 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
             runtime.forget(namespace, name)
             return
         await runtime.on_finetunejob(namespace, name, dict(body))
+        sweep = (dict(body).get("metadata") or {}).get("labels", {}).get(LABEL_SWEEP)
+        if sweep:  # a trial (or a sweep's best job) changed: its sweep decides what comes next
+            runtime.spawn(runtime.trigger_sweep(namespace, sweep))
+
+    @kopf.on.event(GROUP, VERSION, SWEEP_PLURAL, registry=registry)
+    async def finetunesweep_event(event: dict, namespace: str, name: str, body: Any, **_: Any) -> None:
+        if event.get("type") == "DELETED":
+            runtime.forget_sweep(namespace, name)  # its trials go by owner-reference garbage collection
+            return
+        await runtime.on_sweep(namespace, name, dict(body))
 
     @kopf.on.event("batch", "v1", "jobs", labels=child, registry=registry)
     async def stage_job_event(event: dict, namespace: str, labels: dict, **_: Any) -> None:

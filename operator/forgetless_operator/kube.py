@@ -29,6 +29,7 @@ PLURALS = {
     "Event": "events",
     "PersistentVolumeClaim": "persistentvolumeclaims",
     "FineTuneJob": "finetunejobs",
+    "FineTuneSweep": "finetunesweeps",
     "InferenceService": "inferenceservices",
     "KopfPeering": "kopfpeerings",
     "ClusterKopfPeering": "clusterkopfpeerings",

@@ -18,8 +18,12 @@ READ = ["get", "list", "watch"]
 
 NAMESPACED_RULES: list[dict[str, Any]] = [
     # The custom resource: read, delete after ttlSecondsAfterFinished, kopf finalizer/annotations (merge patches).
-    {"apiGroups": ["forgetless.dev"], "resources": ["finetunejobs"], "verbs": READ + ["patch", "delete"]},
+    # Sweeps create their trials (and the best trial's promotion job) and replace a continued trial.
+    {"apiGroups": ["forgetless.dev"], "resources": ["finetunejobs"], "verbs": READ + ["create", "patch", "delete"]},
     {"apiGroups": ["forgetless.dev"], "resources": ["finetunejobs/status"], "verbs": ["get", "patch"]},
+    # FineTuneSweeps: read, write their status.
+    {"apiGroups": ["forgetless.dev"], "resources": ["finetunesweeps"], "verbs": READ},
+    {"apiGroups": ["forgetless.dev"], "resources": ["finetunesweeps/status"], "verbs": ["get", "patch"]},
     # Stage Jobs: create, mirror spec.suspend (patch), delete on deadline / spec reset.
     {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": READ + ["create", "patch", "delete"]},
     # Stage results are read from the pods' termination messages; failures from waiting reasons.

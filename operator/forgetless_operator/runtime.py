@@ -15,6 +15,8 @@ from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable, Optional
 
 from forgetless.api.schema import API_VERSION, KIND
+from forgetless.api.sweep import API_VERSION as SWEEP_API_VERSION
+from forgetless.api.sweep import KIND as SWEEP_KIND
 from forgetless.lifecycle import TERMINAL_PHASES
 
 from forgetless_operator import children
@@ -29,8 +31,9 @@ from forgetless_operator.decision import (
 )
 from forgetless_operator.kube import ApiError, KubeClient
 from forgetless_operator.metrics import OperatorMetrics
-from forgetless_operator.observation import index_jobs
+from forgetless_operator.observation import index_jobs, owned_by
 from forgetless_operator.reconcile import fmt_time, reconcile
+from forgetless_operator.sweep_reconcile import LABEL_SWEEP, reconcile_sweep
 
 log = logging.getLogger("forgetless.operator")
 LEGACY_FINALIZER = "forgetless.dev/finalizer"  # added by versions with a per-object kopf timer; removed on resync
@@ -205,11 +208,66 @@ class Runtime:
         self._fingerprints.pop((namespace, name), None)
         self._coalescer.forget((namespace, name))
 
+    # ------------------------------------------------------------------ FineTuneSweeps
+
+    async def on_sweep(self, namespace: str, name: str, body: Any) -> None:
+        if self._fingerprints.get(("sweep", namespace, name)) == fingerprint(body):
+            return
+        await self.trigger_sweep(namespace, name)
+
+    async def trigger_sweep(self, namespace: str, name: str) -> None:
+        async def once() -> bool:
+            try:
+                await self.reconcile_sweep_once(namespace, name)
+            except Exception as exc:  # noqa: BLE001 - counted, logged; the resync loop retries
+                self.metrics.error(namespace)
+                log.warning("reconcile of sweep %s/%s failed: %s", namespace, name, exc)
+                return False
+            return True
+
+        await self._coalescer.run(("sweep", namespace, name), once)
+
+    def forget_sweep(self, namespace: str, name: str) -> None:
+        self._fingerprints.pop(("sweep", namespace, name), None)
+        self._coalescer.forget(("sweep", namespace, name))
+
+    async def reconcile_sweep_once(self, namespace: str, name: str) -> Decision | None:
+        """One pass of sweep_reconcile for a FineTuneSweep: its trials are the FineTuneJobs labelled with it."""
+        sweep = await self.kube.get(SWEEP_API_VERSION, SWEEP_KIND, namespace, name)
+        if sweep is None:
+            self.forget_sweep(namespace, name)
+            return None
+        jobs = await self.kube.list(API_VERSION, KIND, namespace, f"{LABEL_SWEEP}={name}")
+        owned = {j["metadata"]["name"]: j for j in jobs if owned_by(j, sweep["metadata"]["uid"])}
+        decision = reconcile_sweep(sweep, owned, self.clock())
+        results = await asyncio.gather(*(self.apply(a) for a in decision.actions), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        old = dict(sweep.get("status") or {})
+        old.pop("kopf", None)
+        patch = merge_patch(old, decision.status)
+        written = sweep
+        if patch:
+            written = await self.kube.patch(SWEEP_API_VERSION, SWEEP_KIND, namespace, name, {"status": patch},
+                                            subresource="status")
+        self._fingerprints[("sweep", namespace, name)] = fingerprint(written)
+        now = fmt_time(self.clock())
+        await asyncio.gather(*(self._post(sweep, event, now) for event in decision.events))
+        return decision
+
     async def resync_pass(self, namespaces: list[str] | None) -> int:
         """List the FineTuneJobs (None: all namespaces) and reconcile, in the background, each one with
         time-based work left; strip the legacy finalizer. Returns how many were triggered."""
-        listed = await asyncio.gather(*(self.kube.list(API_VERSION, KIND, ns) for ns in (namespaces or [None])))
+        scopes = namespaces or [None]
+        listed = await asyncio.gather(*(self.kube.list(API_VERSION, KIND, ns) for ns in scopes))
+        sweeps = await asyncio.gather(*(self._list_sweeps(ns) for ns in scopes))
         triggered = 0
+        for sweep in (item for items in sweeps for item in items):
+            meta = sweep.get("metadata") or {}
+            if (sweep.get("status") or {}).get("phase") not in ("Succeeded", "Failed") and not meta.get("deletionTimestamp"):
+                triggered += 1
+                self.spawn(self.trigger_sweep(meta.get("namespace", ""), meta.get("name", "")))
         for ftj in (item for items in listed for item in items):
             meta = ftj.get("metadata") or {}
             namespace, name = meta.get("namespace", ""), meta.get("name", "")
@@ -221,6 +279,14 @@ class Runtime:
                 triggered += 1
                 self.spawn(self.trigger(namespace, name))
         return triggered
+
+    async def _list_sweeps(self, namespace: str | None) -> list[dict]:
+        try:
+            return await self.kube.list(SWEEP_API_VERSION, SWEEP_KIND, namespace)
+        except ApiError as exc:
+            if exc.status == 404:  # the FineTuneSweep CRD is not installed: nothing to resync
+                return []
+            raise
 
     async def observe(self, ftj: dict) -> Observed:
         meta = ftj["metadata"]

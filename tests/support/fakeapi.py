@@ -53,6 +53,7 @@ KINDS = [
     Kind("", "v1", "Namespace", "namespaces", namespaced=False, status=True),
     Kind("batch", "v1", "Job", "jobs", status=True),
     Kind(GROUP, VERSION, KIND, PLURAL, status=True, short_names=tuple(SHORT_NAMES)),
+    Kind(GROUP, VERSION, "FineTuneSweep", "finetunesweeps", status=True, short_names=("fts",)),
     Kind("apiextensions.k8s.io", "v1", "CustomResourceDefinition", "customresourcedefinitions", namespaced=False),
     Kind("kopf.dev", "v1", "KopfPeering", "kopfpeerings"),
     Kind("kopf.dev", "v1", "ClusterKopfPeering", "clusterkopfpeerings", namespaced=False),

@@ -31,6 +31,7 @@ from forgetless.api.schema import (
     Condition,
     FineTuneJobSpec,
     Fraction,
+    PromotedModelStatus,
     Rule,
 )
 
@@ -280,6 +281,8 @@ class BestTrialStatus(ApiModel):
     mean_kept: Optional[float] = None
     verdict: Optional[str] = None
     cost: Optional[float] = None
+    job_name: Optional[str] = Field(default=None, description="In a cluster: the FineTuneJob that promotes it.")
+    promoted_model: Optional[PromotedModelStatus] = Field(default=None, description="Where the promoted model is.")
 
 
 class FineTuneSweepStatus(ApiModel):
