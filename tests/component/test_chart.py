@@ -482,4 +482,5 @@ def test_packaged_chart_renders_the_same(helm: str, tmp_path: Path) -> None:
     from_dir = render(helm, ci("all-features"))
     assert [d for d in packaged if d["kind"] != "CustomResourceDefinition"] == from_dir
     assert {d["metadata"]["name"] for d in packaged if d["kind"] == "CustomResourceDefinition"} == {
-        "finetunejobs.forgetless.dev", "kopfpeerings.kopf.dev", "clusterkopfpeerings.kopf.dev"}
+        "finetunejobs.forgetless.dev", "finetunesweeps.forgetless.dev", "kopfpeerings.kopf.dev",
+        "clusterkopfpeerings.kopf.dev"}

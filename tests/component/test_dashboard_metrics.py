@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from forgetless.metrics import ForgettingMetrics
+from forgetless.sweep_metrics import SweepMetrics
 from tests.conftest import REPO_ROOT, tool_or_skip
 
 sys.path.insert(0, str(REPO_ROOT / "charts" / "forgetless" / "hack"))
@@ -37,7 +38,7 @@ def exported() -> dict[str, set[str]]:
     """Exposed sample name -> label names, from the operator's and the trainer's registries."""
     live_metrics = pytest.importorskip("forgetless_trainer.live_metrics")
     names: dict[str, set[str]] = {}
-    for registry in (ForgettingMetrics().registry, live_metrics.REGISTRY):
+    for registry in (ForgettingMetrics().registry, SweepMetrics().registry, live_metrics.REGISTRY):
         for collector in list(registry._collector_to_names):  # noqa: SLF001 - the collectors and their label names
             labelnames = set(getattr(collector, "_labelnames", ()))
             for family in collector.describe():
