@@ -14,7 +14,9 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from forgetless.api.schema import PROMOTING_VERDICTS
+from forgetless.api.sweep import BestTrialStatus, TrialStatus
 from forgetless.metrics import ForgettingMetrics
+from forgetless.sweep_metrics import SweepMetrics
 
 from forgetless_operator.reconcile import parse_time
 
@@ -22,6 +24,7 @@ from forgetless_operator.reconcile import parse_time
 class OperatorMetrics:
     def __init__(self, metrics: ForgettingMetrics | None = None) -> None:
         self.metrics = metrics or ForgettingMetrics()
+        self.sweeps = SweepMetrics(self.metrics.registry)  # one registry: one /metrics
         self._phases: dict[tuple[str, str], str] = {}
         self._counts: dict[tuple[str, str], int] = {}  # (namespace, phase) -> jobs
         self._namespaces: set[str] = set()
@@ -54,6 +57,12 @@ class OperatorMetrics:
     def forget(self, namespace: str, name: str) -> None:
         self.metrics.forget_job(namespace, name)
         self._set_phase(namespace, name, None)
+
+    def observe_sweep(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        """The sweep series from the status the reconcile wrote (trials by verdict, the best's scores)."""
+        trials = [TrialStatus.model_validate(t) for t in status.get("trials") or []]
+        best = BestTrialStatus.model_validate(status["best"]) if status.get("best") else None
+        self.sweeps.record(namespace, name, trials, best)
 
     def error(self, namespace: str) -> None:
         self.metrics.reconcile_errors.labels(namespace).inc()

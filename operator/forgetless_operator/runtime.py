@@ -228,6 +228,7 @@ class Runtime:
         await self._coalescer.run(("sweep", namespace, name), once)
 
     def forget_sweep(self, namespace: str, name: str) -> None:
+        self.metrics.sweeps.forget(namespace, name)
         self._fingerprints.pop(("sweep", namespace, name), None)
         self._coalescer.forget(("sweep", namespace, name))
 
@@ -254,6 +255,7 @@ class Runtime:
         self._fingerprints[("sweep", namespace, name)] = fingerprint(written)
         now = fmt_time(self.clock())
         await asyncio.gather(*(self._post(sweep, event, now) for event in decision.events))
+        self.metrics.observe_sweep(namespace, name, decision.status)
         return decision
 
     async def resync_pass(self, namespaces: list[str] | None) -> int:

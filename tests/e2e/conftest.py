@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-CRD = REPO / "crds" / "finetunejobs.forgetless.dev.yaml"
+CRDS = [REPO / "crds" / "finetunejobs.forgetless.dev.yaml", REPO / "crds" / "finetunesweeps.forgetless.dev.yaml"]
 UNPULLABLE_IMAGE = "forgetless.invalid/trainer:e2e"  # the Job controller's own pods never start
 
 
@@ -67,22 +67,24 @@ def kube() -> object:
 
 @pytest.fixture(scope="session")
 def crd(kube) -> Iterator[None]:
+    """The FineTuneJob and FineTuneSweep CRDs from crds/ (replacing older versions of them)."""
     api = kube.client.ApiextensionsV1Api()
-    body = yaml.safe_load(CRD.read_text())
-    name = body["metadata"]["name"]
-    created = False
-    try:
-        existing = api.read_custom_resource_definition(name)
-        body["metadata"]["resourceVersion"] = existing.metadata.resource_version
-        api.replace_custom_resource_definition(name, body)
-    except kube.client.ApiException as exc:
-        if exc.status != 404:
-            raise
-        api.create_custom_resource_definition(body)
-        created = True
-    wait_established(api, name)
+    created = []
+    for path in CRDS:
+        body = yaml.safe_load(path.read_text())
+        name = body["metadata"]["name"]
+        try:
+            existing = api.read_custom_resource_definition(name)
+            body["metadata"]["resourceVersion"] = existing.metadata.resource_version
+            api.replace_custom_resource_definition(name, body)
+        except kube.client.ApiException as exc:
+            if exc.status != 404:
+                raise
+            api.create_custom_resource_definition(body)
+            created.append(name)
+        wait_established(api, name)
     yield
-    if created:
+    for name in created:
         api.delete_custom_resource_definition(name)
 
 
@@ -125,6 +127,9 @@ def _delete_finetunejobs(kube, namespace: str) -> None:
     """Delete the test's FineTuneJobs (the operator holds no finalizer; one left by another controller is
     stripped as a last resort so that the namespace never hangs in Terminating)."""
     custom = kube.client.CustomObjectsApi()
+    sweeps = ("forgetless.dev", "v1alpha1", namespace, "finetunesweeps")
+    for item in custom.list_namespaced_custom_object(*sweeps)["items"]:
+        custom.delete_namespaced_custom_object(*sweeps, item["metadata"]["name"], body={"propagationPolicy": "Background"})
     args = ("forgetless.dev", "v1alpha1", namespace, "finetunejobs")
     for item in custom.list_namespaced_custom_object(*args)["items"]:
         custom.delete_namespaced_custom_object(*args, item["metadata"]["name"], body={"propagationPolicy": "Background"})
