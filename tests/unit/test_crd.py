@@ -158,6 +158,7 @@ CROSS_FIELD = [
     "all-linear with module names",
     "ewc previous without online",
     "early stopping without validation data",
+    "optimizer offload without ZeRO",
 ]
 
 

@@ -135,6 +135,8 @@ BAD: list[tuple[str, object, str]] = [
      "spec.method.lora.targetModules"),
     ("ewc previous without online", {"spec": {"mitigation": {"ewc": {"previous": {"fineTuneJob": "earlier"}}}}},
      "spec.mitigation.ewc.previous"),
+    ("optimizer offload without ZeRO", {"spec": {"deepspeed": {"zeroStage": 0, "offloadOptimizer": True}}},
+     "spec.deepspeed.offloadOptimizer"),
     ("early stopping without validation data",
      {"spec": {"dataset": {"task": {"path": "t.jsonl"}, "validationFraction": 0.0}, "mitigation": {"earlyStopping": {}}}},
      "spec"),

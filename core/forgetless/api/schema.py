@@ -379,7 +379,9 @@ class TrainingSpec(ApiModel):
 
 class DeepSpeedSpec(ApiModel):
     RULES = (Rule("!self.offloadParams || self.zeroStage == 3", lambda m: not m.offload_params or m.zero_stage == 3,
-                  "offloadParams needs zeroStage 3", ".offloadParams"),)
+                  "offloadParams needs zeroStage 3", ".offloadParams"),
+             Rule("!self.offloadOptimizer || self.zeroStage >= 1", lambda m: not m.offload_optimizer or m.zero_stage >= 1,
+                  "offloadOptimizer needs zeroStage 1, 2 or 3", ".offloadOptimizer"))
 
     zero_stage: Annotated[int, Field(ge=0, le=3)] = Field(default=2, description="ZeRO stage 0–3.")
     offload_optimizer: bool = Field(default=False, description="Offload optimizer state to CPU (ZeRO ≥ 1).")

@@ -32,9 +32,7 @@ def deepspeed_config(spec: FineTuneJobSpec, world_size: int) -> dict[str, Any]:
     training, ds = spec.training, spec.deepspeed
     precision = resolve_precision(training.precision)
     zero: dict[str, Any] = {"stage": ds.zero_stage}
-    if ds.offload_optimizer:
-        if ds.zero_stage == 0:
-            raise StageError("deepspeed.offloadOptimizer needs deepspeed.zeroStage 1, 2 or 3")
+    if ds.offload_optimizer:  # zeroStage >= 1: a schema rule
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": False}
     if ds.offload_params:
         zero["offload_param"] = {"device": "cpu", "pin_memory": False}
