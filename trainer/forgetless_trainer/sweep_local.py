@@ -205,8 +205,9 @@ class LocalSweep:
 
     def run(self) -> SweepResult:
         spec, name = self.sweep.spec, self.sweep.metadata.name
+        search = spec.model_copy(update={"max_parallel": self.parallel})  # --parallel overrides maxParallel
         while True:
-            plan = next_actions(spec, name, self.records.values())
+            plan = next_actions(search, name, self.records.values())
             for pruned in plan.prune:
                 self.records[pruned] = self.records[pruned].model_copy(update={"phase": "Pruned"})
                 self.log(f"{pruned}: pruned after rung {self.records[pruned].rung}")
