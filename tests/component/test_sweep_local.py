@@ -94,3 +94,13 @@ def test_successive_halving_continues_the_promoted_trial_from_its_checkpoint(tmp
         assert summary["steps"] == summary["totalSteps"]  # trained on to the longer rung's plan
         assert trial.epochs == 0.01
     assert result.promoted is None and not any((workdir / t.name / "promoted").exists() for t in result.trials)
+
+
+def test_parallel_trials_run_in_worker_processes(tmp_path, monkeypatch):
+    monkeypatch.setenv("FORGETLESS_CACHE_DIR", str(tmp_path / "cache"))
+    document = json.loads(json.dumps(SWEEP))
+    document["spec"]["promote"] = "none"
+    sweep = validate_sweep_document(document)
+    result = run_local_sweep(sweep, tmp_path / "par", parallel=2, log=lambda line: None)
+    assert [t.phase for t in result.trials] == ["Succeeded", "Succeeded"]
+    assert all(t.cost and t.task_score is not None for t in result.trials) and result.best is not None

@@ -323,7 +323,7 @@ def write_report(workdir: Path, trials: list[TrialStatus], best: TrialStatus | N
     ax.set_xlabel("share of the base model's mean general score kept")
     ax.set_ylabel("task score")
     ax.set_title(f"FineTuneSweep {sweep.metadata.name}: {sweep.spec.strategy.type}")
-    ax.legend(fontsize=8, loc="lower left")
+    ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     plot = workdir / "pareto.png"
     fig.savefig(plot, dpi=110)
