@@ -102,5 +102,5 @@ def test_parallel_trials_run_in_worker_processes(tmp_path, monkeypatch):
     document["spec"]["promote"] = "none"
     sweep = validate_sweep_document(document)
     result = run_local_sweep(sweep, tmp_path / "par", parallel=2, log=lambda line: None)
-    assert [t.phase for t in result.trials] == ["Succeeded", "Succeeded"]
+    assert [t.phase for t in result.trials] == ["Succeeded", "Succeeded"], [t.message for t in result.trials]
     assert all(t.cost and t.task_score is not None for t in result.trials) and result.best is not None

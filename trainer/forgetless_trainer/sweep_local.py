@@ -90,6 +90,15 @@ def run_trial(job_wire: dict[str, Any], trial_dir: str, continues: bool, quiet_l
     return numbers
 
 
+def _fresh_rendezvous() -> None:
+    """Worker-process initializer: forget a MASTER_PORT inherited from the parent (set when it ran a
+    trial in-process), so each single-process trial picks its own free port instead of all binding one."""
+    import os
+
+    if os.environ.get("WORLD_SIZE", "1") == "1":
+        os.environ.pop("MASTER_PORT", None)
+
+
 class LocalSweep:
     def __init__(self, sweep: FineTuneSweep, workdir: Path, *, parallel: int | None = None, restart: bool = False,
                  log: Callable[[str], None] | None = None) -> None:
@@ -192,7 +201,7 @@ class LocalSweep:
         import multiprocessing
 
         with ProcessPoolExecutor(max_workers=min(self.parallel, len(requests)),
-                                 mp_context=multiprocessing.get_context("spawn")) as pool:
+                                 mp_context=multiprocessing.get_context("spawn"), initializer=_fresh_rendezvous) as pool:
             futures = {pool.submit(run_trial, self._job_wire(r), str(self.workdir / r.name), r.continues, True): r
                        for r in requests}
             for future, request in futures.items():
