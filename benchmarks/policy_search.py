@@ -6,9 +6,9 @@
 Template: examples/recommended.yaml (LoRA r16, 30 % general mix, lr 1e-3, 8 epochs, early stopping;
 world-v1 gate). The space varies r ∈ {4, 16}, generalFraction ∈ {0.3, 0.45}, learningRate ∈ {1e-3,
 2e-3} and epochs, and always includes the recommended policy itself (`spec.include`), so the grid
-measures it in the same run. `--space full` uses epochs ∈ {4, 8} (16 candidates; ~2 h on a 2-core
-CPU for the grid alone); the default `quick` space uses epochs ∈ {0.5, 1} plus the recommended
-candidate at 8 epochs (17 candidates), which fits an hour. Both strategies run as local sweeps
+measures it in the same run. `--space full` uses epochs ∈ {4, 8} (16 candidates; ~75 min on a
+2-core CPU for the grid alone); the default `medium` epochs ∈ {2, 4} and `quick` epochs ∈ {0.5, 1},
+each plus the recommended candidate at 8 epochs (17 candidates; ~45 and ~15 min for the grid). Both strategies run as local sweeps
 (`forgetless sweep`'s code) in their own work dirs under --out, sharing only the baseline cache
 (the adaptive strategy never reuses a grid trial). Re-running resumes both.
 
@@ -41,6 +41,7 @@ RECOMMENDED = {"method.lora.r": 16, "mitigation.dataMixing.generalFraction": 0.3
                "training.epochs": 8}
 SPACES = {
     "quick": [0.5, 1],
+    "medium": [2, 4],
     "full": [4, 8],
 }
 
@@ -85,8 +86,8 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "policy-search")
     parser.add_argument("--only", choices=["grid", "adaptive"])
     parser.add_argument("--task", choices=["support-tickets", "order-requests"], default="support-tickets")
-    parser.add_argument("--space", choices=sorted(SPACES), default="quick")
-    parser.add_argument("--min-epochs", type=float, default=0.25, help="successive halving's shortest rung")
+    parser.add_argument("--space", choices=sorted(SPACES), default="medium")
+    parser.add_argument("--min-epochs", type=float, default=0.5, help="successive halving's shortest rung")
     args = parser.parse_args()
     os.environ.setdefault("FORGETLESS_CACHE_DIR", str(args.out / "baseline-cache"))
     from forgetless_trainer import quiet

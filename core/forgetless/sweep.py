@@ -18,9 +18,9 @@ the lower index.
 Successive halving (`strategy.successiveHalving`), with the trial's epochs as its resource: with n
 candidates there are K+1 rungs, K = ceil(log_eta n) - 1; rung k trains a candidate for
 min(E, max(minEpochs, E / eta^(K-k))) of its own epochs E, so the last rung trains E. After every
-trial of a rung is evaluated, the best ceil(n_k / eta) (ranked by `rank`: the objective, so a trial
-that passes the gate comes first, then the task score) continue from their checkpoint; the others
-are pruned. A gate failure at an early rung only ranks a trial lower, it never discards it by
+trial of a rung is evaluated, the best ceil(n_k / eta) (ranked by `rank`: a trial that passes the
+gate comes first, then the task score, ties by the share of the general score kept, then cost)
+continue from their checkpoint; the others are pruned. A gate failure at an early rung only ranks a trial lower, it never discards it by
 itself: forgetting happens early and data mixing repairs it later in training (README), so a
 trial failing at 1/9 of its epochs may well pass at the end. The best trial is chosen among every
 evaluated trial (a pruned trial's model, evaluated at its rung, is a real model too).
@@ -124,10 +124,16 @@ def objective_key(trial: TrialStatus, objective: ObjectiveSpec) -> tuple:
     return (qualifies(trial, objective), trial.task_score if trial.task_score is not None else -1.0, -cost, -trial.index)
 
 
-def _pick(pool: Sequence[TrialStatus], objective: ObjectiveSpec) -> TrialStatus:
+def _pick(pool: Sequence[TrialStatus], objective: ObjectiveSpec, kept_first: bool = False) -> TrialStatus:
     top = max(t.task_score if t.task_score is not None else -1.0 for t in pool)
     tied = [t for t in pool if (t.task_score if t.task_score is not None else -1.0) >= top - objective.tie_tolerance - 1e-12]
-    return min(tied, key=lambda t: (t.cost if t.cost is not None else math.inf, -(t.task_score or 0.0), t.index))
+
+    def key(t: TrialStatus) -> tuple:
+        cost = t.cost if t.cost is not None else math.inf
+        kept = -(t.mean_kept if t.mean_kept is not None else -1.0)
+        return (kept, cost, -(t.task_score or 0.0), t.index) if kept_first else (cost, -(t.task_score or 0.0), t.index)
+
+    return min(tied, key=key)
 
 
 def select_best(trials: Iterable[TrialStatus], objective: ObjectiveSpec) -> Optional[TrialStatus]:
@@ -138,13 +144,17 @@ def select_best(trials: Iterable[TrialStatus], objective: ObjectiveSpec) -> Opti
 
 
 def rank(trials: Iterable[TrialStatus], objective: ObjectiveSpec) -> list[TrialStatus]:
-    """Best first: qualifying trials in `select_best` order, then the others by the same rule (task
-    score, ties by cost): a gate failure ranks a trial lower but never removes it."""
+    """How successive halving orders a rung, best first: trials that pass the gate, then the others
+    (a gate failure ranks a trial lower but never removes it); within each, the task score, and task
+    scores tied within tieTolerance by the share of the general score kept, then cost. (Early in
+    training every task score may still be 0: then the trial forgetting least is the likeliest to
+    pass at the end; cost would only favour the smallest rank. The final choice, `select_best`,
+    breaks ties by cost.)"""
     remaining = list(evaluated(trials))
     ordered = []
     while remaining:
         passing = [t for t in remaining if qualifies(t, objective)]
-        chosen = _pick(passing or remaining, objective)
+        chosen = _pick(passing or remaining, objective, kept_first=True)
         ordered.append(chosen)
         remaining.remove(chosen)
     return ordered

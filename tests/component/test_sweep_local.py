@@ -70,3 +70,37 @@ def test_the_cli_refuses_a_bad_sweep_naming_the_field(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "forgetless_cli", "sweep", str(path), "--workdir", str(tmp_path / "w")],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "spec.searchSpace" in proc.stderr
+
+
+def test_successive_halving_continues_the_promoted_trial_from_its_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.setenv("FORGETLESS_CACHE_DIR", str(tmp_path / "cache"))
+    document = json.loads(json.dumps(SWEEP))
+    training = document["spec"]["template"]["training"]
+    training.pop("maxSteps")
+    training.update(epochs=0.01, checkpointIntervalSteps=1000)
+    document["spec"]["searchSpace"] = [{"field": "method.lora.r", "values": [2, 4, 8]}]
+    document["spec"]["strategy"] = {"type": "successiveHalving", "eta": 2, "minEpochs": 0.005}
+    document["spec"]["promote"] = "none"
+    sweep = validate_sweep_document(document)
+    workdir = tmp_path / "sh"
+    result = run_local_sweep(sweep, workdir, log=lambda line: None)
+
+    continued = [t for t in result.trials if t.rung == 1]
+    pruned = [t for t in result.trials if t.phase == "Pruned"]
+    assert len(continued) == 2 and len(pruned) == 1 and pruned[0].rung == 0
+    for trial in continued:
+        summary = json.loads((workdir / trial.name / "train" / "summary.json").read_text())
+        assert summary["resumedFromStep"] > 0 and summary["steps"] > summary["resumedFromStep"]
+        assert summary["steps"] == summary["totalSteps"]  # trained on to the longer rung's plan
+        assert trial.epochs == 0.01
+    assert result.promoted is None and not any((workdir / t.name / "promoted").exists() for t in result.trials)
+
+
+def test_parallel_trials_run_in_worker_processes(tmp_path, monkeypatch):
+    monkeypatch.setenv("FORGETLESS_CACHE_DIR", str(tmp_path / "cache"))
+    document = json.loads(json.dumps(SWEEP))
+    document["spec"]["promote"] = "none"
+    sweep = validate_sweep_document(document)
+    result = run_local_sweep(sweep, tmp_path / "par", parallel=2, log=lambda line: None)
+    assert [t.phase for t in result.trials] == ["Succeeded", "Succeeded"], [t.message for t in result.trials]
+    assert all(t.cost and t.task_score is not None for t in result.trials) and result.best is not None

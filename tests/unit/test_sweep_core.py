@@ -101,6 +101,14 @@ def test_rank_puts_gate_failures_after_passes_but_keeps_them():
     assert [t.index for t in rank(trials, ObjectiveSpec())] == [3, 0, 1, 2]
 
 
+def test_rank_breaks_task_ties_by_the_share_kept_before_cost():
+    # early in training every task score is 0: the trial forgetting least goes first, not the cheapest
+    trials = [trial(0, 0.0, verdict="Failed", kept=0.77, cost=1), trial(1, 0.0, verdict="Failed", kept=0.89, cost=4),
+              trial(2, 0.002, verdict="Failed", kept=0.85, cost=2)]
+    assert [t.index for t in rank(trials, ObjectiveSpec())] == [1, 2, 0]
+    assert select_best([t.model_copy(update={"verdict": "Passed"}) for t in trials], ObjectiveSpec()).index == 0
+
+
 def test_pareto_front():
     trials = [trial(0, 0.9, kept=0.99, cost=5), trial(1, 0.95, kept=0.97, cost=5), trial(2, 0.85, kept=0.98, cost=5),
               trial(3, 0.85, kept=0.98, cost=1), trial(4, 0.8, kept=0.9, cost=9)]

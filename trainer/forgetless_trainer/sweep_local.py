@@ -90,6 +90,15 @@ def run_trial(job_wire: dict[str, Any], trial_dir: str, continues: bool, quiet_l
     return numbers
 
 
+def _fresh_rendezvous() -> None:
+    """Worker-process initializer: forget a MASTER_PORT inherited from the parent (set when it ran a
+    trial in-process), so each single-process trial picks its own free port instead of all binding one."""
+    import os
+
+    if os.environ.get("WORLD_SIZE", "1") == "1":
+        os.environ.pop("MASTER_PORT", None)
+
+
 class LocalSweep:
     def __init__(self, sweep: FineTuneSweep, workdir: Path, *, parallel: int | None = None, restart: bool = False,
                  log: Callable[[str], None] | None = None) -> None:
@@ -192,7 +201,7 @@ class LocalSweep:
         import multiprocessing
 
         with ProcessPoolExecutor(max_workers=min(self.parallel, len(requests)),
-                                 mp_context=multiprocessing.get_context("spawn")) as pool:
+                                 mp_context=multiprocessing.get_context("spawn"), initializer=_fresh_rendezvous) as pool:
             futures = {pool.submit(run_trial, self._job_wire(r), str(self.workdir / r.name), r.continues, True): r
                        for r in requests}
             for future, request in futures.items():
@@ -205,8 +214,9 @@ class LocalSweep:
 
     def run(self) -> SweepResult:
         spec, name = self.sweep.spec, self.sweep.metadata.name
+        search = spec.model_copy(update={"max_parallel": self.parallel})  # --parallel overrides maxParallel
         while True:
-            plan = next_actions(spec, name, self.records.values())
+            plan = next_actions(search, name, self.records.values())
             for pruned in plan.prune:
                 self.records[pruned] = self.records[pruned].model_copy(update={"phase": "Pruned"})
                 self.log(f"{pruned}: pruned after rung {self.records[pruned].rung}")
@@ -322,7 +332,7 @@ def write_report(workdir: Path, trials: list[TrialStatus], best: TrialStatus | N
     ax.set_xlabel("share of the base model's mean general score kept")
     ax.set_ylabel("task score")
     ax.set_title(f"FineTuneSweep {sweep.metadata.name}: {sweep.spec.strategy.type}")
-    ax.legend(fontsize=8, loc="lower left")
+    ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     plot = workdir / "pareto.png"
     fig.savefig(plot, dpi=110)
