@@ -372,13 +372,25 @@ class Runtime:
         old = dict(ftj.get("status") or {})
         old.pop("kopf", None)
         patch = merge_patch(old, decision.status)
+        deleted_itself = any(isinstance(a, DeleteObject) and (a.kind, a.namespace, a.name) == (KIND, namespace, name)
+                             for a in decision.actions)
         written = ftj
-        if patch:
-            written = await self.kube.patch(API_VERSION, KIND, namespace, name, {"status": patch}, subresource="status")
-        self._fingerprints[(namespace, name)] = fingerprint(written)
+        if patch and not deleted_itself:  # with no finalizer a deleted job is gone at once: nothing to patch
+            try:
+                written = await self.kube.patch(API_VERSION, KIND, namespace, name, {"status": patch},
+                                                subresource="status")
+            except ApiError as exc:
+                if exc.status != 404:
+                    raise
+                deleted_itself = True  # deleted meanwhile (by a user): its events still tell what happened
+        if not deleted_itself:
+            self._fingerprints[(namespace, name)] = fingerprint(written)
         now = fmt_time(self.clock())
         await asyncio.gather(*(self._post(ftj, event, now) for event in decision.events))
-        self.metrics.observe(namespace, name, old, decision.status)
+        if deleted_itself:
+            self.forget(namespace, name)
+        else:
+            self.metrics.observe(namespace, name, old, decision.status)
         return decision
 
     async def _post(self, ftj: dict, event: Any, now: str) -> None:

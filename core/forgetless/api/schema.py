@@ -714,14 +714,10 @@ class ObjectMeta(ApiModel):
     annotations: dict[str, str] = Field(default_factory=dict)
 
 
-class FineTuneJob(ApiModel):
-    """A whole manifest: what `kubectl apply` and `forgetless run` take."""
+class ManifestModel(ApiModel):
+    """A whole manifest of one of our kinds (FineTuneJob, FineTuneSweep): the apiVersion checked."""
 
     api_version: Literal["forgetless.dev/v1alpha1"] = Field(alias="apiVersion")
-    kind: Literal["FineTuneJob"]
-    metadata: ObjectMeta
-    spec: FineTuneJobSpec
-    status: Optional[FineTuneJobStatus] = None
 
     @field_validator("api_version", mode="before")
     @classmethod
@@ -729,6 +725,15 @@ class FineTuneJob(ApiModel):
         if isinstance(value, str) and value != API_VERSION and value.startswith(GROUP):
             raise ValueError(f"unsupported version {value!r}; this release serves {API_VERSION}")
         return value
+
+
+class FineTuneJob(ManifestModel):
+    """A whole manifest: what `kubectl apply` and `forgetless run` take."""
+
+    kind: Literal["FineTuneJob"]
+    metadata: ObjectMeta
+    spec: FineTuneJobSpec
+    status: Optional[FineTuneJobStatus] = None
 
 
 def parse_job(document: Any) -> FineTuneJob:

@@ -18,11 +18,11 @@ import copy
 import math
 from typing import Annotated, Any, Literal, Optional
 
-from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
 from forgetless.api.schema import (
-    API_VERSION,
+    API_VERSION,  # noqa: F401 - the sweep kind shares the group version: forgetless.api.sweep.API_VERSION
     DNS_LABEL,
     GROUP,
     MAX_JOB_NAME_LENGTH,
@@ -31,6 +31,8 @@ from forgetless.api.schema import (
     Condition,
     FineTuneJobSpec,
     Fraction,
+    ManifestModel,
+    ObjectMeta,
     PromotedModelStatus,
     Rule,
 )
@@ -297,30 +299,19 @@ class FineTuneSweepStatus(ApiModel):
     message: Optional[str] = None
 
 
-class SweepMeta(ApiModel):
-    model_config = ConfigDict(extra="allow")
+class SweepMeta(ObjectMeta):
+    """ObjectMeta with a shorter name: trials add `-t<index>` and must stay within a job name."""
 
     name: Annotated[str, Field(min_length=1, max_length=MAX_SWEEP_NAME_LENGTH, pattern=DNS_LABEL)] = Field(
         description=f"DNS label, at most {MAX_SWEEP_NAME_LENGTH} characters (trials add `-t<index>`)."
     )
-    namespace: Optional[str] = None
-    labels: dict[str, str] = Field(default_factory=dict)
-    annotations: dict[str, str] = Field(default_factory=dict)
 
 
-class FineTuneSweep(ApiModel):
-    api_version: Literal["forgetless.dev/v1alpha1"] = Field(alias="apiVersion")
+class FineTuneSweep(ManifestModel):
     kind: Literal["FineTuneSweep"]
     metadata: SweepMeta
     spec: FineTuneSweepSpec
     status: Optional[FineTuneSweepStatus] = None
-
-    @field_validator("api_version", mode="before")
-    @classmethod
-    def _api_version(cls, value: Any) -> Any:
-        if isinstance(value, str) and value != API_VERSION and value.startswith(GROUP):
-            raise ValueError(f"unsupported version {value!r}; this release serves {API_VERSION}")
-        return value
 
 
 def grid_size(spec: FineTuneSweepSpec) -> int:
