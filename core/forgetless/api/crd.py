@@ -141,16 +141,12 @@ def model_schema(model: type) -> dict[str, Any]:
     return _convert(js, js.get("$defs", {}))
 
 
-def openapi_schema() -> dict[str, Any]:
-    """The structural `openAPIV3Schema` for the FineTuneJob kind."""
-    spec = model_schema(schema.FineTuneJobSpec)
-    status = model_schema(schema.FineTuneJobStatus)
-    status.pop("x-kubernetes-preserve-unknown-fields", None)
-    status["properties"]["kopf"] = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
-    status["properties"]["kopf"]["description"] = "kopf handler progress (operator internal)."
+def root_schema(description: str, spec: dict[str, Any], status: dict[str, Any], max_name: int,
+                name_reason: str) -> dict[str, Any]:
+    """The structural `openAPIV3Schema` of one of our kinds: spec, status and the name-length rule."""
     return {
         "type": "object",
-        "description": "A fine-tuning job that measures and gates catastrophic forgetting.",
+        "description": description,
         "required": ["spec"],
         "properties": {
             "apiVersion": {"type": "string"},
@@ -161,12 +157,22 @@ def openapi_schema() -> dict[str, Any]:
         },
         schema.CEL: [
             {
-                "rule": f"self.metadata.name.size() <= {schema.MAX_JOB_NAME_LENGTH}",
-                "message": f"metadata.name must be at most {schema.MAX_JOB_NAME_LENGTH} characters "
-                "(stage Jobs and Pods append suffixes)",
+                "rule": f"self.metadata.name.size() <= {max_name}",
+                "message": f"metadata.name must be at most {max_name} characters ({name_reason})",
             }
         ],
     }
+
+
+def openapi_schema() -> dict[str, Any]:
+    """The structural `openAPIV3Schema` for the FineTuneJob kind."""
+    spec = model_schema(schema.FineTuneJobSpec)
+    status = model_schema(schema.FineTuneJobStatus)
+    status.pop("x-kubernetes-preserve-unknown-fields", None)
+    status["properties"]["kopf"] = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+    status["properties"]["kopf"]["description"] = "kopf handler progress (operator internal)."
+    return root_schema("A fine-tuning job that measures and gates catastrophic forgetting.", spec, status,
+                       schema.MAX_JOB_NAME_LENGTH, "stage Jobs and Pods append suffixes")
 
 
 def _mark_immutable_model(root: dict[str, Any]) -> None:
@@ -176,22 +182,37 @@ def _mark_immutable_model(root: dict[str, Any]) -> None:
     )
 
 
-def render_crd() -> dict[str, Any]:
-    root = openapi_schema()
-    _mark_immutable_model(root)
+FINETUNEJOB_PRINTER_COLUMNS = [
+    {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+    {"name": "Method", "type": "string", "jsonPath": ".spec.method.type"},
+    {"name": "Gate", "type": "string", "jsonPath": ".status.gate.verdict"},
+    {
+        "name": "Forgetting",
+        "type": "string",
+        "description": "Mean drop of the general score, in percentage points",
+        "jsonPath": ".status.forgettingPoints",
+    },
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]
+
+
+def crd_document(*, kind: str, plural: str, singular: str, short_names: list[str],
+                 printer_columns: list[dict[str, Any]], root: dict[str, Any]) -> dict[str, Any]:
+    """A namespaced CustomResourceDefinition of the forgetless.dev group (one served, stored version
+    with the status subresource)."""
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{schema.PLURAL}.{schema.GROUP}"},
+        "metadata": {"name": f"{plural}.{schema.GROUP}"},
         "spec": {
             "group": schema.GROUP,
             "scope": "Namespaced",
             "names": {
-                "kind": schema.KIND,
-                "listKind": f"{schema.KIND}List",
-                "plural": schema.PLURAL,
-                "singular": schema.SINGULAR,
-                "shortNames": schema.SHORT_NAMES,
+                "kind": kind,
+                "listKind": f"{kind}List",
+                "plural": plural,
+                "singular": singular,
+                "shortNames": short_names,
                 "categories": ["forgetless", "all"],
             },
             "versions": [
@@ -200,23 +221,19 @@ def render_crd() -> dict[str, Any]:
                     "served": True,
                     "storage": True,
                     "subresources": {"status": {}},
-                    "additionalPrinterColumns": [
-                        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
-                        {"name": "Method", "type": "string", "jsonPath": ".spec.method.type"},
-                        {"name": "Gate", "type": "string", "jsonPath": ".status.gate.verdict"},
-                        {
-                            "name": "Forgetting",
-                            "type": "string",
-                            "description": "Mean drop of the general score, in percentage points",
-                            "jsonPath": ".status.forgettingPoints",
-                        },
-                        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-                    ],
+                    "additionalPrinterColumns": printer_columns,
                     "schema": {"openAPIV3Schema": root},
                 }
             ],
         },
     }
+
+
+def render_crd() -> dict[str, Any]:
+    root = openapi_schema()
+    _mark_immutable_model(root)
+    return crd_document(kind=schema.KIND, plural=schema.PLURAL, singular=schema.SINGULAR,
+                        short_names=schema.SHORT_NAMES, printer_columns=FINETUNEJOB_PRINTER_COLUMNS, root=root)
 
 
 class _NoAliasDumper(yaml.SafeDumper):
@@ -226,10 +243,14 @@ class _NoAliasDumper(yaml.SafeDumper):
         return True
 
 
+def dump_crd(document: dict[str, Any], source: str) -> str:
+    """A generated CRD as YAML, headed by where it comes from."""
+    header = f"# Generated by `forgetless crd` from {source}. Do not edit.\n"
+    return header + yaml.dump(document, Dumper=_NoAliasDumper, sort_keys=False, width=100, allow_unicode=True)
+
+
 def render_crd_yaml() -> str:
-    header = "# Generated by `forgetless crd` from core/forgetless/api/schema.py. Do not edit.\n"
-    body = yaml.dump(render_crd(), Dumper=_NoAliasDumper, sort_keys=False, width=100, allow_unicode=True)
-    return header + body
+    return dump_crd(render_crd(), "core/forgetless/api/schema.py")
 
 
 def crd_targets(repo_root: Path) -> list[Path]:

@@ -10,7 +10,7 @@ from typing import Any, Union
 
 from pydantic import ValidationError
 
-from forgetless.api.manifests import ManifestError, describe_validation_error, iter_documents, validate_document
+from forgetless.api.manifests import ManifestError, describe_validation_error, load_all, validate_document
 from forgetless.api.schema import FineTuneJob
 from forgetless.api.sweep import KIND as SWEEP_KIND
 from forgetless.api.sweep import FineTuneSweep
@@ -37,18 +37,7 @@ def validate_any(document: Any) -> Manifest:
 
 def load_manifests(path: Path) -> list[Manifest]:
     """Every FineTuneJob and FineTuneSweep in a file; all problems of all documents reported together."""
-    found, problems = [], []
-    documents = list(iter_documents(path))
-    multi = len(documents) > 1
-    for index, document in documents:
-        prefix = f"{path}#{index}" if multi else str(path)
-        try:
-            found.append(validate_any(document))
-        except ManifestError as exc:
-            problems.extend(f"{prefix}: {line}" for line in exc.lines)
-    if problems:
-        raise ManifestError(problems)
-    return found
+    return load_all(path, validate_any)
 
 
 def load_sweep(path: Path) -> FineTuneSweep:

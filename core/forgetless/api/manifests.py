@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -157,20 +157,26 @@ def iter_documents(path: Path) -> Iterator[tuple[int, Any]]:
         raise ManifestError([f"{path}: the file holds no document"])
 
 
-def load_jobs(path: Path) -> list[FineTuneJob]:
-    """Every FineTuneJob in a file; all problems of all documents reported together."""
-    jobs, problems = [], []
+def load_all(path: Path, validate: Callable[[Any], Any]) -> list[Any]:
+    """Every document of a file through `validate`; all problems of all documents reported together,
+    each prefixed with `FILE` (or `FILE#N` in a multi-document file)."""
+    found, problems = [], []
     documents = list(iter_documents(path))
     multi = len(documents) > 1
     for index, document in documents:
         prefix = f"{path}#{index}" if multi else str(path)
         try:
-            jobs.append(validate_document(document))
+            found.append(validate(document))
         except ManifestError as exc:
             problems.extend(f"{prefix}: {line}" for line in exc.lines)
     if problems:
         raise ManifestError(problems)
-    return jobs
+    return found
+
+
+def load_jobs(path: Path) -> list[FineTuneJob]:
+    """Every FineTuneJob in a file; all problems of all documents reported together."""
+    return load_all(path, validate_document)
 
 
 def load_job(path: Path) -> FineTuneJob:
