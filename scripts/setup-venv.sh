@@ -11,9 +11,18 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)
-"${PIP[@]}" install --upgrade pip 2>&1 | grep -v "^WARNING" || true
-"${PIP[@]}" install "torch==${TORCH_VERSION}" 2>&1 | grep -v "^WARNING" || true
+if [ "${FORGETLESS_VERBOSE:-0}" != "1" ]; then
+  # a normal install prints nothing but errors: no pip notices, no setuptools "editable installation"
+  # banner (a BuildBackendWarning, silenced through PYTHONWARNINGS in the build subprocess)
+  export PYTHONWARNINGS="ignore" PIP_NO_WARN_SCRIPT_LOCATION=1
+  filter() { grep -v -e "^WARNING" -e "^DEPRECATION" -e "^\[notice\]" || true; }
+else
+  filter() { cat; }
+fi
+"${PIP[@]}" install --upgrade pip 2>&1 | filter || true
+# numpy with torch: torch imported without numpy warns "Failed to initialize NumPy"
+"${PIP[@]}" install "torch==${TORCH_VERSION}" numpy 2>&1 | filter
 .venv/bin/python -c "import torch" # fail loudly if torch did not install
-DS_BUILD_OPS=0 "${PIP[@]}" install -e ".[${EXTRAS}]" 2>&1 | grep -v "^WARNING" || true
+DS_BUILD_OPS=0 "${PIP[@]}" install -e ".[${EXTRAS}]" 2>&1 | filter
 .venv/bin/python -c "import forgetless, forgetless_trainer, forgetless_operator"
 echo "forgetless installed in .venv (extras: ${EXTRAS})"

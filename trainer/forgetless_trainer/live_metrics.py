@@ -6,8 +6,8 @@ runs in one process do not collide. Labels: namespace / finetunejob from env `FO
 / `FORGETLESS_JOB` (the job's name when unset), plus `category` on the probe score.
 
 `serve()` starts the HTTP endpoint on env `FORGETLESS_METRICS_PORT` (unset: no server); with
-several ranks on one machine only local rank 0 serves. `Progress` draws a tqdm bar when stderr is
-a TTY and logs plain lines every `log_interval` steps otherwise.
+several ranks on one machine only local rank 0 serves. What the user watches on the console is
+`forgetless_trainer.progress`.
 """
 
 from __future__ import annotations
@@ -112,40 +112,3 @@ class TrainMetrics:
 
     def budget_adjustment(self) -> None:
         BUDGET_ADJUSTMENTS.labels(**self.labels).inc()
-
-
-class Progress:
-    """A tqdm bar on a TTY (rank 0 only), plain log lines every `log_interval` steps otherwise."""
-
-    def __init__(self, total: int, *, initial: int = 0, log_interval: int = 10, enabled: bool = True, stream=None):
-        self.stream = stream if stream is not None else sys.stderr
-        self.total = total
-        self.log_interval = log_interval
-        self.enabled = enabled
-        self.bar = None
-        if enabled and hasattr(self.stream, "isatty") and self.stream.isatty():
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total, initial=initial, file=self.stream, desc="train", unit="step", dynamic_ncols=True)
-
-    def update(self, step: int, **values: float) -> None:
-        if not self.enabled:
-            return
-        text = " ".join(f"{k}={v:.4g}" for k, v in values.items() if v is not None)
-        if self.bar is not None:
-            self.bar.update(step - self.bar.n)
-            self.bar.set_postfix_str(text, refresh=False)
-        elif step % self.log_interval == 0 or step == self.total:
-            print(f"[train] step {step}/{self.total} {text}", file=self.stream, flush=True)
-
-    def message(self, text: str) -> None:
-        if not self.enabled:
-            return
-        if self.bar is not None:
-            self.bar.write(text, file=self.stream)
-        else:
-            print(f"[train] {text}", file=self.stream, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()

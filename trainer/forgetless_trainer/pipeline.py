@@ -20,6 +20,7 @@ from forgetless.api.manifests import ManifestError, load_job
 from forgetless.api.schema import FineTuneJob
 from forgetless.lifecycle import PROMOTING_VERDICTS, STAGE_PHASE, STAGES, phase_of_verdict
 from forgetless.metrics import LOCAL_NAMESPACE
+from forgetless_trainer import threads
 from forgetless_trainer.run_output import metrics_server, render_table
 from forgetless_trainer.workdir import (  # noqa: F401 - default_workdir/PreflightError: part of the run API
     PreflightError, default_workdir, finished_stage, preflight, prepare_workdir,
@@ -115,6 +116,11 @@ def run_pipeline(
         return exit_codes.INVALID
 
     print(f"forgetless run {job.metadata.name}: work dir {workdir}", file=sys.stderr)
+    try:
+        print(threads.configure(), file=sys.stderr)
+    except ValueError as exc:
+        print(str(exc), file=sys.stderr)
+        return exit_codes.INVALID
     try:
         result = execute(job, workdir, metrics_port=metrics_port)
     except StageFailed as exc:

@@ -7,7 +7,9 @@ What a new user would otherwise see while a stage runs, none of it actionable:
   names it);
 - FutureWarning / DeprecationWarning from torch, transformers, peft, DeepSpeed and lm-eval
   (deprecated calls inside those libraries, not in the user's job);
-- torch's "Failed to initialize NumPy" (numpy is a dependency of the trainer extra now).
+- torch's "Failed to initialize NumPy" (numpy is a dependency of the trainer extra now);
+- DeepSpeed's `print` of "DeepSpeed deepspeed_shm_comm_op built successfully" at every
+  `init_distributed` (`library_stdout()` around that call).
 
 `silence()` is called first thing by the stage entry points (`forgetless stage|run|evaluate`,
 `run_stage`), before torch or transformers are imported where possible. Set FORGETLESS_VERBOSE=1 to
@@ -16,6 +18,8 @@ keep everything. Errors still surface: only warnings and info go, and only from 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 import sys
@@ -58,6 +62,17 @@ def silence() -> None:
     except ImportError:
         pass
     quiet_deepspeed()
+
+
+@contextlib.contextmanager
+def library_stdout():
+    """Drop what a library `print`s to stdout inside the block (kept with FORGETLESS_VERBOSE=1, or when
+    `silence()` did not run). Only for calls that print chatter, never results."""
+    if not _done:
+        yield
+        return
+    with contextlib.redirect_stdout(io.StringIO()):
+        yield
 
 
 def quiet_deepspeed() -> None:

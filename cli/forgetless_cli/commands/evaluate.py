@@ -52,8 +52,9 @@ def render(result) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    from forgetless_trainer import quiet  # before torch/transformers are imported
+    from forgetless_trainer import quiet, threads  # before torch/transformers are imported
 
+    threads.prepare_environment()  # idle OpenMP threads sleep: set before torch loads
     quiet.silence()
     if args.limit is not None and args.limit < 1:
         return _fail(f"--limit must be at least 1, got {args.limit}")

@@ -31,8 +31,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from forgetless_trainer import quiet  # before torch/transformers/DeepSpeed are imported
+    from forgetless_trainer import quiet, threads  # before torch/transformers/DeepSpeed are imported
 
+    threads.prepare_environment()  # idle OpenMP threads sleep: set before torch loads
     quiet.silence()
     from forgetless_trainer.pipeline import run_pipeline
 

@@ -40,8 +40,9 @@ def main(args: argparse.Namespace) -> int:
         print("--parallel: must be at least 1", file=sys.stderr)
         return exit_codes.INVALID
 
-    from forgetless_trainer import quiet
+    from forgetless_trainer import quiet, threads
 
+    threads.prepare_environment()  # idle OpenMP threads sleep: set before torch loads
     quiet.silence()
     from forgetless.sweep import expand
     from forgetless_trainer.pipeline import PreflightError, preflight

@@ -374,7 +374,9 @@ class TrainingSpec(ApiModel):
         description="Pack a micro-batch's examples end to end into rows of maxSeqLength (position ids restart per example; no cross-example attention).",
     )
     checkpoint_interval_steps: Annotated[int, Field(ge=1)] = Field(default=100)
-    log_interval_steps: Annotated[int, Field(ge=1)] = Field(default=10)
+    log_interval_steps: Annotated[int, Field(ge=1)] = Field(
+        default=10, description="Steps per tokens-per-second sample (live metric); progress lines come about every 10 %."
+    )
 
 
 class DeepSpeedSpec(ApiModel):

@@ -14,6 +14,7 @@ from forgetless.api.schema import FineTuneJobSpec, ModelSpec, RegressionSpec
 from forgetless.baseline_cache import BaselineCache, directory_digest, prompt_identity, spec_cache_key, weights_cache_key
 from forgetless.suites import LmEvalSuite, Suite, SuiteError, resolve_suite
 from forgetless_trainer.evaluation.results import EvaluationResult
+from forgetless_trainer.progress import StageProgress
 from forgetless.errors import StageError
 
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
@@ -84,8 +85,10 @@ def cache_keys(spec: FineTuneJobSpec, target: EvalTarget, base_dir: Path | None 
 
 
 def evaluate_model(
-    model: Any, tokenizer: Any, target: EvalTarget, *, limit: int | None = None, batch_size: int = 32
+    model: Any, tokenizer: Any, target: EvalTarget, *, limit: int | None = None, batch_size: int = 32,
+    stage: str = "evaluate",
 ) -> EvaluationResult:
+    """`stage` names the progress display (`[baseline] item 96/858 …`)."""
     if target.lm_eval_tasks:
         from forgetless_trainer.evaluation import lmeval
 
@@ -95,25 +98,24 @@ def evaluate_model(
         return result
     from forgetless_trainer.evaluation.evaluator import evaluate_suite
 
-    return evaluate_suite(model, tokenizer, target.suite, limit=limit, batch_size=batch_size, progress=_log_progress())
-
-
-def _log_progress():
-    """Log `[evaluate] done/total items` to stderr about every 10 % (long evaluations show progress)."""
-    last = {"decile": -1}
+    display: dict[str, StageProgress] = {}
 
     def report(done: int, total: int) -> None:
-        decile = done * 10 // max(total, 1)
-        if decile != last["decile"]:
-            last["decile"] = decile
-            print(f"[evaluate] {done}/{total} generated answers", file=sys.stderr, flush=True)
+        if "bar" not in display:
+            display["bar"] = StageProgress(stage, total, unit="answer")
+        display["bar"].update(done)
 
-    return report
+    try:
+        return evaluate_suite(model, tokenizer, target.suite, limit=limit, batch_size=batch_size, progress=report)
+    finally:
+        if "bar" in display:
+            display["bar"].close()
 
 
 def load_and_evaluate(
     model_spec: ModelSpec, target: EvalTarget, *, adapter_path: Path | None = None,
     limit: int | None = None, batch_size: int = 32, base_dir: Path | None = None, dataset: Any = None,
+    stage: str = "evaluate",
 ) -> EvaluationResult:
     """`dataset` (the job's DatasetSpec): its chatTemplate / chat format decide the prompt format, as in
     training (forgetless_trainer.chat.install_template)."""
@@ -122,7 +124,7 @@ def load_and_evaluate(
 
     model, tokenizer = load_model_and_tokenizer(model_spec, adapter_path=adapter_path, base_dir=base_dir)
     install_template(tokenizer, dataset, base_dir)
-    result = evaluate_model(model, tokenizer, target, limit=limit, batch_size=batch_size)
+    result = evaluate_model(model, tokenizer, target, limit=limit, batch_size=batch_size, stage=stage)
     result.meta.update({"model": model_spec.name, "adapter": str(adapter_path) if adapter_path else None})
     return result
 

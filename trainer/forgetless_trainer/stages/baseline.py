@@ -27,7 +27,8 @@ def run(job: FineTuneJob, workdir: Path) -> dict[str, Any]:
     result = cached_baseline(cache, (weights_key, spec_key), target, spec.regression.limit)
     cached = result is not None
     if result is None:
-        result = load_and_evaluate(spec.model, target, limit=spec.regression.limit, dataset=spec.dataset)
+        result = load_and_evaluate(spec.model, target, limit=spec.regression.limit, dataset=spec.dataset,
+                                   stage="baseline")
     # (re)store under both keys: a hit under one key fills in the other
     store_baseline(cache, (weights_key, spec_key), result, spec.model.name)
     result.save(Path(workdir) / RESULTS)

@@ -66,7 +66,8 @@ def find_baseline(job: FineTuneJob, workdir: Path, target: EvalTarget) -> tuple[
     result = cached_baseline(cache, keys, target, spec.regression.limit)
     source = "cache"
     if result is None:
-        result = load_and_evaluate(spec.model, target, limit=spec.regression.limit, dataset=spec.dataset)
+        result = load_and_evaluate(spec.model, target, limit=spec.regression.limit, dataset=spec.dataset,
+                                   stage="baseline")
         store_baseline(cache, keys, result, spec.model.name)
         source = "evaluated"
     result.save(workdir / BASELINE_RESULTS)

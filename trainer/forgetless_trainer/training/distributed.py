@@ -121,7 +121,8 @@ def init_process_group(ranks: Ranks | None = None) -> None:
             ) from exc
         dist.init_process_group(backend, store=store, rank=ranks.rank, world_size=ranks.world_size,
                                 timeout=timedelta(seconds=COLLECTIVE_TIMEOUT_SECONDS))
-    deepspeed.init_distributed(dist_backend=backend)
+    with quiet.library_stdout():  # DeepSpeed prints "… deepspeed_shm_comm_op built successfully" every time
+        deepspeed.init_distributed(dist_backend=backend)
 
 
 def shutdown() -> None:

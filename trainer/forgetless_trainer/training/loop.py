@@ -35,6 +35,7 @@ from forgetless.api.schema import FineTuneJob
 from forgetless_trainer import data as D
 from forgetless_trainer import chat, live_metrics, mitigations
 from forgetless_trainer.mitigations.base import Mitigation, Stop, TrainContext
+from forgetless_trainer.progress import StageProgress
 from forgetless_trainer.training import checkpoint, config, distributed, knobs, packing
 
 
@@ -366,15 +367,13 @@ class Trainer:
         self.stop_message: str | None = None
         self.last_checkpoint = -1
         self.started = time.perf_counter()
-        self.progress = live_metrics.Progress(
-            self.total_steps, log_interval=training.log_interval_steps, enabled=self.ctx.is_main, stream=self.progress_stream
-        )
+        self.progress = StageProgress("train", self.total_steps, unit="step", enabled=self.ctx.is_main,
+                                      stream=self.progress_stream)
         live_metrics.serve(self.ranks.local_rank)
         epoch, step_in_epoch, finished, final_weights = self._resume()
         self.position = (epoch, step_in_epoch)
         self.started = time.perf_counter()
-        if self.progress.bar is not None:
-            self.progress.bar.update(self.step)
+        self.progress.start_at(self.step)
         for mitigation in self.mitigations:
             mitigation.on_train_start(self)
         stopped: Stop | None = None
