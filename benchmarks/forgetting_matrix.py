@@ -56,7 +56,7 @@ def policies() -> dict[str, list[dict[str, Any]]]:
         "LoRA (no mixing)": [
             _variant("recommended", "m-lora", mitigation__dataMixing={"generalFraction": 0.0}, mitigation__earlyStopping=None)
         ],
-        "LoRA + 30% mix (recommended)": [_variant("recommended", "m-recommended")],
+        "LoRA + 60% mix (recommended)": [_variant("recommended", "m-recommended")],
         "LoRA + mix + replay (pair)": [_variant("replay-1", "m-replay-1"), _variant("replay-2", "m-replay-2")],
         # the forgetting budget on the naive recipe: today's stop-at-first-breach vs the controller
         "naive + budget (stop)": [_variant("naive", "m-budget-stop", mitigation__forgettingBudget=dict(
@@ -171,7 +171,7 @@ def main() -> int:
         args.json.write_text(json.dumps(rows, indent=2))
 
     by_name = {row["policy"]: row for row in rows}
-    naive, recommended = by_name.get("naive full FT"), by_name.get("LoRA + 30% mix (recommended)")
+    naive, recommended = by_name.get("naive full FT"), by_name.get("LoRA + 60% mix (recommended)")
     checks = []
     if recommended:
         checks.append(("recommended keeps >= 98% of the mean general score", recommended["mean_retained"] >= 0.98))

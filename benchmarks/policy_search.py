@@ -3,12 +3,13 @@
     python benchmarks/policy_search.py [--out runs/policy-search] [--only grid|adaptive]
                                        [--task support-tickets|order-requests] [--space quick|full]
 
-Template: examples/recommended.yaml (LoRA r16, 30 % general mix, lr 1e-3, 8 epochs, early stopping;
-world-v1 gate). The space varies r ∈ {4, 16}, generalFraction ∈ {0.3, 0.45}, learningRate ∈ {1e-3,
+Template: examples/recommended.yaml (world-v1 gate; its r, general mix, learning rate and epochs
+are the recommended candidate, read from the file). The space varies r ∈ {4, 16}, generalFraction ∈ {0.3, 0.45}, learningRate ∈ {1e-3,
 2e-3} and epochs, and always includes the recommended policy itself (`spec.include`), so the grid
 measures it in the same run. `--space full` uses epochs ∈ {4, 8} (16 candidates; ~75 min on a
 2-core CPU for the grid alone); the default `medium` epochs ∈ {2, 4} and `quick` epochs ∈ {0.5, 1},
-each plus the recommended candidate at 8 epochs (17 candidates; ~45 and ~15 min for the grid). Both strategies run as local sweeps
+each plus the recommended candidate when its epochs are not in the space (the README's figures:
+the previous recommended policy, 30 % mix, lr 1e-3, 8 epochs; ~45 and ~15 min for the grid). Both strategies run as local sweeps
 (`forgetless sweep`'s code) in their own work dirs under --out, sharing only the baseline cache
 (the adaptive strategy never reuses a grid trial). Re-running resumes both.
 
@@ -37,8 +38,22 @@ REPO = Path(__file__).resolve().parents[1]
 for sub in ("core", "trainer", "cli"):
     sys.path.insert(0, str(REPO / sub))
 
-RECOMMENDED = {"method.lora.r": 16, "mitigation.dataMixing.generalFraction": 0.3, "training.learningRate": 1e-3,
-               "training.epochs": 8}
+SEARCHED = ("method.lora.r", "mitigation.dataMixing.generalFraction", "training.learningRate", "training.epochs")
+
+
+def _recommended_policy() -> dict[str, Any]:
+    """examples/recommended.yaml's values of the searched fields (the candidate always included)."""
+    spec = yaml.safe_load((REPO / "examples" / "recommended.yaml").read_text())["spec"]
+    policy = {}
+    for dotted in SEARCHED:
+        node: Any = spec
+        for key in dotted.split("."):
+            node = node[key]
+        policy[dotted] = node
+    return policy
+
+
+RECOMMENDED = _recommended_policy()
 SPACES = {
     "quick": [0.5, 1],
     "medium": [2, 4],
@@ -58,7 +73,7 @@ def sweep_document(name: str, strategy: dict[str, Any], task: str, space: str) -
         {"field": "training.epochs", "values": SPACES[space]},
     ]
     spec: dict[str, Any] = {"template": template, "searchSpace": dims, "strategy": strategy, "promote": "best"}
-    if 8 not in SPACES[space]:
+    if any(RECOMMENDED[d["field"]] not in d["values"] for d in dims):  # not a grid point: add it
         spec["include"] = [RECOMMENDED]
     return {"apiVersion": "forgetless.dev/v1alpha1", "kind": "FineTuneSweep", "metadata": {"name": name}, "spec": spec}
 
