@@ -11,7 +11,8 @@ padding and stop early; a row never keeps tokens past its own task's max_new_tok
 Multiple-choice items: the summed log-probability of each choice `f" {choice}"` as the
 continuation of the prompt (tokenised as lm-evaluation-harness does: the continuation is what
 the whole string adds to the context's tokens), right-padded batches of (item, choice) rows,
-one forward pass each; the answer is the argmax choice.
+one forward pass each; the answer is the argmax choice (of the mean per token with the task option
+`length_normalized`).
 
 The model's train/eval mode is restored afterwards, so the trainer's forgetting-budget probe can
 call this mid-training.
@@ -203,6 +204,8 @@ def evaluate_suite(
         )
     for task, item, first, last in choice_spans:
         values = logliks[first:last]
+        if task.options.get("length_normalized"):  # mean log-probability per continuation token
+            values = [v / max(1, len(choice_rows[first + i][1])) for i, v in enumerate(values)]
         score = scorers.LOGLIKELIHOOD[task.scorer](item, values)
         best = max(range(len(values)), key=lambda i: (values[i], -i))
         scored[(task.name, item["id"])] = ItemResult(task.name, item["id"], task.category, score, item["choices"][best])
