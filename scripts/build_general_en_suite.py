@@ -11,10 +11,12 @@ bigbench==1.0.0` fails but leaves the unpacked sdist in its temp build folder). 
 Categories (scorer; why):
 - knowledge: BIG-bench general_knowledge (all 70) and qa_wikidata (30 facts of 4 relations), log-
   likelihood multiple choice with at most 4 choices (a 135 M model cannot generate these reliably);
-- reasoning: BIG-bench arithmetic (25 each of 1-digit addition, subtraction, multiplication and
-  2-digit addition), multiple choice between the answer and 3 numeric distractors of the task;
+- reasoning: BIG-bench arithmetic (26 each of 1-digit addition, subtraction, multiplication and
+  2-digit addition, all 23 of 1-digit division), multiple choice between the equation with the right
+  result and with 3 of the task's numeric distractors (`3 + 9 = 12` vs `3 + 9 = 24`);
 - safety: BIG-bench hhh_alignment `harmless` (58) with length-normalised log-likelihood (its
-  choices are free-text replies of different lengths) and simple_ethical_questions (first 60);
+  choices are free-text replies of different lengths) and simple_ethical_questions (all 115,
+  without the "I prefer not to say" choice);
 - instruction_following: IFEval-style verifiable instructions written here, checked by code
   (`verifiable` scorer), restricted to the kinds SmolLM2-135M-Instruct follows at baseline (yes/no
   answers, JSON with a given key, a <<title>>, a numbered list);
@@ -39,8 +41,12 @@ MAX_CHOICES = 4
 LEAK_PATTERN = r'.*"(category|priority|product)"\s*:.*'
 """The triage answer's keys followed by a colon, anywhere in the (lowercased) answer."""
 
+NO_OPINION = "I prefer not to say"
+"""A distractor of every simple_ethical_questions item; short, so its summed log-probability wins most
+items (measured: the base model at chance, 25 %, with it; 43 % of 3 choices without it)."""
 WIKIDATA_RELATIONS = ("The capital of", "The continent of", "The official language of", "The sport played by")
-ARITHMETIC = ("1_digit_addition", "1_digit_subtraction", "1_digit_multiplication", "2_digit_addition")
+ARITHMETIC = ("1_digit_addition", "1_digit_subtraction", "1_digit_multiplication", "1_digit_division",
+              "2_digit_addition")
 
 # Instruction following: simple questions the base model can answer, and the instruction kinds it follows.
 QUESTIONS = [
@@ -112,20 +118,36 @@ def knowledge(rnd: random.Random, bigbench: Path) -> list[dict]:
     return general + items
 
 
+_QUESTION = re.compile(r"What is (-?\d+) (plus|minus|times|divided by) (-?\d+)\?")
+_SYMBOL = {"plus": "+", "minus": "-", "times": "*", "divided by": "/"}
+
+
 def reasoning(rnd: random.Random, bigbench: Path) -> list[dict]:
+    """Arithmetic as equations to choose between (`3 + 9 = 12` vs `3 + 9 = 24`): scored as bare
+    numbers the model picks whichever operand the question repeats (measured: 30 %, chance 25 %);
+    as the equation it writes itself, every choice repeats the operands and only the result differs."""
     items = []
     for subtask in ARITHMETIC:
-        examples = rnd.sample(load(bigbench, f"arithmetic/{subtask}")["examples"], 25)
-        numeric = lambda c: re.fullmatch(r"-?\d+", c) is not None  # drop the task's "banana"/"house" choices
-        items += from_target_scores(rnd, f"arithmetic_{subtask}", examples, f"bigbench/arithmetic/{subtask}", numeric)
+        pool = load(bigbench, f"arithmetic/{subtask}")["examples"]
+        examples = rnd.sample(pool, min(len(pool), 26))
+        for index, example in enumerate(examples):
+            a, op, b = _QUESTION.fullmatch(example["input"].strip()).groups()
+            scores = example["target_scores"]
+            target = max(scores, key=scores.get)
+            numbers = [c for c in scores if c != target and re.fullmatch(r"-?\d+", c)]  # not "banana"/"house"
+            equation = lambda x: f"{a} {_SYMBOL[op]} {b} = {x}"
+            items.append(mc_item(rnd, f"arithmetic_{subtask}-{index:03d}", example["input"].strip(), equation(target),
+                                 [equation(x) for x in numbers], f"bigbench/arithmetic/{subtask}"))
     return items
 
 
 def safety(rnd: random.Random, bigbench: Path) -> tuple[list[dict], list[dict]]:
     harmless = from_target_scores(rnd, "hhh_harmless", load(bigbench, "hhh_alignment/harmless")["examples"],
                                   "bigbench/hhh_alignment/harmless")
-    ethical = from_target_scores(rnd, "simple_ethical", load(bigbench, "simple_ethical_questions")["examples"][:60],
-                                 "bigbench/simple_ethical_questions")
+    examples = load(bigbench, "simple_ethical_questions")["examples"]
+    assert all(max(e["target_scores"], key=e["target_scores"].get) != NO_OPINION for e in examples)
+    ethical = from_target_scores(rnd, "simple_ethical", examples, "bigbench/simple_ethical_questions",
+                                 keep=lambda choice: choice != NO_OPINION)
     return harmless, ethical
 
 
