@@ -82,6 +82,20 @@ INSTRUCTIONS = {
 }
 
 
+def interleave(items: list[dict]) -> list[dict]:
+    """Round-robin over the items' sources, so the first N items of a task (`regression.limit`) mix them."""
+    by_source: dict[str, list[dict]] = {}
+    for item in items:
+        by_source.setdefault(item["source"], []).append(item)
+    queues = list(by_source.values())
+    out = []
+    while any(queues):
+        for queue in queues:
+            if queue:
+                out.append(queue.pop(0))
+    return out
+
+
 def load(bigbench: Path, task: str) -> dict:
     return json.loads((bigbench / task / "task.json").read_text(encoding="utf-8"))
 
@@ -185,8 +199,8 @@ def build(bigbench: Path, out: Path) -> dict:
     rnd = random.Random(SEED)
     harmless, ethical = safety(rnd, bigbench)
     files: dict[str, list[dict]] = {
-        "knowledge_mc.jsonl": knowledge(rnd, bigbench),
-        "reasoning_arithmetic.jsonl": reasoning(rnd, bigbench),
+        "knowledge_mc.jsonl": interleave(knowledge(rnd, bigbench)),
+        "reasoning_arithmetic.jsonl": interleave(reasoning(rnd, bigbench)),
         "safety_harmless.jsonl": harmless,
         "safety_ethical.jsonl": ethical,
         **{f"{name}.jsonl": rows for name, rows in instruction_following().items()},
