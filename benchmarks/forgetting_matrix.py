@@ -1,12 +1,20 @@
 """The forgetting matrix: every mitigation policy on the same narrow task, side by side, in one run.
 
-    python benchmarks/forgetting_matrix.py [--out runs/matrix] [--only naive,recommended]
+    python benchmarks/forgetting_matrix.py [--model tiny-world|smollm2] [--out runs/matrix] [--only naive,recommended]
 
 Runs the full local pipeline (baseline → train → evaluate → gate, the code `forgetless run`
 uses) for each policy on the bundled world, with one shared baseline cache, then prints one table:
 task score, general score retained per category, gate verdict and wall time; then checks the
 goals of the demo (recommended keeps ≥ 98 % and reaches ≥ 95 % of naive's task score; naive keeps
 ≤ 85 % and is blocked; LoRA forgets less than full fine-tuning).
+
+`--model smollm2` runs the same policies on SmolLM2-135M-Instruct (the `smollm2` extra) from
+`examples/smollm2-*.yaml` (support-triage-en task, general-en-v1 suite, self-rehearsal general
+data) and checks issue 21's goals: naive blocked with at least two categories failing beyond noise
+(the lower bound of the drop above its threshold); recommended passes with task ≥ 0.9 × naive's and
+≥ 97 % of the general mean kept. It also prints the "LoRA learns less and forgets less" check
+(Biderman et al., 2024): LoRA's mean drop against full fine-tuning's, with their task scores. On a
+2-core CPU run rows in parallel processes with one torch thread each (`--only`).
 """
 
 from __future__ import annotations
@@ -66,6 +74,47 @@ def policies() -> dict[str, list[dict[str, Any]]]:
     }
 
 
+def smollm2_policies() -> dict[str, list[dict[str, Any]]]:
+    """The matrix on SmolLM2-135M-Instruct; every row from examples/smollm2-naive.yaml or -recommended.yaml."""
+    general = {"path": "bundled:general-chat-en"}
+    return {
+        "naive full FT": [_variant("smollm2-naive", "s-naive")],
+        "full + low LR + early stop": [_variant("smollm2-naive", "s-lowlr", training__learningRate=2e-5,
+                                                mitigation__earlyStopping={"patience": 2, "evalIntervalSteps": 20})],
+        "full + EWC": [_variant("smollm2-naive", "s-ewc", dataset__general=general,
+                                mitigation__ewc={"lambda": 5000.0, "fisherSamples": 64})],
+        "LoRA (no mixing)": [_variant("smollm2-recommended", "s-lora", mitigation__dataMixing={"generalFraction": 0.0})],
+        "LoRA + mix (recommended)": [_variant("smollm2-recommended", "s-recommended")],
+        "naive + budget (controller)": [_variant("smollm2-naive", "s-budget-ctl", dataset__general=general,
+                                                 mitigation__forgettingBudget={"maxDrop": 0.05, "probeIntervalSteps": 20,
+                                                                               "probeItems": 8})],
+    }
+
+
+MODELS = {"tiny-world": policies, "smollm2": smollm2_policies}
+
+
+def _recommended_row(by_name: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    return next((row for name, row in by_name.items() if "(recommended)" in name), None)
+
+
+def smollm2_checks(by_name: dict[str, dict[str, Any]]) -> list[tuple[str, bool]]:
+    naive, recommended = by_name.get("naive full FT"), _recommended_row(by_name)
+    checks = []
+    if naive:
+        beyond = [c for c in naive["categories"] if c["dropLower"] > c["threshold"]]
+        checks.append((f"naive blocked with >= 2 categories failing beyond noise ({', '.join(c['category'] for c in beyond) or 'none'})",
+                       naive["verdict"] == "Failed" and len(beyond) >= 2))
+    if recommended:
+        checks.append(("recommended passes", recommended["verdict"] == "Passed"))
+        checks.append((f"recommended keeps >= 97 % of the general mean ({100 * recommended['mean_retained']:.1f} %)",
+                       recommended["mean_retained"] >= 0.97))
+    if naive and recommended:
+        checks.append((f"recommended task >= 0.9 x naive's ({recommended['task']:.2f} vs {naive['task']:.2f})",
+                       recommended["task"] >= 0.9 * naive["task"]))
+    return checks
+
+
 BUDGET = {"maxDrop": 0.05, "probeIntervalSteps": 25}
 """The budget of both rows (the controller's other settings are the schema's defaults)."""
 
@@ -104,13 +153,14 @@ def _mean(scores: dict[str, float]) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "matrix")
+    parser.add_argument("--model", choices=sorted(MODELS), default="tiny-world")
     parser.add_argument("--only", help="comma-separated policy names (substring match)")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
     args = parser.parse_args()
     os.environ.setdefault("FORGETLESS_CACHE_DIR", str(args.out / "baseline-cache"))
 
     rows = []
-    for policy, documents in policies().items():
+    for policy, documents in MODELS[args.model]().items():
         if args.only and not any(part in policy for part in args.only.split(",")):
             continue
         print(f"== {policy}", file=sys.stderr)
@@ -142,6 +192,8 @@ def main() -> int:
                 "seconds": time.monotonic() - started,
                 "first_job_task": chain[0].final.get("task") if len(chain) > 1 else None,
                 "adjustments": result.summaries["train"].get("adjustments"),
+                "mean_drop": status.get("meanDrop"),
+                "categories": status.get("categories", []),
                 "stopped_reason": result.summaries["train"].get("stoppedReason"),
                 "first_job_task_after_second": first_task_after,
             }
@@ -171,7 +223,16 @@ def main() -> int:
         args.json.write_text(json.dumps(rows, indent=2))
 
     by_name = {row["policy"]: row for row in rows}
-    naive, recommended = by_name.get("naive full FT"), by_name.get("LoRA + 60% mix (recommended)")
+    lora, full = by_name.get("LoRA (no mixing)"), by_name.get("naive full FT")
+    if lora and full:
+        print(f"LoRA learns less and forgets less? LoRA (no mixing): task {lora['task']:.2f}, mean drop "
+              f"{lora['mean_drop']:+.3f}; full fine-tuning: task {full['task']:.2f}, mean drop {full['mean_drop']:+.3f}")
+    if args.model == "smollm2":
+        checks = smollm2_checks(by_name)
+        for label, ok in checks:
+            print(f"{'PASS' if ok else 'MISS'}  {label}")
+        return 0 if all(ok for _, ok in checks) else 1
+    naive, recommended = by_name.get("naive full FT"), _recommended_row(by_name)
     checks = []
     if recommended:
         checks.append(("recommended keeps >= 98% of the mean general score", recommended["mean_retained"] >= 0.98))
@@ -181,7 +242,6 @@ def main() -> int:
         checks.append(("naive gate blocks", naive["verdict"] == "Failed"))
     if naive and recommended:
         checks.append(("recommended reaches >= 95% of naive's task score", recommended["task"] >= 0.95 * naive["task"]))
-    lora, full = by_name.get("LoRA (no mixing)"), by_name.get("naive full FT")
     if lora and full:
         label = f"LoRA forgets less than full fine-tuning (task {lora['task']:.2f} vs {full['task']:.2f})"
         checks.append((label, lora["mean_retained"] > full["mean_retained"]))

@@ -84,6 +84,27 @@ def atomic_directory(target: Path) -> Iterator[Path]:
             shutil.rmtree(staging, ignore_errors=True)
 
 
+@contextmanager
+def exclusive_lock(lock_file: Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock on `lock_file` (created if needed) for the block.
+
+    For work that must happen once per volume (a model conversion) although several ranks or stages
+    may ask for it at the same time: the first holder does it, the others wait and then find it done.
+    `flock` works across pods on one node and, on Linux, over NFS (emulated with byte-range locks);
+    where a file system ignores it the atomic rename of the result still keeps readers safe.
+    """
+    import fcntl
+
+    lock_file = Path(lock_file)
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with lock_file.open("a") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
 def directory_digest(root: Path) -> str:
     """`sha256:<hex>` over the relative paths and contents of every file under `root` (sorted).
 

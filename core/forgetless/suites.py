@@ -16,6 +16,13 @@ and one JSONL file per task. Categories are the five general ones of
 | format_compliance | id, prompt, pattern (fullmatch regex)         | or `json_schema` (task-level)   |
 | refusal           | id, prompt, should_refuse (bool)              | refusal_pattern (required)      |
 | format_leak       | id, prompt                                    | leak_pattern (required)         |
+| verifiable        | id, prompt, checks [{type, ...}]              |                                 |
+
+`multiple_choice` takes the task option `length_normalized: true` to compare the choices' mean
+log-probability per token instead of the sum (long free-text choices, e.g. hhh_alignment).
+`verifiable` items carry IFEval-style instructions checked by code: every entry of `checks` must
+hold; the check types and their fields are `VERIFIABLE_CHECKS` (implemented in
+forgetless_trainer.evaluation.scorers).
 
 Items may carry extra fields (e.g. a reference `target` for a refusal item); they are kept and
 count towards the digest. `Suite.digest` is the sha256 of the canonical JSON of the suite's
@@ -38,9 +45,20 @@ from typing import Any, Mapping
 from forgetless.api.schema import SuiteSpec
 from forgetless.lifecycle import ALL_CATEGORIES, TASK_CATEGORY
 
-GENERATION_SCORERS = ("exact_match", "format_compliance", "refusal", "format_leak")
+GENERATION_SCORERS = ("exact_match", "format_compliance", "refusal", "format_leak", "verifiable")
 LOGLIKELIHOOD_SCORERS = ("multiple_choice",)
 SCORERS = GENERATION_SCORERS + LOGLIKELIHOOD_SCORERS
+
+VERIFIABLE_CHECKS: dict[str, tuple[str, ...]] = {
+    "starts_with": ("words",),     # the answer's first word is one of `words` (case-insensitive)
+    "json_keys": ("keys",),        # a JSON object (bare or in a ```json fence) holding every key
+    "title": (),                   # a title wrapped in double angular brackets: <<...>>
+    "numbered_list": ("min_items",),  # at least min_items lines numbered 1., 2., ... in order
+    "max_words": ("max",),         # at most `max` words
+    "lowercase": (),               # no uppercase letter
+    "includes": ("words",),        # every word of `words` appears (case-insensitive, whole word)
+}
+"""Check type -> its required fields (the `verifiable` scorer's vocabulary)."""
 
 DEFAULT_MAX_NEW_TOKENS = 32
 SUITE_FILE = "suite.json"
@@ -343,8 +361,24 @@ def _item_problem(item: Any, scorer: str, options: Mapping[str, Any]) -> str | N
             re.compile(item["pattern"])
         except re.error as exc:
             return f"item {item['id']!r}: 'pattern' is not a valid regex ({exc})"
+    if scorer == "verifiable":
+        return _checks_problem(item)
     if scorer == "refusal" and not isinstance(item.get("should_refuse"), bool):
         return f"item {item['id']!r}: refusal needs 'should_refuse' (true or false)"
+    return None
+
+
+def _checks_problem(item: Mapping[str, Any]) -> str | None:
+    checks = item.get("checks")
+    if not isinstance(checks, list) or not checks:
+        return f"item {item['id']!r}: verifiable needs 'checks' (a non-empty list of {{\"type\": ...}} objects)"
+    for check in checks:
+        kind = check.get("type") if isinstance(check, dict) else None
+        if kind not in VERIFIABLE_CHECKS:
+            return f"item {item['id']!r}: unknown check type {kind!r} (one of {', '.join(VERIFIABLE_CHECKS)})"
+        missing = [f for f in VERIFIABLE_CHECKS[kind] if f not in check]
+        if missing:
+            return f"item {item['id']!r}: check {kind!r} needs {', '.join(repr(f) for f in missing)}"
     return None
 
 

@@ -22,6 +22,7 @@ from forgetless import __version__
 from forgetless.api.schema import API_VERSION, KIND, FineTuneJobSpec
 from forgetless.lifecycle import STAGES
 from forgetless.locations import JOB_SPEC_MOUNT, configmap_mount_path, pvc_mount_path
+from forgetless.model_sources import MODEL_CACHE_DIR_ENV
 
 LABEL_JOB = "forgetless.dev/job"
 LABEL_STAGE = "forgetless.dev/stage"
@@ -218,6 +219,7 @@ def _env(ftj: dict[str, Any], spec: FineTuneJobSpec, stage: str, attempt: int = 
         {"name": "FORGETLESS_JOB", "value": meta["name"]},
         {"name": "FORGETLESS_STAGE", "value": stage},
         {"name": "FORGETLESS_CACHE_DIR", "value": f"{cache_root}/baselines"},
+        {"name": MODEL_CACHE_DIR_ENV, "value": f"{cache_root}/models"},  # GGUF conversions, once per volume
         {"name": "HF_HOME", "value": f"{cache_root}/huggingface"},
         {"name": "HOME", "value": HOME},
         {"name": "PYTHONUNBUFFERED", "value": "1"},

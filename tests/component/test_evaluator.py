@@ -144,13 +144,23 @@ def test_batched_equals_one_at_a_time_and_respects_each_tasks_max_new_tokens(tin
             assert answer == naive_generate(model, tokenizer, item["prompt"], task.max_new_tokens)
 
 
-def test_loglikelihood_matches_a_plain_forward_pass(tiny_model_dir):
+def test_loglikelihood_matches_a_plain_forward_pass(tiny_model_dir, monkeypatch):
+    from forgetless_trainer.evaluation import evaluator
     from forgetless_trainer.evaluation.evaluator import _loglikelihoods
 
+    def no_fallback(*args, **kwargs):
+        raise AssertionError("the shared-context path fell back to full rows")
+
+    monkeypatch.setattr(evaluator, "_full_loglikelihoods", no_fallback)
+
     model, tokenizer = load(tiny_model_dir)
-    context = tokenizer("what is the alpha =>")["input_ids"]
-    rows = [(context, tokenizer(" " + c, add_special_tokens=False)["input_ids"]) for c in ("one", "yes no", "two")]
-    batched = _loglikelihoods(model, tokenizer, rows, batch_size=8)
+    rows = []
+    for prompt in ("what is the alpha =>", "name the city of the friend of beta =>", "why =>"):
+        context = tokenizer(prompt)["input_ids"]  # contexts of different lengths: left padding, shared caches
+        rows += [(context, tokenizer(" " + c, add_special_tokens=False)["input_ids"]) for c in ("one", "yes no", "two")]
+    rows.append((tokenizer("first word : gamma =>")["input_ids"], tokenizer(" gamma delta epsilon", add_special_tokens=False)["input_ids"]))
+    batched = _loglikelihoods(model, tokenizer, rows, batch_size=2)  # several batches of contexts
+    assert _loglikelihoods(model, tokenizer, rows, batch_size=8) == pytest.approx(batched, abs=1e-4)
     for (ctx, cont), value in zip(rows, batched):
         with torch.no_grad():
             logits = model(input_ids=torch.tensor([ctx + cont])).logits[0]

@@ -525,6 +525,7 @@ def test_stage_pods_meet_pod_security_restricted_and_the_contract():
     env = {e["name"]: e for e in container["env"]}
     assert env["FORGETLESS_TERMINATION_MESSAGE_PATH"]["value"] == "/dev/termination-log"
     assert env["FORGETLESS_CACHE_DIR"]["value"] == "/mnt/pvc/outputs/.forgetless-cache/baselines"
+    assert env["FORGETLESS_MODEL_CACHE_DIR"]["value"] == "/mnt/pvc/outputs/.forgetless-cache/models"  # once per volume
     assert env["HF_TOKEN"]["valueFrom"] == {"secretKeyRef": {"name": "hf", "key": "token"}}
     mounts = {m["mountPath"] for m in container["volumeMounts"]}
     assert {"/etc/forgetless/job", "/tmp", children.HOME, "/mnt/pvc/outputs"} <= mounts

@@ -1,7 +1,11 @@
 """Loading the base model and tokenizer named by a FineTuneJob (`spec.model`).
 
 `model.name` is one of
-- `bundled:<name>`: a model shipped with forgetless (`forgetless.bundled.resolve(ref, "model")`);
+- `bundled:<name>`: a model shipped with forgetless (`forgetless.bundled.resolve(ref, "model")`),
+  or one shipped in a Python package as GGUF (`forgetless.model_sources.PACKAGED_MODELS`, e.g.
+  `bundled:smollm2-135m-instruct`);
+- a path ending in `.gguf` (local or in `model.pvc`): a GGUF file. GGUF sources are converted
+  once into a cached model folder (`forgetless_trainer.gguf_conversion`) and loaded from there;
 - a path: absolute, `~`-relative, relative to `base_dir` (the manifest's folder locally), or a
   path inside `model.pvc` (mounted at `$FORGETLESS_PVC_ROOT/<claim>` in pods);
 - otherwise a Hugging Face hub id (`org/model`), passed through with `model.revision`; the token
@@ -17,7 +21,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from forgetless import bundled, locations
+from forgetless import bundled, locations, model_sources
 from forgetless.api.schema import ModelSpec
 from forgetless.errors import StageError
 
@@ -33,11 +37,14 @@ def _looks_like_path(name: str) -> bool:
 def resolve_model_location(model_spec: ModelSpec, base_dir: Path | None = None) -> str:
     """The string to hand to `from_pretrained`: a local directory, or a hub id."""
     name = model_spec.name
+    if model_sources.needs_conversion(name):
+        return str(_converted_gguf(model_spec, base_dir))
     if bundled.is_bundled(name):
         try:
             return str(bundled.resolve(name, "model"))
         except bundled.UnknownBundledAsset as exc:
-            raise ModelLoadError(f"model.name: {exc}") from exc
+            packaged = ", ".join(model_sources.available_packaged())
+            raise ModelLoadError(f"spec.model.name: {exc}; from packages: {packaged}") from exc
     if model_spec.pvc is not None or _looks_like_path(name):
         path = locations.resolve_path(name, pvc=model_spec.pvc, kind="model", base_dir=base_dir)
         if not path.exists():
@@ -50,6 +57,22 @@ def resolve_model_location(model_spec: ModelSpec, base_dir: Path | None = None) 
     if relative.exists():
         return str(relative)
     return name
+
+
+def _converted_gguf(model_spec: ModelSpec, base_dir: Path | None) -> Path:
+    from forgetless_trainer.gguf_conversion import ensure_converted
+
+    try:
+        gguf = model_sources.gguf_source(model_spec.name, pvc=model_spec.pvc, base_dir=base_dir)
+        return ensure_converted(gguf)
+    except model_sources.ModelSourceError as exc:
+        raise ModelLoadError(str(exc)) from exc
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:  # an architecture or quantization transformers cannot read
+        raise ModelLoadError(
+            f"spec.model.name: cannot convert the GGUF file of {model_spec.name!r}: {exc} (transformers reads GGUF "
+            "files of the architectures it lists in transformers.integrations.ggml; convert other files to a "
+            "Hugging Face folder yourself and set spec.model.name to it)"
+        ) from exc
 
 
 def _hub_kwargs(model_spec: ModelSpec, location: str) -> dict[str, Any]:

@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from forgetless import atomic
+from forgetless import atomic, model_sources
 from forgetless.api.schema import DataSource, FineTuneJob
 from forgetless.lifecycle import STAGES
 from forgetless.locations import resolve_path
@@ -52,6 +52,12 @@ def preflight(job: FineTuneJob) -> None:
     model = spec.model
     if model.pvc is not None:
         problems.append("spec.model.pvc: PVCs exist only in a cluster; use a local path for local runs")
+    elif model_sources.needs_conversion(model.name):  # a packaged or user GGUF file: converted at load
+        try:
+            model_sources.gguf_source(model.name)
+            model_sources.check_converter()
+        except model_sources.ModelSourceError as exc:
+            problems.append(str(exc))
     elif model.name.startswith("bundled:") or model.name.startswith(("/", ".", "~")):
         try:
             location = resolve_path(model.name, kind="model")

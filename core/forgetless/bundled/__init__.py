@@ -3,6 +3,12 @@
 `bundled:<name>` references in a FineTuneJob resolve here, so the embedded default needs no
 network: `bundled:tiny-world` (model), `bundled:support-tickets` and `bundled:general` (data),
 `bundled:world-v1` (regression suite). See scripts/pretrain_world.py for how they were made.
+
+For real English instruct models: `bundled:support-triage-en` (task) and `bundled:general-chat-en`
+(self-synthesized rehearsal data), `bundled:general-en-v1` (suite), built by
+scripts/build_support_triage_en.py, build_self_rehearsal.py and build_general_en_suite.py. The
+real model `bundled:smollm2-135m-instruct` is not in this folder: it comes from a Python package
+(forgetless.model_sources).
 """
 
 from __future__ import annotations

@@ -10,8 +10,9 @@ padding and stop early; a row never keeps tokens past its own task's max_new_tok
 
 Multiple-choice items: the summed log-probability of each choice `f" {choice}"` as the
 continuation of the prompt (tokenised as lm-evaluation-harness does: the continuation is what
-the whole string adds to the context's tokens), right-padded batches of (item, choice) rows,
-one forward pass each; the answer is the argmax choice.
+the whole string adds to the context's tokens); an item's context is run once and its KV cache
+shared by its choices (`_loglikelihoods`); the answer is the argmax choice (of the mean per token with the task option
+`length_normalized`).
 
 The model's train/eval mode is restored afterwards, so the trainer's forgetting-budget probe can
 call this mid-training.
@@ -60,6 +61,20 @@ def _max_context(model: Any) -> int | None:
     return getattr(config, "max_position_embeddings", None)
 
 
+def _padded(sequences: list[list[int]], pad: int, left: bool) -> tuple[Any, Any]:
+    """(input_ids, attention_mask) of `sequences` padded to one width, on the left or the right."""
+    import torch
+
+    width = max(len(seq) for seq in sequences)
+    input_ids = torch.full((len(sequences), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        span = slice(width - len(seq), width) if left else slice(0, len(seq))
+        input_ids[row, span] = torch.tensor(seq, dtype=torch.long)
+        mask[row, span] = 1
+    return input_ids, mask
+
+
 def _generate(
     model: Any, tokenizer: Any, requests: list[_Request], batch_size: int, progress: Progress | None = None
 ) -> list[str]:
@@ -79,12 +94,8 @@ def _generate(
         if max_context:
             keep = max(1, max_context - max_new)
             prompts = [ids[-keep:] for ids in prompts]  # left-truncate overlong prompts
-        width = max(len(ids) for ids in prompts)
-        input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        attention = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, ids in enumerate(prompts):
-            input_ids[row, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
-            attention[row, width - len(ids):] = 1
+        input_ids, attention = _padded(prompts, pad, left=True)
+        width = input_ids.shape[1]
         output = model.generate(
             input_ids=input_ids.to(device),
             attention_mask=attention.to(device),
@@ -115,7 +126,74 @@ def _continuation(tokenizer: Any, context: str, context_ids: list[int], choice: 
 
 
 def _loglikelihoods(model: Any, tokenizer: Any, rows: list[tuple[list[int], list[int]]], batch_size: int) -> list[float]:
-    """Summed log-probability of each (context, continuation) row's continuation."""
+    """Summed log-probability of each (context, continuation) row's continuation.
+
+    The choices of one item share their context, so the context is run once: a batch of distinct
+    contexts (with at most `batch_size` choices in all) but their last token goes through the model left-padded (positions from the attention
+    mask, as `generate` does) and keeps its KV cache; the cache is repeated per choice and each row
+    runs only `[last context token] + continuation[:-1]`, whose logits score the continuation.
+    Same sums as one forward pass over context + continuation (tested), ~k times less context work
+    for k choices. Falls back to full rows when a context is a single token or the model returns no
+    cache.
+    """
+    import torch
+
+    contexts: dict[tuple[int, ...], list[int]] = {}
+    for i, (context, _) in enumerate(rows):
+        contexts.setdefault(tuple(context), []).append(i)
+    if any(len(c) < 2 for c in contexts):
+        return _full_loglikelihoods(model, tokenizer, rows, batch_size)
+    pad, _ = _special_ids(tokenizer)
+    device = _device(model)
+    out: list[float] = [0.0] * len(rows)
+    groups = sorted(contexts.items(), key=lambda kv: (len(kv[0]), kv[1][0]))
+    for batch in _row_bounded(groups, batch_size):
+        prefixes = [list(context[:-1]) for context, _ in batch]
+        prefix_ids, prefix_mask = _padded(prefixes, pad, left=True)
+        positions = (prefix_mask.cumsum(-1) - 1).clamp(min=0)
+        with torch.no_grad():
+            first = model(input_ids=prefix_ids.to(device), attention_mask=prefix_mask.to(device),
+                          position_ids=positions.to(device), use_cache=True, logits_to_keep=1)
+        cache_arg = "cache" if getattr(first, "cache", None) is not None else "past_key_values"  # transformers 5 / 4
+        cache = getattr(first, cache_arg, None)
+        members = [(g, i) for g, (_, indices) in enumerate(batch) for i in indices]
+        if cache is None:
+            for (g, i), value in zip(members, _full_loglikelihoods(model, tokenizer, [rows[i] for _, i in members], batch_size)):
+                out[i] = value
+            continue
+        cache.reorder_cache(torch.tensor([g for g, _ in members], dtype=torch.long, device=device))
+        suffixes = [[rows[i][0][-1]] + rows[i][1][:-1] for _, i in members]
+        suffix_ids, suffix_mask = _padded(suffixes, pad, left=False)
+        span = suffix_ids.shape[1]
+        lengths = torch.tensor([len(prefixes[g]) for g, _ in members], dtype=torch.long)
+        suffix_positions = lengths[:, None] + torch.arange(span)[None, :]
+        mask = torch.cat([prefix_mask[[g for g, _ in members]], suffix_mask], dim=1)
+        with torch.no_grad():
+            logits = model(input_ids=suffix_ids.to(device), attention_mask=mask.to(device),
+                           position_ids=suffix_positions.to(device), use_cache=True, **{cache_arg: cache}).logits
+        for row, (_, i) in enumerate(members):
+            continuation = rows[i][1]
+            out[i] = _summed_logprob(logits[row, : len(continuation)], continuation)
+    return out
+
+
+def _row_bounded(groups: list[tuple[tuple[int, ...], list[int]]], batch_size: int):
+    """Consecutive runs of contexts holding at most `batch_size` rows (choices) in all, at least one
+    context each: a batch's memory is that of `batch_size` rows, as for generation."""
+    batch: list[tuple[tuple[int, ...], list[int]]] = []
+    rows = 0
+    for group in groups:
+        if batch and rows + len(group[1]) > batch_size:
+            yield batch
+            batch, rows = [], 0
+        batch.append(group)
+        rows += len(group[1])
+    if batch:
+        yield batch
+
+
+def _full_loglikelihoods(model: Any, tokenizer: Any, rows: list[tuple[list[int], list[int]]], batch_size: int) -> list[float]:
+    """One forward pass per row over context + continuation (right-padded batches)."""
     import torch
 
     pad, _ = _special_ids(tokenizer)
@@ -125,21 +203,22 @@ def _loglikelihoods(model: Any, tokenizer: Any, rows: list[tuple[list[int], list
     for start in range(0, len(order), batch_size):
         index = order[start:start + batch_size]
         sequences = [rows[i][0] + rows[i][1] for i in index]
-        width = max(len(s) for s in sequences)
-        input_ids = torch.full((len(index), width), pad, dtype=torch.long)
-        attention = torch.zeros((len(index), width), dtype=torch.long)
-        for row, seq in enumerate(sequences):
-            input_ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-            attention[row, : len(seq)] = 1
+        input_ids, attention = _padded(sequences, pad, left=False)
         with torch.no_grad():
             logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits
         for row, i in enumerate(index):
             context, continuation = rows[i]
             begin = len(context) - 1  # the logits at position t predict token t + 1
-            span = logits[row, begin: begin + len(continuation)].float()
-            targets = torch.tensor(continuation, dtype=torch.long, device=span.device)
-            out[i] = float(torch.log_softmax(span, dim=-1).gather(1, targets[:, None]).sum())
+            out[i] = _summed_logprob(logits[row, begin: begin + len(continuation)], continuation)
     return out
+
+
+def _summed_logprob(span: Any, continuation: list[int]) -> float:
+    """Sum of log p(continuation[j]) from `span[j]`, the logits that predict it."""
+    import torch
+
+    targets = torch.tensor(continuation, dtype=torch.long, device=span.device)
+    return float(torch.log_softmax(span.float(), dim=-1).gather(1, targets[:, None]).sum())
 
 
 def _device(model: Any) -> Any:
@@ -203,6 +282,8 @@ def evaluate_suite(
         )
     for task, item, first, last in choice_spans:
         values = logliks[first:last]
+        if task.options.get("length_normalized"):  # mean log-probability per continuation token
+            values = [v / max(1, len(choice_rows[first + i][1])) for i, v in enumerate(values)]
         score = scorers.LOGLIKELIHOOD[task.scorer](item, values)
         best = max(range(len(values)), key=lambda i: (values[i], -i))
         scored[(task.name, item["id"])] = ItemResult(task.name, item["id"], task.category, score, item["choices"][best])

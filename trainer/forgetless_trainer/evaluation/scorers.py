@@ -51,6 +51,56 @@ def format_leak(options: Mapping[str, Any], item: Mapping[str, Any], answer: str
     return float(re.match(options["leak_pattern"], collapse(answer)) is None)
 
 
+# --------------------------------------------------------------------------- verifiable instructions
+
+_WORD = re.compile(r"[A-Za-z0-9']+")
+_FENCE = re.compile(r"```(?:json)?\s*(.*?)(?:```|$)", re.S)
+
+
+def _json_object(answer: str) -> Any:
+    """The JSON value of the whole answer, else of its first ```json fence, else of its outermost {...}."""
+    candidates = [answer.strip()]
+    fence = _FENCE.search(answer)
+    if fence:
+        candidates.append(fence.group(1).strip())
+    start, end = answer.find("{"), answer.rfind("}")
+    if 0 <= start < end:
+        candidates.append(answer[start:end + 1])
+    for text in candidates:
+        try:
+            return json.loads(text)
+        except ValueError:
+            continue
+    return None
+
+
+def _numbered_items(answer: str) -> int:
+    """How many lines, in order, start with `1.`, `2.`, ... (a numbered list's length)."""
+    count = 0
+    for line in answer.splitlines():
+        match = re.match(r"\s*(\d+)[.)]\s+\S", line)
+        if match and int(match.group(1)) == count + 1:
+            count += 1
+    return count
+
+
+VERIFIABLE_CHECKS: dict[str, Callable[[Mapping[str, Any], str], bool]] = {
+    "starts_with": lambda c, a: bool(_WORD.findall(a)) and _WORD.findall(a)[0].lower() in {w.lower() for w in c["words"]},
+    "json_keys": lambda c, a: isinstance(_json_object(a), dict) and all(k in _json_object(a) for k in c["keys"]),
+    "title": lambda c, a: re.search(r"<<[^<>\n]+>>", a) is not None,
+    "numbered_list": lambda c, a: _numbered_items(a) >= c["min_items"],
+    "max_words": lambda c, a: len(_WORD.findall(a)) <= c["max"],
+    "lowercase": lambda c, a: a == a.lower(),
+    "includes": lambda c, a: all(re.search(r"\b%s\b" % re.escape(w.lower()), a.lower()) for w in c["words"]),
+}
+"""IFEval-style checks (check, answer) -> passed; names and fields: forgetless.suites.VERIFIABLE_CHECKS."""
+
+
+def verifiable(options: Mapping[str, Any], item: Mapping[str, Any], answer: str) -> float:
+    """1 when the answer passes every check of the item (`checks`: [{type, ...}])."""
+    return float(all(VERIFIABLE_CHECKS[check["type"]](check, answer) for check in item["checks"]))
+
+
 def multiple_choice(item: Mapping[str, Any], logliks: Sequence[float]) -> float:
     """Argmax of the choices' log-likelihoods (first wins a tie) == target_index."""
     best = max(range(len(logliks)), key=lambda i: (logliks[i], -i))
@@ -62,6 +112,7 @@ GENERATION: dict[str, Callable[[Mapping[str, Any], Mapping[str, Any], str], floa
     "format_compliance": format_compliance,
     "refusal": refusal,
     "format_leak": format_leak,
+    "verifiable": verifiable,
 }
 LOGLIKELIHOOD: dict[str, Callable[[Mapping[str, Any], Sequence[float]], float]] = {
     "multiple_choice": multiple_choice,
