@@ -72,3 +72,12 @@ def test_other_ranks_are_silent():
 
 def test_durations_read_short():
     assert [format_duration(s) for s in (0.4, 45, 761, 3725)] == ["0s", "45s", "12m41s", "1h02m"]
+
+
+def test_a_display_made_after_the_work_began_counts_its_rate_from_the_start():
+    stream, clock = io.StringIO(), Clock()
+    began = clock.now
+    clock.now += 4  # the first batch of 32 answers took 4 s before the total was known
+    progress = StageProgress("evaluate", 64, unit="answer", stream=stream, clock=clock, started=began)
+    progress.update(32)
+    assert stream.getvalue().splitlines() == ["[evaluate] answer 32/64 (50 %) · 8 answer/s · 4s left"]

@@ -36,7 +36,9 @@ class StageProgress:
     """Progress of one stage's loop over `total` units (steps, answers), from `initial` (a resumed run)."""
 
     def __init__(self, stage: str, total: int, *, unit: str = "step", initial: int = 0, every: int | None = None,
-                 enabled: bool = True, stream: TextIO | None = None, clock=time.monotonic) -> None:
+                 enabled: bool = True, stream: TextIO | None = None, clock=time.monotonic,
+                 started: float | None = None) -> None:
+        """`started`: when the work began on `clock`, if before this display was made (the rate counts from it)."""
         self.stage = stage
         self.unit = unit
         self.total = max(int(total), 0)
@@ -46,7 +48,7 @@ class StageProgress:
         self.every = every if every else max(1, -(-self.total // 10))
         self.done = initial
         self._start_done = initial
-        self._started = clock()
+        self._started = clock() if started is None else started
         self._last_printed = initial
         self.bar = None
         if enabled and is_terminal(self.stream):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,10 +100,11 @@ def evaluate_model(
     from forgetless_trainer.evaluation.evaluator import evaluate_suite
 
     display: dict[str, StageProgress] = {}
+    began = time.monotonic()  # the total is known at the first report, the rate counts from here
 
     def report(done: int, total: int) -> None:
         if "bar" not in display:
-            display["bar"] = StageProgress(stage, total, unit="answer")
+            display["bar"] = StageProgress(stage, total, unit="answer", started=began)
         display["bar"].update(done)
 
     try:
