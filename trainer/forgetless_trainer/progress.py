@@ -13,6 +13,7 @@ Only rank 0 draws (`enabled`); other ranks keep silent.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import Any, TextIO
@@ -30,6 +31,14 @@ def format_duration(seconds: float) -> str:
 
 def is_terminal(stream: Any) -> bool:
     return bool(getattr(stream, "isatty", None)) and stream.isatty()
+
+
+def terminal_width(stream: Any) -> int:
+    """Columns of the terminal behind `stream`; 0 when unknown (a pty made without a size, e.g. `script`)."""
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (AttributeError, OSError, ValueError):
+        return 0
 
 
 class StageProgress:
@@ -54,8 +63,10 @@ class StageProgress:
         if enabled and is_terminal(self.stream):
             from tqdm.auto import tqdm
 
+            width = terminal_width(self.stream)  # a terminal of unknown size (0 columns) would get no bar at all
             self.bar = tqdm(total=self.total, initial=initial, file=self.stream, desc=stage, unit=unit,
-                            dynamic_ncols=True, leave=True)
+                            dynamic_ncols=width > 0, ncols=None if width > 0 else 80,
+                            nrows=None if width > 0 else 24, leave=True)
 
     def start_at(self, done: int) -> None:
         """A resumed run starts at `done`: the bar jumps there, the rate counts from there."""
