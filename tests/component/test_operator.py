@@ -349,7 +349,9 @@ async def test_suspend_deadline_and_ttl_through_the_api(api: FakeApi, operator: 
     deletes = {r.path.rsplit("/", 1)[-1]: r.body for r in api.requests_for("DELETE")}
     assert deletes["ft-baseline"]["propagationPolicy"] == "Background"
     assert deletes["ft"]["propagationPolicy"] == "Background"
-    assert {"Suspended", "DeadlineExceeded", "Expired"} <= set(event_reasons(api))
+    # the reconcile that deletes the FineTuneJob posts its events after the delete: wait for them
+    await until(lambda: {"Suspended", "DeadlineExceeded", "Expired"} <= set(event_reasons(api)),
+                what="the Suspended, DeadlineExceeded and Expired events")
     assert api.list("batch/v1", "Job", NS) == []
 
 
