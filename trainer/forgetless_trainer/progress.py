@@ -2,8 +2,8 @@
 
 On a terminal (the stream is a TTY) it is one tqdm bar with the stage's name, its rate and the time
 left. Elsewhere (CI, a pod, `kubectl logs`) a bar would be noise, so it prints plain, sparse lines:
-one about every 10 % of the work (or every `every` units when the job asks for that), each with the
-rate and the time left, plus every message (a validation, a probe) as its own line:
+one about every 10 % of the work, each with the rate and the time left, plus every message (a
+validation, a probe) as its own line:
 
     [train] step 161/1608 (10 %) · 1.9 step/s · 12m41s left · loss=0.53 lr=0.001
     [train] step 200: validation loss 0.3114 (best 0.3114 at step 200)
@@ -29,6 +29,11 @@ def format_duration(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
+def _values_text(values: dict[str, float | None]) -> str:
+    """`loss=0.53 lr=0.001`: the values a step reports, those that are set."""
+    return " ".join(f"{k}={v:.4g}" for k, v in values.items() if v is not None)
+
+
 def is_terminal(stream: Any) -> bool:
     return bool(getattr(stream, "isatty", None)) and stream.isatty()
 
@@ -44,7 +49,7 @@ def terminal_width(stream: Any) -> int:
 class StageProgress:
     """Progress of one stage's loop over `total` units (steps, answers), from `initial` (a resumed run)."""
 
-    def __init__(self, stage: str, total: int, *, unit: str = "step", initial: int = 0, every: int | None = None,
+    def __init__(self, stage: str, total: int, *, unit: str = "step", initial: int = 0,
                  enabled: bool = True, stream: TextIO | None = None, clock=time.monotonic,
                  started: float | None = None) -> None:
         """`started`: when the work began on `clock`, if before this display was made (the rate counts from it)."""
@@ -54,7 +59,7 @@ class StageProgress:
         self.enabled = enabled
         self.stream = stream if stream is not None else sys.stderr
         self.clock = clock
-        self.every = every if every else max(1, -(-self.total // 10))
+        self.every = max(1, -(-self.total // 10))  # a plain line about every 10 %
         self.done = initial
         self._start_done = initial
         self._started = clock() if started is None else started
@@ -89,7 +94,7 @@ class StageProgress:
             parts.append(f"{rate:.3g} {self.unit}/s")
             if self.done < self.total:
                 parts.append(f"{format_duration((self.total - self.done) / rate)} left")
-        text = " ".join(f"{k}={v:.4g}" for k, v in values.items() if v is not None)
+        text = _values_text(values)
         return " · ".join(parts) + (f" · {text}" if text else "")
 
     def update(self, done: int, **values: float | None) -> None:
@@ -99,7 +104,7 @@ class StageProgress:
             return
         if self.bar is not None:
             self.bar.update(done - self.bar.n)
-            text = " ".join(f"{k}={v:.4g}" for k, v in values.items() if v is not None)
+            text = _values_text(values)
             if text:
                 self.bar.set_postfix_str(text, refresh=False)
             return

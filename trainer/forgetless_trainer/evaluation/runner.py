@@ -99,19 +99,20 @@ def evaluate_model(
         return result
     from forgetless_trainer.evaluation.evaluator import evaluate_suite
 
-    display: dict[str, StageProgress] = {}
+    display: StageProgress | None = None
     began = time.monotonic()  # the total is known at the first report, the rate counts from here
 
     def report(done: int, total: int) -> None:
-        if "bar" not in display:
-            display["bar"] = StageProgress(stage, total, unit="answer", started=began)
-        display["bar"].update(done)
+        nonlocal display
+        if display is None:
+            display = StageProgress(stage, total, unit="answer", started=began)
+        display.update(done)
 
     try:
         return evaluate_suite(model, tokenizer, target.suite, limit=limit, batch_size=batch_size, progress=report)
     finally:
-        if "bar" in display:
-            display["bar"].close()
+        if display is not None:
+            display.close()
 
 
 def load_and_evaluate(
