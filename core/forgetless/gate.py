@@ -125,10 +125,26 @@ class GateResult:
     bootstrap_samples: int
     seed: int
     on_regression: str
+    rescue: dict[str, Any] | None = None
+    """regression.rescue's account (RescueStatus wire form) when it ran."""
 
     @property
     def passed(self) -> bool:
         return self.verdict == "Passed"
+
+    @property
+    def forgetting_ok(self) -> bool:
+        """No category and not the mean dropped beyond its threshold (at the gate's confidence)."""
+        return all(c.passed for c in self.categories) and not self.mean_drop_lower > self.max_mean_drop
+
+    @property
+    def task_ok(self) -> bool:
+        """The target task shows what the gate requires of it (true when the suite has no task)."""
+        if self.task_gain is None:
+            return True
+        if self.min_task_gain is None:
+            return self.task_gain_lower is not None and self.task_gain_lower > 0
+        return self.task_gain >= self.min_task_gain
 
     def category(self, name: str) -> CategoryGate:
         for verdict in self.categories:
@@ -160,6 +176,7 @@ class GateResult:
                     }
                     for c in self.categories
                 ],
+                **({"rescue": self.rescue} if self.rescue is not None else {}),
             }
         )
         return status.to_wire()
@@ -182,6 +199,7 @@ class GateResult:
             "bootstrapSamples": self.bootstrap_samples,
             "seed": self.seed,
             "onRegression": self.on_regression,
+            **({"rescue": self.rescue} if self.rescue is not None else {}),
         }
 
 

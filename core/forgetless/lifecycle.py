@@ -17,8 +17,10 @@ STAGE_PHASE = {"baseline": "Baseline", "train": "Training", "evaluate": "Evaluat
 PHASES = ("Pending", "Suspended", "Baseline", "Training", "Evaluating", "Succeeded", "Blocked", "Failed")
 TERMINAL_PHASES = ("Succeeded", "Blocked", "Failed")
 
-GATE_VERDICTS = ("Passed", "Warned", "Failed", "NoTaskGain")
-PROMOTING_VERDICTS = ("Passed", "Warned")  # the only verdicts under which a model is promoted
+GATE_VERDICTS = ("Passed", "Warned", "Rescued", "Failed", "NoTaskGain")
+# the only verdicts under which a model is promoted; Rescued: the gate blocked the fine-tuned model and
+# regression.rescue found (and confirmed) an interpolation between it and the base that passes
+PROMOTING_VERDICTS = ("Passed", "Warned", "Rescued")
 
 CATEGORIES = ("instruction_following", "format", "knowledge", "reasoning", "safety")
 TASK_CATEGORY = "task"  # the target task's own score: the gain the fine-tune must show

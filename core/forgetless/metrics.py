@@ -65,7 +65,19 @@ class ForgettingMetrics:
         )
         self.gate_passed = Gauge(
             "forgetless_gate_passed",
-            "1 when the job's gate passed (or warned), 0 when it blocked promotion.",
+            "1 when the job's gate let the model through (passed, warned or rescued), 0 when it blocked promotion.",
+            ["namespace", "finetunejob"],
+            registry=r,
+        )
+        self.rescue_alpha = Gauge(
+            "forgetless_rescue_alpha",
+            "regression.rescue: the interpolation weight α promoted (θ₀ + α·(θ − θ₀)); 0 when no α was confirmed.",
+            ["namespace", "finetunejob"],
+            registry=r,
+        )
+        self.rescue_evaluations = Gauge(
+            "forgetless_rescue_evaluations",
+            "regression.rescue: half-suite evaluations the search spent.",
             ["namespace", "finetunejob"],
             registry=r,
         )
@@ -108,6 +120,13 @@ class ForgettingMetrics:
         self.gate_verdicts.labels(namespace, verdict).inc()
         self.gate_passed.labels(namespace, job).set(1 if verdict in PROMOTING_VERDICTS else 0)
 
+    def record_rescue(self, namespace: str, job: str, rescue: Mapping[str, object] | None) -> None:
+        """The rescue's α (0 when none was confirmed) and the evaluations spent; nothing without one."""
+        if not rescue:
+            return
+        self.rescue_alpha.labels(namespace, job).set(float(rescue.get("alpha") or 0.0))
+        self.rescue_evaluations.labels(namespace, job).set(float(rescue.get("evaluations") or 0))
+
     def forget_job(self, namespace: str, job: str) -> None:
         """Remove every per-job series (called when the FineTuneJob is deleted)."""
         key = (namespace, job)
@@ -117,7 +136,7 @@ class ForgettingMetrics:
                     gauge.remove(namespace, job, category)
                 except KeyError:
                     pass
-        for gauge in (self.task_gain, self.gate_passed):
+        for gauge in (self.task_gain, self.gate_passed, self.rescue_alpha, self.rescue_evaluations):
             try:
                 gauge.remove(namespace, job)
             except KeyError:

@@ -49,6 +49,7 @@ class OperatorMetrics:
         if baseline or final:
             m.record_scores(namespace, name, baseline, final, gate.get("taskGain"))
         if gate:
+            m.record_rescue(namespace, name, gate.get("rescue"))
             if not old.get("gate"):
                 m.record_verdict(namespace, name, gate["verdict"])
             else:

@@ -588,7 +588,7 @@ class _Run:
         self.status.update(phase="Succeeded", promoted=promoted,
                            message=f"gate {outcome.lower()}" + (f": {reasons}" if reasons else "")
                            + ("; model promoted" if promoted else ""))
-        self.event("GatePassed" if outcome == "Passed" else "GateWarned", self.status["message"],
+        self.event({"Passed": "GatePassed", "Rescued": "GateRescued"}.get(outcome, "GateWarned"), self.status["message"],
                    warning=outcome == "Warned")
         if promoted:
             where = promoted_model.get("uri") or promoted_model["path"]

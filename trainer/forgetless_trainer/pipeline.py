@@ -94,6 +94,7 @@ def execute(
         result = PipelineResult(workdir, summaries, gate_status, baseline, final, time.monotonic() - began)
         forgetting.record_scores(namespace, name, baseline, final, result.status.get("taskGain"))
         forgetting.record_verdict(namespace, name, result.status["verdict"])
+        forgetting.record_rescue(namespace, name, result.status.get("rescue"))
         forgetting.set_phase_counts({(namespace, phase_of_verdict(result.status["verdict"])): 1}, [namespace])
     return result
 

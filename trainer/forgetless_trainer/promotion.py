@@ -1,8 +1,8 @@
 """Promotion: write the model that passed the gate where deployment picks it up (one code path).
 
 The evaluate stage calls `promote` right after it ran the gate, in a pod as in `forgetless run`,
-so a model reaches the promote path only when the gate did not block it (Passed, or Warned with
-`onRegression: Warn`) and `spec.output.promote` is true. A blocked job writes nothing there and
+so a model reaches the promote path only when the gate did not block it (Passed, Warned with
+`onRegression: Warn`, or Rescued: then the interpolated model of WORKDIR/rescue/output) and `spec.output.promote` is true. A blocked job writes nothing there and
 leaves an earlier promoted model in place.
 
 What is written (atomically: a staging directory renamed over the target):
@@ -53,14 +53,16 @@ def volume_location(job: FineTuneJob, path: Path) -> dict[str, str]:
     return {"claimName": pvc.claim_name, "pathInVolume": relative, "uri": f"pvc://{pvc.claim_name}/{relative}"}
 
 
-def promote(job: FineTuneJob, workdir: Path, base_dir: Path | None = None) -> dict[str, Any] | None:
-    """Write the trained model to the promotion target; returns the `promotedModel` record.
+def promote(job: FineTuneJob, workdir: Path, base_dir: Path | None = None,
+            source: Path | None = None) -> dict[str, Any] | None:
+    """Write the trained model (or `source`: the rescued model, in the train stage's output format) to
+    the promotion target; returns the `promotedModel` record.
 
     None when `spec.output.promote` is false. The caller has already checked the gate.
     """
     if not job.spec.output.promote:
         return None
-    source = Path(workdir) / TRAIN_OUTPUT
+    source = Path(source) if source is not None else Path(workdir) / TRAIN_OUTPUT
     if not source.is_dir():
         raise FileNotFoundError(f"no trained model in {source}: the train stage writes it there")
     destination = promotion_target(job, workdir, base_dir)

@@ -64,4 +64,10 @@ def render_table(status: dict[str, Any], baseline: dict[str, float], final: dict
                     f"{final['task'] - baseline['task']:+.3f}{bound}")
     rows.append(f"verdict: {status['verdict']}")
     rows += [f"  - {reason}" for reason in status.get("reasons", [])]
+    rescue = status.get("rescue")
+    if rescue:
+        found = f"α = {rescue['alpha']:g}" if rescue.get("alpha") is not None else "no α"
+        rows.append(f"rescue: {rescue['outcome']} ({found}; {rescue['evaluations']} of {rescue['maxEvaluations']} "
+                    "half-suite evaluations)" + ("; the category rows are the confirmation half at that α, the mean "
+                                                 "and task rows all items" if rescue.get("alpha") is not None else ""))
     return "\n".join(rows)

@@ -449,7 +449,33 @@ class ThresholdsSpec(ApiModel):
     )
 
 
+class InterpolationRescueSpec(ApiModel):
+    max_evaluations: Annotated[int, Field(ge=2, le=20)] = Field(
+        default=6,
+        description="Half-suite evaluations the search may spend, the confirmation included (each scores half "
+        "of the suite's items at one α).",
+    )
+
+
+class RescueSpec(ApiModel):
+    RULES = (Rule("has(self.interpolation)", lambda m: m.interpolation is not None,
+                  "rescue needs a strategy: set rescue.interpolation (e.g. {maxEvaluations: 6})",
+                  ".interpolation"),)
+
+    interpolation: Optional[InterpolationRescueSpec] = Field(
+        default=None,
+        description="Weight interpolation (WiSE-FT): θ(α) = θ₀ + α·(θ − θ₀), the LoRA adapter scaled by α or a blend "
+        "of the base and fine-tuned weights. The largest α whose gate passes and whose task gain shows learning is "
+        "chosen on one half of the suite's items and confirmed on the other half.",
+    )
+
+
 class RegressionSpec(ApiModel):
+    RULES = (Rule("!has(self.rescue) || !has(self.onRegression) || self.onRegression == 'Block'",
+                  lambda m: m.rescue is None or m.on_regression == "Block",
+                  "rescue searches for a model the gate lets through when it blocks; with onRegression: Warn "
+                  "nothing is blocked: set onRegression: Block or remove rescue", ".rescue"),)
+
     suite: SuiteSpec = Field(default_factory=lambda: SuiteSpec(path="bundled:world-v1"))
     thresholds: ThresholdsSpec = Field(default_factory=ThresholdsSpec)
     confidence: Annotated[float, Field(ge=0.5, le=0.999)] = Field(
@@ -458,6 +484,11 @@ class RegressionSpec(ApiModel):
     bootstrap_samples: Annotated[int, Field(ge=100, le=100_000)] = Field(default=2000)
     on_regression: Literal["Block", "Warn"] = Field(default="Block", description="Block promotion or only warn.")
     limit: Optional[Annotated[int, Field(ge=1)]] = Field(default=None, description="Items per task (for quick runs).")
+    rescue: Optional[RescueSpec] = Field(
+        default=None,
+        description="When the gate blocks for forgetting: search for a model between the base and the fine-tuned one "
+        "that passes (verdict Rescued, promoted). Off by default.",
+    )
 
 
 class InferenceServiceHandOff(ApiModel):
@@ -628,6 +659,29 @@ class CategoryVerdict(ApiModel):
 
 
 
+class RescueTrial(ApiModel):
+    alpha: float
+    half: Literal["choice", "confirmation"]
+    verdict: str
+    task_score: Optional[float] = None
+    kept: Optional[float] = Field(default=None, description="Share of the base model's mean general score kept.")
+
+
+class RescueStatus(ApiModel):
+    strategy: Literal["interpolation"] = "interpolation"
+    outcome: Literal["Rescued", "NotRescued"]
+    alpha: Optional[float] = Field(default=None, description="The α promoted: θ₀ + α·(θ − θ₀).")
+    task_score: Optional[float] = Field(default=None, description="Task score at α on the confirmation half.")
+    kept: Optional[float] = Field(default=None, description="Share of the mean general score kept at α, confirmation half.")
+    evaluations: int = Field(description="Half-suite evaluations spent.")
+    max_evaluations: int
+    trials: list[RescueTrial] = Field(default_factory=list, description="Every α tried, in order (at most 20).")
+    original_mean_drop: Optional[float] = Field(default=None, description="The fine-tuned model's mean drop (α = 1).")
+    seconds: Optional[float] = Field(default=None, description="Wall time of the search (trials stored by an "
+                                     "interrupted attempt cost nothing again).")
+    message: Optional[str] = None
+
+
 class GateStatus(ApiModel):
     verdict: Literal[GATE_VERDICTS]  # type: ignore[valid-type]
     reasons: list[str] = Field(default_factory=list)
@@ -635,6 +689,8 @@ class GateStatus(ApiModel):
     task_gain: Optional[float] = None
     task_gain_lower: Optional[float] = Field(default=None, description="Lower bound of the task gain's interval.")
     categories: list[CategoryVerdict] = Field(default_factory=list)
+    rescue: Optional[RescueStatus] = Field(
+        default=None, description="regression.rescue's search, when the gate blocked for forgetting and it ran.")
 
 
 class PromotedModelStatus(ApiModel):

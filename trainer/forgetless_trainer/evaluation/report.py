@@ -1,9 +1,10 @@
 """The forgetting report: gate verdict JSON, Markdown and a PNG chart (matplotlib, Agg backend).
 
-`write_report(gate_result, baseline_scores, final_scores, out_dir) -> {"json", "markdown", "png"}`
+`write_report(gate_result, baseline_scores, final_scores, out_dir) -> {"json", "markdown", "png", ...}`
 Files: `gate.json` (the gate's full result, its status.gate form, and the scores),
 `report.md` (verdict, reasons, per-category table with the drop's bounds), `report.png`
-(baseline vs final per category, the final score's bounds as error bars, and the target task).
+(baseline vs final per category, the final score's bounds as error bars, and the target task);
+`budget.png` with a forgetting budget, `rescue.png` (task score and share kept over α) with a rescue.
 Every file is written to a temporary name and renamed, so a crash leaves no half report.
 """
 
@@ -16,10 +17,11 @@ from typing import Any, Mapping
 from forgetless import atomic
 from forgetless.gate import GateResult
 from forgetless.lifecycle import CATEGORIES as GENERAL_CATEGORIES
-from forgetless.lifecycle import TASK_CATEGORY
+from forgetless.lifecycle import TASK_CATEGORY, mean_general_score
 
 JSON_NAME, MARKDOWN_NAME, PNG_NAME = "gate.json", "report.md", "report.png"
 BUDGET_PNG_NAME = "budget.png"
+RESCUE_PNG_NAME = "rescue.png"
 
 
 def report_document(gate: GateResult, baseline: Mapping[str, float], final: Mapping[str, float]) -> dict[str, Any]:
@@ -31,7 +33,7 @@ def render_markdown(gate: GateResult, baseline: Mapping[str, float], final: Mapp
     lines = [
         "# Forgetting report",
         "",
-        f"**Verdict: {gate.verdict}**" + ("" if gate.passed or gate.verdict == "NoTaskGain" else f" (onRegression: {gate.on_regression})"),
+        f"**Verdict: {gate.verdict}**" + ("" if gate.verdict in ("Passed", "NoTaskGain", "Rescued") else f" (onRegression: {gate.on_regression})"),
         "",
     ]
     if gate.reasons:
@@ -174,11 +176,63 @@ def render_budget_png(train: Mapping[str, Any], path: Path) -> Path:
     return _save(fig, path)
 
 
+def rescue_markdown(gate: GateResult, baseline_mean: float | None, unrescued: Mapping[str, float] | None) -> str:
+    """regression.rescue's account: every α tried, on which half, and what was found."""
+    rescue = gate.rescue or {}
+    lines = ["## Rescue by weight interpolation", "",
+             f"θ(α) = θ₀ + α·(θ − θ₀), α chosen on one half of the suite's items and confirmed on the other; "
+             f"{rescue.get('evaluations')} of {rescue.get('maxEvaluations')} half-suite evaluations spent. "
+             f"Outcome: **{rescue.get('outcome')}** — {rescue.get('message')}.", ""]
+    if unrescued:
+        mean = mean_general_score(unrescued)
+        kept = f", {mean / baseline_mean:.1%} kept" if mean is not None and baseline_mean else ""
+        lines += [f"The fine-tuned model (α = 1): task {unrescued.get(TASK_CATEGORY, float('nan')):.3f}{kept}.", ""]
+    lines += ["| # | α | half | task | kept | gate |", "|---:|---:|---|---:|---:|---|"]
+    for number, trial in enumerate(rescue.get("trials") or [], start=1):
+        task = f"{trial['taskScore']:.3f}" if trial.get("taskScore") is not None else "–"
+        kept = f"{trial['kept']:.1%}" if trial.get("kept") is not None else "–"
+        lines.append(f"| {number} | {trial['alpha']:g} | {trial['half']} | {task} | {kept} | {trial['verdict']} |")
+    lines += ["", f"![task score and share kept over α]({RESCUE_PNG_NAME})", ""]
+    return "\n".join(lines)
+
+
+def render_rescue_png(gate: GateResult, baseline_mean: float | None, path: Path) -> Path:
+    """Task score and share kept over α (the choice half's trials, the confirmation marked), with the
+    share the gate's maxMeanDrop allows."""
+    plt = _pyplot()
+    rescue = gate.rescue or {}
+    trials = sorted(rescue.get("trials") or [], key=lambda t: t["alpha"])
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    for half, marker, filled in (("choice", "o", True), ("confirmation", "s", False)):
+        chosen = [t for t in trials if t["half"] == half]
+        if not chosen:
+            continue
+        alphas = [t["alpha"] for t in chosen]
+        style = dict(marker=marker, ms=5, ls="-" if half == "choice" else "none")
+        if not filled:
+            style["mfc"] = "none"
+        ax.plot(alphas, [t.get("kept") or 0.0 for t in chosen], color="#1b9e77", label=f"share kept ({half})", **style)
+        ax.plot(alphas, [t.get("taskScore") or 0.0 for t in chosen], color="#7570b3", label=f"task score ({half})", **style)
+    if baseline_mean:
+        ax.axhline(1.0 - gate.max_mean_drop / baseline_mean, color="#d95f02", ls="--", lw=1,
+                   label=f"kept at maxMeanDrop {gate.max_mean_drop:g}")
+    if rescue.get("alpha") is not None:
+        ax.axvline(rescue["alpha"], color="#444444", ls=":", lw=1, label=f"promoted α = {rescue['alpha']:g}")
+    ax.set_xlim(0, 1.02)
+    ax.set_xlabel("α (0 = base model, 1 = fine-tuned)")
+    ax.set_ylabel("score / share")
+    ax.set_title(f"Rescue by interpolation — {rescue.get('outcome')}", fontsize=10)
+    ax.legend(loc="lower left", fontsize=7)
+    return _save(fig, path)
+
+
 def write_report(
     gate_result: GateResult, baseline_scores: Mapping[str, float], final_scores: Mapping[str, float], out_dir: Path,
-    train_summary: Mapping[str, Any] | None = None,
+    train_summary: Mapping[str, Any] | None = None, unrescued_scores: Mapping[str, float] | None = None,
 ) -> dict[str, Path]:
-    """The report files; with a train summary that used the forgetting budget, its account and plot too."""
+    """The report files; with a train summary that used the forgetting budget, its account and plot too;
+    with a rescue (gate_result.rescue), its trials and the curve over α (`unrescued_scores`: the
+    fine-tuned model's scores when a rescued model replaced it)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     document = report_document(gate_result, baseline_scores, final_scores)
@@ -189,6 +243,11 @@ def write_report(
             "probeBaseline", "budgetMaxDrop", "probeHistory", "adjustments", "stoppedReason")}
         markdown += "\n" + budget_markdown(train_summary)
         written["budget_png"] = render_budget_png(train_summary, out_dir / BUDGET_PNG_NAME)
+    if gate_result.rescue:
+        baseline_mean = mean_general_score(baseline_scores)
+        document["unrescuedScores"] = dict(unrescued_scores) if unrescued_scores else None
+        markdown += "\n" + rescue_markdown(gate_result, baseline_mean, unrescued_scores)
+        written["rescue_png"] = render_rescue_png(gate_result, baseline_mean, out_dir / RESCUE_PNG_NAME)
     written["json"] = atomic.write_bytes(out_dir / JSON_NAME, (json.dumps(document, indent=2, sort_keys=True) + "\n").encode())
     written["markdown"] = atomic.write_bytes(out_dir / MARKDOWN_NAME, markdown.encode())
     written["png"] = render_png(gate_result, baseline_scores, final_scores, out_dir / PNG_NAME)

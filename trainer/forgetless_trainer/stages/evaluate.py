@@ -9,9 +9,13 @@ the report; and promotion when the gate lets the model through.
 3. WORKDIR/evaluate/results.json (item level), the per-task 2x2 tables `paired`.
 4. The gate — this is the one place it runs, in a pod as in `forgetless run` — and the report
    (gate.json, report.md, report.png) in WORKDIR/report/.
-5. Promotion (forgetless_trainer.promotion) when the verdict is Passed or Warned and output.promote
-   (never for Failed = forgetting, or NoTaskGain = no evidence the model learned the task).
-6. output.handOff.mlflow (forgetless_trainer.handoff_mlflow): every job logged as a run, a promoted
+5. regression.rescue when the gate blocked for forgetting (verdict Failed): the weight-interpolation
+   search of forgetless_trainer.rescue; a confirmed α makes the verdict Rescued, its model
+   (WORKDIR/rescue/output) is what gets promoted and its scores are the summary's `scores` (the
+   fine-tuned model's stay in `unrescuedScores`).
+6. Promotion (forgetless_trainer.promotion) when the verdict is Passed, Warned or Rescued and
+   output.promote (never for Failed = forgetting, or NoTaskGain = no evidence the model learned the task).
+7. output.handOff.mlflow (forgetless_trainer.handoff_mlflow): every job logged as a run, a promoted
    model registered; the result goes to `summary["mlflow"]`, a failure fails the stage.
 
 The summary carries the verdict in its `status.gate` form and `promotedModel`; both are bounded by
@@ -31,7 +35,7 @@ from forgetless.baseline_cache import BaselineCache
 from forgetless.gate import GateError, evaluate_gate, paired_counts
 from forgetless_trainer.evaluation.results import EvaluationResult
 from forgetless_trainer.evaluation.runner import (
-    EvalTarget, cache_keys, cached_baseline, load_and_evaluate, resolve_target, store_baseline,
+    EvalTarget, cache_keys, cached_baseline, evaluate_model, load_and_evaluate, resolve_target, store_baseline,
 )
 from forgetless.errors import StageError
 
@@ -85,6 +89,22 @@ def evaluation_summary(final: EvaluationResult, paired: dict[str, Any], gate: An
     return summary
 
 
+def rescue_blocked(job: FineTuneJob, workdir: Path, target: EvalTarget, baseline: EvaluationResult, gate: Any,
+                   base_dir: Path | None):
+    """regression.rescue on a blocked model (forgetless_trainer.rescue): (gate, θ(α)'s results or None,
+    the model to promote or None)."""
+    from forgetless_trainer.rescue import rescue
+
+    if target.suite is None:
+        raise StageError("regression.rescue needs a forgetless suite (regression.suite.path): the items of lm-eval "
+                         "tasks cannot be split into a choice and a confirmation half")
+
+    def evaluate(model, tokenizer, half, stage):
+        return evaluate_model(model, tokenizer, EvalTarget(half.name, half.digest, suite=half), stage=stage)
+
+    return rescue(job, workdir, target.suite.subset(job.spec.regression.limit), baseline, gate, evaluate, base_dir)
+
+
 def run(job: FineTuneJob, workdir: Path) -> dict[str, Any]:
     workdir = Path(workdir)
     spec = job.spec
@@ -102,21 +122,30 @@ def run(job: FineTuneJob, workdir: Path) -> dict[str, Any]:
         raise StageError(f"cannot compare with the baseline: {exc}") from exc
 
     from forgetless_trainer.evaluation.report import write_report
-
-    train_summary_path = workdir / "train" / "summary.json"
-    train_summary = json.loads(train_summary_path.read_text()) if train_summary_path.exists() else None
-    write_report(gate, baseline.category_scores(), final.category_scores(), workdir / REPORT_DIR, train_summary)
     from forgetless_trainer.training.loop import env_base_dir
 
     base_dir = env_base_dir()
+    unrescued, model_source = final, output
+    if gate.verdict == "Failed" and spec.regression.rescue is not None:
+        gate, rescued, rescued_model = rescue_blocked(job, workdir, target, baseline, gate, base_dir)
+        if rescued is not None:
+            final, model_source = rescued, rescued_model
+            paired = paired_counts(baseline.items, final.items)
+
+    train_summary_path = workdir / "train" / "summary.json"
+    train_summary = json.loads(train_summary_path.read_text()) if train_summary_path.exists() else None
+    write_report(gate, baseline.category_scores(), final.category_scores(), workdir / REPORT_DIR, train_summary,
+                 unrescued_scores=unrescued.category_scores() if final is not unrescued else None)
     promoted = None
     if gate.verdict in PROMOTING_VERDICTS:
         from forgetless_trainer.promotion import promote
 
-        promoted = promote(job, workdir, base_dir=base_dir)
+        promoted = promote(job, workdir, base_dir=base_dir, source=model_source)
         if promoted is not None:
             print(f"promoted: {promoted['path']} ({promoted['digest']})", file=sys.stderr)
     summary = evaluation_summary(final, paired, gate, source, promoted)
+    if final is not unrescued:
+        summary["unrescuedScores"] = {k: round(v, 6) for k, v in unrescued.category_scores().items()}
     if spec.output.hand_off and spec.output.hand_off.mlflow:
         from forgetless_trainer.handoff_mlflow import record
 
