@@ -64,16 +64,16 @@ def collect(run: dict) -> dict:
     train = json.loads((work / "train" / "summary.json").read_text())
     gate = evaluate["gate"]
     rescue = gate.get("rescue") or {}
-    scores, unrescued = evaluate["scores"], evaluate.get("unrescuedScores") or evaluate["scores"]
+    unrescued = evaluate.get("unrescuedScores") or evaluate["scores"]
     baseline = json.loads((work / "baseline" / "summary.json").read_text())["scores"]
 
     def kept(s):
         general = [c for c in s if c != "task" and c in baseline]
         return sum(s[c] for c in general) / sum(baseline[c] for c in general)
 
-    return {**run, "verdict": gate["verdict"], "train_s": train.get("seconds") or train.get("trainSeconds"),
+    return {**run, "verdict": gate["verdict"], "train_s": train.get("trainSeconds"),
             "task_before": unrescued.get("task"), "kept_before": kept(unrescued),
-            "task": rescue.get("taskScore", scores.get("task")), "kept": rescue.get("kept", kept(scores)),
+            "task": rescue.get("taskScore"), "kept": rescue.get("kept"),
             "alpha": rescue.get("alpha"), "evaluations": rescue.get("evaluations"), "rescue_s": rescue.get("seconds"),
             "trials": rescue.get("trials") or [], "message": rescue.get("message")}
 

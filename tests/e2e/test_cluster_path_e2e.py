@@ -210,6 +210,36 @@ def test_naive_job_is_blocked_and_nothing_is_promoted(cluster: Cluster, inferenc
     assert served_uri(cluster) == (OLD_URI, {}) and "handOff" not in cluster.status(name)
 
 
+def test_a_blocked_naive_job_is_rescued_by_interpolation_in_the_evaluate_pod(cluster: Cluster):
+    rescue = {"regression": {**BASE["spec"]["regression"], "rescue": {"interpolation": {"maxEvaluations": 4}}}}
+    name = cluster.apply(manifest("e2e-rescue", NAIVE, rescue))
+    status = cluster.finish(name)
+    expect_succeeded(cluster, name, status)
+    gate = status["gate"]
+    assert gate["verdict"] == "Rescued" and status["promoted"] is True, gate
+    record = gate["rescue"]
+    assert record["outcome"] == "Rescued" and 0 < record["alpha"] < 1
+    assert record["evaluations"] == len(record["trials"]) <= 4
+    assert [t["half"] for t in record["trials"]][-1] == "confirmation"
+    assert any("α = 1) was blocked" in r for r in gate["reasons"])
+    workdir = cluster.workdir(name)
+    assert len(list((workdir / "rescue" / "trials").glob("*.json"))) == record["evaluations"]
+    # what was promoted is θ₀ + α·(θ − θ₀), not the fine-tuned model
+    from safetensors.torch import load_file
+
+    from forgetless_trainer.modeling import resolve_model_location
+    from forgetless.api.schema import ModelSpec
+
+    base_dir = Path(resolve_model_location(ModelSpec(name="bundled:tiny-world")))
+    base, tuned = load_file(base_dir / "model.safetensors"), load_file(workdir / "train" / "output" / "model.safetensors")
+    promoted = load_file(cluster.volume / status["promotedModel"]["path"] / "model.safetensors")
+    key = next(k for k in tuned if k.endswith("q_proj.weight"))
+    expected = base[key] + record["alpha"] * (tuned[key] - base[key])
+    assert (promoted[key] - expected).abs().max().item() < 1e-5
+    assert (promoted[key] - tuned[key]).abs().max().item() > 1e-4
+    assert "GateRescued" in {e.reason for e in cluster.events(name)}
+
+
 def test_two_workers_succeed_with_identical_weights(cluster: Cluster):
     name = cluster.apply(manifest("e2e-two", LORA, {"resources": {"workers": 2}}))
     status = cluster.finish(name)

@@ -46,7 +46,12 @@ def evaluate_result(verdict: str = "Passed", promoted: dict | None = PROMOTED) -
     gate = {"verdict": verdict, "reasons": reasons, "meanDrop": 0.025, "taskGain": 0.6, "categories": [
         {"category": "knowledge", "baseline": 0.9, "final": 0.85, "drop": 0.05, "dropUpper": 0.09,
          "dropLower": 0.01, "threshold": 0.05, "passed": verdict == "Passed"}]}
-    return {**EVALUATE, "gate": gate, "promotedModel": promoted if verdict in ("Passed", "Warned") else None}
+    if verdict == "Rescued":
+        gate["rescue"] = {"strategy": "interpolation", "outcome": "Rescued", "alpha": 0.5, "taskScore": 0.9,
+                          "kept": 0.99, "evaluations": 5, "maxEvaluations": 6,
+                          "trials": [{"alpha": 0.5, "half": "choice", "verdict": "Passed"},
+                                     {"alpha": 0.5, "half": "confirmation", "verdict": "Passed"}]}
+    return {**EVALUATE, "gate": gate, "promotedModel": promoted if verdict in ("Passed", "Warned", "Rescued") else None}
 
 
 def cache_key(spec: Any) -> str:
@@ -225,6 +230,7 @@ def test_train_success_records_progress_and_starts_evaluation():
 @pytest.mark.parametrize("verdict, phase, promoted, ready, event", [
     ("Passed", "Succeeded", True, "True", "GatePassed"),
     ("Warned", "Succeeded", True, "True", "GateWarned"),
+    ("Rescued", "Succeeded", True, "True", "GateRescued"),
     ("Failed", "Blocked", False, "False", "GateBlocked"),
     ("NoTaskGain", "Blocked", False, "False", "GateNoTaskGain"),
 ])
@@ -247,6 +253,21 @@ def test_gate_verdict_decides_the_final_phase(verdict, phase, promoted, ready, e
     assert cond(status, "Stalled")["status"] == ("True" if phase == "Blocked" else "False")
     replay = run(job, observed, T0 + timedelta(minutes=20))
     assert replay.events == [] and replay.actions == [] and replay.status == status
+
+
+def test_a_rescued_job_records_the_alpha_and_evaluations_in_status_and_metrics():
+    from forgetless_operator.metrics import OperatorMetrics
+
+    job, observed, decision = through("evaluate", "Rescued")
+    rescue = decision.status["gate"]["rescue"]
+    assert rescue["alpha"] == 0.5 and rescue["evaluations"] == 5 and rescue["kept"] == 0.99
+    assert cond(decision.status, "Ready")["status"] == "True"
+    metrics = OperatorMetrics()
+    metrics.observe("team", "ft", {}, decision.status)
+    registry = metrics.metrics.registry
+    assert registry.get_sample_value("forgetless_rescue_alpha", {"namespace": "team", "finetunejob": "ft"}) == 0.5
+    assert registry.get_sample_value("forgetless_rescue_evaluations", {"namespace": "team", "finetunejob": "ft"}) == 5
+    assert registry.get_sample_value("forgetless_gate_passed", {"namespace": "team", "finetunejob": "ft"}) == 1
 
 
 def test_promoted_model_is_recorded_with_its_volume_path_uri_and_digest():

@@ -109,6 +109,8 @@ BAD: list[tuple[str, object, str]] = [
     ("unknown onRegression", {"spec": {"regression": {"onRegression": "Ignore"}}}, "spec.regression.onRegression"),
     ("suite with two sources", {"spec": {"regression": {"suite": {"path": "a", "lmEvalTasks": ["arc_easy"]}}}}, "spec.regression.suite"),
     ("suite with nothing", {"spec": {"regression": {"suite": {"lmEvalTasks": []}}}}, "spec.regression.suite"),
+    ("lm-eval entry with an unknown category", {"spec": {"regression": {"suite": {"lmEvalTasks": ["arc_easy", "mmlu:nonsense"]}}}},
+     "spec.regression.suite.lmEvalTasks"),
     ("negative deadline", {"spec": {"activeDeadlineSeconds": 0}}, "spec.activeDeadlineSeconds"),
     ("negative backoff", {"spec": {"backoffLimit": -1}}, "spec.backoffLimit"),
     ("suspend not a bool", {"spec": {"suspend": "sometimes"}}, "spec.suspend"),

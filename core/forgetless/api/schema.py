@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_val
 from pydantic.alias_generators import to_camel, to_snake
 from pydantic_core import PydanticCustomError
 
-from forgetless.lifecycle import CATEGORIES, GATE_VERDICTS, PHASES, PROMOTING_VERDICTS, STAGES  # noqa: F401 - re-exported
+from forgetless.lifecycle import ALL_CATEGORIES, CATEGORIES, GATE_VERDICTS, PHASES, PROMOTING_VERDICTS, STAGES  # noqa: F401 - re-exported
 
 GROUP = "forgetless.dev"
 VERSION = "v1alpha1"
@@ -420,8 +420,17 @@ class ResourcesSpec(ApiModel):
     priority_class_name: Optional[Name] = None
 
 
+LM_EVAL_ENTRY = "^[^:]+(:(" + "|".join(ALL_CATEGORIES) + "))?$"
+"""An lmEvalTasks entry: a task name, or `name:category` with one of the categories."""
+
+
 class SuiteSpec(ApiModel):
-    RULES = (exactly_one_of("path", "configMap", "lmEvalTasks"),)
+    RULES = (exactly_one_of("path", "configMap", "lmEvalTasks"),
+             Rule(f"!has(self.lmEvalTasks) || self.lmEvalTasks.all(t, t.matches('{LM_EVAL_ENTRY}'))",
+                  lambda m: all(re.fullmatch(LM_EVAL_ENTRY, t) for t in m.lm_eval_tasks or []),
+                  "an entry written name:category must name one of " + ", ".join(ALL_CATEGORIES)
+                  + " (e.g. mmlu:knowledge); a plain task name takes its category from the built-in table",
+                  ".lmEvalTasks"))
 
     path: Optional[ShortText] = Field(default=None, description="`bundled:<name>` or a suite directory (local or in `pvc`).")
     pvc: Optional[PvcRef] = None
