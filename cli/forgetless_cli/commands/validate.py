@@ -30,7 +30,33 @@ def main(args: argparse.Namespace) -> int:
                 print(line, file=sys.stderr)
             status = exit_codes.INVALID
             continue
-        if not args.quiet:
+        problems = [problem for job in jobs for problem in suite_problems(job)]
+        for problem in problems:
+            print(f"{path}: {problem}", file=sys.stderr)
+        if problems:
+            status = exit_codes.INVALID
+        elif not args.quiet:
             names = ", ".join(job.metadata.name for job in jobs)
             print(f"{path}: ok ({names})")
     return status
+
+
+def suite_problems(document) -> list[str]:
+    """The regression suite's own content (JSONL lines, item fields, scorers), where it can be read from
+    here: a bundled suite or a local directory. One on a volume or in a ConfigMap is checked by the
+    stage pods before anything is trained (the baseline stage, or the train stage on a cached baseline)."""
+    from forgetless.suites import SuiteError, resolve_suite
+
+    spec = getattr(document, "spec", None)
+    field = "spec.template.regression.suite" if hasattr(spec, "template") else "spec.regression.suite"
+    spec = getattr(spec, "template", spec)  # a FineTuneSweep: its trials' template
+    suite = getattr(getattr(spec, "regression", None), "suite", None)
+    if suite is None or suite.path is None or suite.pvc is not None:
+        return []
+    if not suite.path.startswith("bundled:") and not Path(suite.path).expanduser().exists():
+        return []  # a path of the cluster's image or volume: not reachable here
+    try:
+        resolve_suite(suite)
+    except (SuiteError, LookupError) as exc:
+        return [f"{field}: {exc}"]
+    return []
