@@ -88,3 +88,55 @@ def test_a_finished_run_restarted_rewrites_its_output_without_training(tmp_path,
     assert again.summary["stoppedReason"] == "max_steps"
     assert (tmp_path / "work" / "train" / "output" / "adapter_config.json").is_file()
     assert all(torch.equal(v, expected[n]) for n, v in trainable(again.model).items())
+
+
+def test_a_truncated_shard_is_skipped_and_training_resumes_from_the_last_intact_checkpoint(
+        tmp_path, manifest, tiny_model_dir, capsys):
+    job = make_job(manifest, tiny_model_dir, tmp_path / "data", training={"maxSteps": 10, "checkpointIntervalSteps": 4})
+    straight = train(job, tmp_path / "straight")
+    workdir = tmp_path / "work"
+
+    def crash(step: int) -> None:
+        if step == 9:
+            raise Crash(f"killed at step {step}")
+
+    with pytest.raises(Crash):
+        train(job, workdir, after_step=crash)
+    checkpoints = workdir / "train" / "checkpoints"
+    assert [n for n, _ in checkpoint.complete_checkpoints(checkpoints)] == [4, 8]
+    newest = checkpoints / "step-8"
+    shard = max((p for p in newest.rglob("*.pt")), key=lambda p: p.stat().st_size)
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])  # the volume filled up mid-write
+    capsys.readouterr()
+
+    resumed = train(job, workdir)
+    err = capsys.readouterr().err
+    assert "skipping checkpoint step-8" in err and shard.name in err and "bytes when written" in err
+    assert resumed.summary["resumedFromStep"] == 4 and resumed.summary["steps"] == 10
+    assert resumed.summary["finalLoss"] == straight.summary["finalLoss"]  # redone from step 4: the same run
+    # step 8 was written again by the resumed run, intact; the damaged one was set aside, then pruned
+    assert checkpoint.damage(newest) is None and not list(checkpoints.glob("damaged-*"))
+    assert all(torch.equal(v, trainable(straight.model)[n]) for n, v in trainable(resumed.model).items())
+
+
+def test_an_unreadable_checkpoint_is_set_aside_so_the_retry_resumes_from_the_one_before(
+        tmp_path, manifest, tiny_model_dir):
+    from forgetless.errors import StageError
+
+    job = make_job(manifest, tiny_model_dir, tmp_path / "data", training={"maxSteps": 10, "checkpointIntervalSteps": 4})
+    workdir = tmp_path / "work"
+
+    def crash(step: int) -> None:
+        if step == 9:
+            raise Crash(f"killed at step {step}")
+
+    with pytest.raises(Crash):
+        train(job, workdir, after_step=crash)
+    checkpoints = workdir / "train" / "checkpoints"
+    shard = max(((checkpoints / "step-8").rglob("*.pt")), key=lambda p: p.stat().st_size)
+    shard.write_bytes(b"\0" * shard.stat().st_size)  # same size, garbage content: the size check cannot see it
+    with pytest.raises(StageError, match="checkpoint step-8 could not be loaded.*moved aside"):
+        train(job, workdir)
+    assert (checkpoints / "damaged-step-8").is_dir() and not (checkpoints / "step-8").exists()
+    retried = train(job, workdir)  # the pod's retry
+    assert retried.summary["resumedFromStep"] == 4 and retried.summary["steps"] == 10

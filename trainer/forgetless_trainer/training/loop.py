@@ -25,6 +25,7 @@ import math
 import os
 import random
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ from typing import Any, Callable
 
 from forgetless import atomic
 from forgetless.api.schema import FineTuneJob
+from forgetless.errors import StageError
 from forgetless_trainer import data as D
 from forgetless_trainer import chat, live_metrics, mitigations
 from forgetless_trainer.mitigations.base import Mitigation, Stop, TrainContext
@@ -226,7 +228,8 @@ class Trainer:
         )
         distributed.init_process_group(self.ranks)
         self.checkpoints = self.workdir / "train" / "checkpoints"
-        self.resume_from = checkpoint.latest(self.checkpoints)
+        self.resume_from = checkpoint.latest_intact(self.checkpoints, is_main=self.ranks.rank == 0,
+                                                    log=lambda line: print(line, file=sys.stderr, flush=True))
         self.ctx = TrainContext(
             job=self.job,
             workdir=self.workdir,
@@ -326,7 +329,16 @@ class Trainer:
         if self.resume_from is None:
             return 0, 0, None, None
         _, path = self.resume_from
-        state = checkpoint.load(self.engine, path, exclude_frozen=self.exclude_frozen)
+        try:
+            state = checkpoint.load(self.engine, path, exclude_frozen=self.exclude_frozen)
+        except Exception as exc:  # intact sizes but unreadable content: set it aside, fail this attempt
+            # the rank that failed moves it (an exception to "rank 0 writes": a rank whose own shard is
+            # unreadable may be the only one to know; the rename is atomic and a second one finds nothing)
+            with contextlib.suppress(OSError):
+                checkpoint.set_aside(path)
+            raise StageError(f"checkpoint {path.name} could not be loaded ({str(exc).splitlines()[0][:300]}); it was "
+                             f"moved aside to damaged-{path.name}, so the next attempt resumes from the one "
+                             "before") from exc
         self.step = state["step"]
         self.steps_taken = state.get("steps_taken", self.step)
         self.tokens = state["tokens"]
