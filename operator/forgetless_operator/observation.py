@@ -106,9 +106,22 @@ def _tail(text: str, limit: int) -> str:
     return text if len(text) <= limit else "..." + text[-(limit - 3):]
 
 
-def failure_text(terminated: Mapping[str, Any]) -> str:
-    """What a failed container said: the stage's `{"error": ...}` summary, else the message (or log
-    tail, FallbackToLogsOnError), else the container's reason (OOMKilled, Error, ...)."""
+def memory_limit(pod: Mapping[str, Any]) -> str | None:
+    for container in (pod.get("spec") or {}).get("containers") or []:
+        if container.get("name") == CONTAINER:
+            return ((container.get("resources") or {}).get("limits") or {}).get("memory")
+    return None
+
+
+def failure_text(terminated: Mapping[str, Any], pod: Mapping[str, Any] | None = None) -> str:
+    """What a failed container said: OOMKilled with the memory limit it hit; else the stage's
+    `{"error": ...}` summary, else the message (or log tail, FallbackToLogsOnError), else the
+    container's reason (Error, ...)."""
+    if terminated.get("reason") == "OOMKilled":
+        limit = memory_limit(pod or {})
+        where = (f"its memory limit {limit}" if limit else "the node's memory (no memory limit set)")
+        return (f"OOMKilled: the container was killed for exceeding {where} (exit code {terminated.get('exitCode')}); "
+                "raise spec.resources.container.limits.memory if it happens again")
     text = (terminated.get("message") or "").strip()
     try:
         document = json.loads(text) if text.startswith("{") else None
@@ -144,9 +157,9 @@ def observe_stage(stage: str, job: Mapping[str, Any], pods: list[dict], workers:
         ),
         key=lambda pair: pair[0],
     )
-    bad = sorted(  # (finished at, rank, terminated state) of every failed container, earliest first
+    bad = sorted(  # (finished at, rank, terminated state, pod) of every failed container, earliest first
         (
-            (_finished(t), _rank(p), t)
+            (_finished(t), _rank(p), t, p)
             for p, t in ((p, _container_state(p).get("terminated")) for p in pods)
             if t is not None and t.get("exitCode") not in (0, None)
         ),
@@ -159,11 +172,11 @@ def observe_stage(stage: str, job: Mapping[str, Any], pods: list[dict], workers:
         message = f"{reason}: {failed.get('message') or 'the stage Job failed'}"
         if workers > 1 and bad:  # every failed rank, earliest first: the first one is usually the cause
             message += "; failed ranks: " + "; ".join(
-                f"rank {rank} exit code {terminated.get('exitCode')}: {_tail(failure_text(terminated), 200)}"
-                for _, rank, terminated in bad
+                f"rank {rank} exit code {terminated.get('exitCode')}: {_tail(failure_text(terminated, pod), 200)}"
+                for _, rank, terminated, pod in bad
             )
         elif bad:
-            message += f"; last pod: {failure_text(bad[-1][2])}"
+            message += f"; last pod: {failure_text(bad[-1][2], bad[-1][3])}"
         return StageObservation("Failed", message=short(message), failed_pods=failed_pods)
     # Multi-worker: only the Job's Complete condition says all ranks finished; one worker: the pod suffices.
     if ok and (complete is not None or workers == 1):
@@ -206,5 +219,5 @@ def observe_stage(stage: str, job: Mapping[str, Any], pods: list[dict], workers:
                 name = (pod.get("metadata") or {}).get("name", "?")
                 message = short(f"pod {name}: {cond['reason']}: {cond.get('message') or ''}".rstrip(": "))
     if bad and message is None:
-        message = short(f"retrying after a failed pod: {failure_text(bad[-1][2])}")
+        message = short(f"retrying after a failed pod: {failure_text(bad[-1][2], bad[-1][3])}")
     return StageObservation("Running", message=message, failed_pods=failed_pods)

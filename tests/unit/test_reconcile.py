@@ -361,6 +361,24 @@ def test_failed_pod_with_backoff_left_is_a_retry_not_a_failure():
     assert replay.events == [] and replay.actions == []
 
 
+def test_an_oom_killed_evaluate_pod_is_retried_with_a_warning_naming_oomkilled_and_the_limit():
+    job, observed, _ = through("train")
+    observed.jobs["evaluate"] = stage_job(job, "evaluate", failed_pods=1, active=1)
+    killed = pod("evaluate", exit_code=137, message="[evaluate] answer 96/858 (11 %)")  # the log tail
+    killed["status"]["containerStatuses"][0]["state"]["terminated"]["reason"] = "OOMKilled"
+    killed["spec"] = {"containers": [{"name": children.CONTAINER, "resources": {"limits": {"memory": "6Gi"}}}]}
+    observed.pods["evaluate"] = [killed]
+    decision = run(job, observed, T0 + timedelta(minutes=11))
+    assert decision.status["phase"] == "Evaluating" and decision.status["stages"]["evaluate"]["attempts"] == 2
+    (event,) = decision.events
+    assert (event.type, event.reason) == ("Warning", "EvaluateRetrying")
+    assert "OOMKilled" in event.message and "memory limit 6Gi" in event.message and "attempt 2 of" in event.message
+    # no limit set: the message says it was the node's memory
+    del killed["spec"]
+    again = run(job, observed, T0 + timedelta(minutes=11))
+    assert "no memory limit set" in again.events[0].message
+
+
 def test_failed_stage_job_fails_the_finetunejob_with_the_stage_message():
     job, observed, _ = through("baseline")
     observed.jobs["train"] = stage_job(job, "train", failed=True, failed_pods=3)
@@ -593,7 +611,8 @@ def test_multi_worker_stage_waits_for_job_completion_and_reads_rank_zero():
 @pytest.mark.parametrize("terminated, text", [
     ({"exitCode": 4, "message": '{"stage":"train","error":"dataset.task.path: /x missing"}'}, "dataset.task.path: /x missing"),
     ({"exitCode": 1, "message": "Traceback ...\nRuntimeError: boom"}, "Traceback ...\nRuntimeError: boom"),
-    ({"exitCode": 137, "reason": "OOMKilled"}, "OOMKilled (exit code 137)"),
+    ({"exitCode": 137, "reason": "OOMKilled"}, "OOMKilled: the container was killed for exceeding the node's memory "
+     "(no memory limit set) (exit code 137); raise spec.resources.container.limits.memory if it happens again"),
     ({"exitCode": 137, "reason": "Error"}, "Error (exit code 137)"),
     ({"exitCode": 2}, "exit code 2"),
 ])
