@@ -95,6 +95,7 @@ class _Running:
     kill_deadline: float | None = None  # set when terminating: SIGKILL after this monotonic time
     gone: bool = False  # the pod no longer exists in the API
     pending_status: dict | None = None  # a status patch still to be written (retried each poll)
+    oom: bool = False  # killed by oom_kill: reported as kubelet reports the cgroup OOM killer
 
 
 class StandInNode:
@@ -161,6 +162,16 @@ class StandInNode:
             if run is None or run.proc is None or run.proc.poll() is not None:
                 raise LookupError(f"no running process for pod {namespace}/{pod_name}")
             self._signal(run, sig, "kill requested")
+
+    def oom_kill(self, namespace: str, pod_name: str) -> None:
+        """What the kernel's OOM killer does to a container over its memory limit: SIGKILL, reported
+        with reason OOMKilled and exit code 137."""
+        with self._lock:
+            run = self._find(namespace, pod_name)
+            if run is None or run.proc is None or run.proc.poll() is not None:
+                raise LookupError(f"no running process for pod {namespace}/{pod_name}")
+            run.oom = True
+            self._signal(run, signal.SIGKILL, "OOM kill requested")
 
     def log(self, namespace: str, pod_name: str) -> str:
         with self._lock:
@@ -466,7 +477,7 @@ class StandInNode:
         record.message = message
         self._log(f"exit {self._key(run)} code={record.exit_code}" + (" (deleted)" if record.deleted else ""))
         if not run.gone:
-            self._queue_terminated(run, "Completed" if record.exit_code == 0 else "Error")
+            self._queue_terminated(run, "Completed" if record.exit_code == 0 else "OOMKilled" if run.oom else "Error")
 
     def _record_exit(self, run: _Running) -> None:
         rc = run.proc.returncode

@@ -278,6 +278,23 @@ def test_a_killed_rank_restarts_the_whole_group_from_the_checkpoint(cluster: Clu
     assert jobs == {f"{name}-baseline", f"{name}-train-workers-g2", f"{name}-evaluate"}
 
 
+def test_an_oom_killed_evaluate_pod_is_retried_and_gives_the_uninterrupted_verdict(cluster: Cluster):
+    limits = {"resources": {"container": {"limits": {"memory": "6Gi"}}}}
+    killed = cluster.apply(manifest("e2e-oom", LORA, limits))
+    straight = cluster.apply(manifest("e2e-oom-ref", LORA, limits))  # the same job, left alone
+    pod = wait(lambda: next((r for r in cluster.node.pods() if r.name.startswith(f"{killed}-evaluate-")
+                             and r.exit_code is None), None), "the evaluate pod running", timeout=360, period=0.2)
+    time.sleep(2)  # into the evaluation
+    cluster.node.oom_kill(cluster.namespace, pod.name)
+    status, reference = cluster.finish(killed), cluster.finish(straight)
+    expect_succeeded(cluster, killed, status)
+    expect_succeeded(cluster, straight, reference)
+    assert status["stages"]["evaluate"]["attempts"] == 2 and len(cluster.stage_pods(killed, "evaluate")) == 2
+    assert status["gate"] == reference["gate"] and status["finalScores"] == reference["finalScores"]
+    (warning,) = [e for e in cluster.events(killed) if e.reason == "EvaluateRetrying"]
+    assert warning.type == "Warning" and "OOMKilled" in warning.message and "memory limit 6Gi" in warning.message
+
+
 def test_operator_killed_mid_stage_restarts_without_duplicates_or_lost_results(cluster: Cluster):
     name = cluster.apply(manifest("e2e-restart", LORA))
     wait(lambda: any(r.name.startswith(f"{name}-train-") for r in cluster.node.pods()), "the train pod", timeout=300)
