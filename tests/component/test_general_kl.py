@@ -136,3 +136,20 @@ def test_a_kl_budget_breaches_rolls_back_and_never_runs_the_probe(tmp_path, mani
     final = trainable(result.model)
     assert all(torch.allclose(final[n], start[n]) for n in final)  # back at step 0: the base weights
     assert summary["generalKL"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_with_a_chat_template_the_answer_follows_the_generation_prompt(tmp_path):
+    from transformers import AutoTokenizer
+
+    from forgetless.suites import load_suite
+    from forgetless_trainer.chat import chat_format
+    from tests.support.tiny_models import build
+
+    tokenizer = AutoTokenizer.from_pretrained(str(build("qwen2", tmp_path / "qwen")))
+    suite = load_suite("bundled:world-v1")
+    rows = probe_rows(suite, tokenizer, 1)
+    item = suite.task("knowledge_qa").items[0]
+    context = chat_format(tokenizer).generation_text(item["prompt"])  # what the evaluator prompts with
+    whole = tokenizer(context + item["target"], add_special_tokens=False)["input_ids"]
+    prompt = tokenizer(context, add_special_tokens=False)["input_ids"]
+    assert Row(tuple(prompt), tuple(whole[len(prompt):])) in rows

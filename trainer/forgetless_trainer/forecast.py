@@ -139,8 +139,11 @@ def run_forecast(spec: Any, base_dir: Path | None = None, model: Any = None, tok
 
             model, tokenizer = load_model_and_tokenizer(spec.model, base_dir=base_dir)
         result = forecast(spec, model, tokenizer, base_dir)
-    except (StageError, OSError, ValueError) as exc:
+    except StageError as exc:  # data or model not reachable: say so, the stage goes on
         log(f"forecast skipped: {exc}")
+        return None
+    except Exception as exc:  # noqa: BLE001 - advice must never fail the baseline stage
+        log(f"forecast skipped: {type(exc).__name__}: {exc}")
         return None
     log(line(result))
     return result
