@@ -196,18 +196,17 @@ def render_budget_png(train: Mapping[str, Any], path: Path) -> Path:
                                      label=f"budget (maxKL {train['budgetMaxKL']})"))
     for number, adjustment in enumerate(train.get("adjustments") or [], start=1):
         at = adjustment.get("stepsTaken", adjustment["step"])
-        target = ax if adjustment.get("probeMean") is not None else kl_ax
-        value = adjustment.get("probeMean") if adjustment.get("probeMean") is not None else adjustment.get("generalKL", 0.0)
         ax.axvline(at, color="#7570b3", ls=":", lw=1)
-        target.annotate(f"adj {number}: back to step {adjustment['rolledBackToStep']}, lr×{adjustment['learningRateScale']:g}, "
-                        f"+{adjustment['extraGeneralFraction']:.0%} general", (at, value), fontsize=7,
-                        rotation=90, va="bottom")
+        # x in steps, y in axes fraction: the label stands inside the plot whatever the scales
+        ax.annotate(f"adj {number}: back to step {adjustment['rolledBackToStep']}, lr×{adjustment['learningRateScale']:g}, "
+                    f"+{adjustment['extraGeneralFraction']:.0%} general", (at, 0.98), xycoords=ax.get_xaxis_transform(),
+                    fontsize=7, rotation=90, va="top", ha="right")
     ax.set_xlabel("optimizer steps taken (a rollback re-runs steps)")
     if history:
         ax.set_ylabel("mean general score (probe)")
     ax.set_title("Forgetting budget" + (" (signal: general KL)" if kl_signal else ""), fontsize=10)
     if handles:
-        ax.legend(handles=handles, loc="lower left" if history else "upper left", fontsize=8)
+        ax.legend(handles=handles, loc="center right", fontsize=8)
     return _save(fig, path)
 
 
