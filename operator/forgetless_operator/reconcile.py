@@ -529,6 +529,7 @@ class _Run:
                     "epoch": result.get("epochs"),
                     "loss": result.get("finalLoss"),
                     "stoppedReason": result.get("stoppedReason"),
+                    "generalKL": result.get("generalKL"),
                 }.items() if v is not None
             }
         else:

@@ -77,9 +77,36 @@ def test_the_forgetting_budget_is_accounted_for_in_the_report(tmp_path):
     assert written["budget_png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     markdown = written["markdown"].read_text()
     assert "## Forgetting budget" in markdown and "budget line 0.850" in markdown
-    assert "| 50 | 0.800 | 25 | 0.5 | 10% |" in markdown and "budget.png" in markdown
+    assert "| 50 | 0.800 | — | 25 | 0.5 | 10% |" in markdown and "budget.png" in markdown
     document = json.loads(written["json"].read_text())
     assert document["forgettingBudget"]["adjustments"] == train["adjustments"]
-    # a run without the budget gets no budget section
-    plain = write_report(gate, scores(PAIRED, False), scores(PAIRED, True), tmp_path / "plain", {"steps": 3})
+    # a run without the budget gets no budget section (even though its summary has the general KL)
+    plain = write_report(gate, scores(PAIRED, False), scores(PAIRED, True), tmp_path / "plain",
+                         {"steps": 3, "generalKL": 0.1, "generalKLHistory": [[0, 0.0], [3, 0.1]]})
     assert "budget_png" not in plain and "Forgetting budget" not in plain["markdown"].read_text()
+
+
+@pytest.mark.parametrize("signal", ["probe", "kl"])
+def test_the_budget_plot_draws_the_general_kl(tmp_path, signal):
+    from forgetless_trainer.evaluation.report import write_report
+
+    kl = [[0, 0.0], [25, 0.4], [50, 0.1], [75, 0.12], [100, 0.11]]
+    train = {"stoppedReason": "completed", "budgetSignal": signal, "generalKL": 0.11, "generalKLTokens": 948,
+             "generalKLHistory": kl, "probeSeconds": 0.4,
+             "adjustments": [{"step": 25, "generalKL": 0.4, "rolledBackToStep": 0, "learningRateScale": 0.5,
+                              "extraGeneralFraction": 0.3}]}
+    if signal == "kl":
+        train.update(probeHistory=[], budgetMaxKL=0.15)
+    else:
+        train.update(probeBaseline=0.9, budgetMaxDrop=0.05, probeHistory=[[0, 0.9], [25, 0.6], [50, 0.88], [75, 0.89]])
+        train["adjustments"][0]["probeMean"] = 0.6
+    gate = evaluate_gate(PAIRED, RegressionSpec())
+    written = write_report(gate, scores(PAIRED, False), scores(PAIRED, True), tmp_path, train)
+    assert written["budget_png"].stat().st_size > 3000
+    markdown = written["markdown"].read_text()
+    assert "General KL(base‖model) at the end: 0.1100 nats/token (948 answer tokens" in markdown
+    if signal == "kl":
+        assert "maxKL 0.15 nats/token" in markdown and "| 25 | — | 0.4000 | 0 | 0.5 | 30% |" in markdown
+    else:
+        assert "| 25 | 0.600 | 0.4000 | 0 | 0.5 | 30% |" in markdown
+    assert json.loads(written["json"].read_text())["forgettingBudget"]["generalKLHistory"] == kl

@@ -48,6 +48,10 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, manifest, tiny_model_dir
     resumed = train(job, tmp_path / "interrupted")
     assert resumed.summary["resumedFromStep"] == 4
     assert resumed.summary["steps"] == total and resumed.summary["finalLoss"] == straight.summary["finalLoss"]
+    # the general KL's base is the untouched model, not the checkpoint the resume loads (full: cached before it)
+    assert resumed.summary["generalKL"] == straight.summary["generalKL"] > 0
+    history = resumed.summary["generalKLHistory"]
+    assert history[0] == [0, 0.0] and [s for s, _ in history].count(0) == 1
     got = trainable(resumed.model)
     assert got.keys() == expected.keys()
     for name in expected:

@@ -159,6 +159,7 @@ CROSS_FIELD = [
     "ewc previous without online",
     "early stopping without validation data",
     "optimizer offload without ZeRO",
+    "kl budget without maxKL",
 ]
 
 
@@ -184,6 +185,8 @@ def test_cel_accepts_the_valid_edge_of_each_rule(manifest):
         {"spec": {"method": {"type": "lora", "lora": {"targetModules": ["q_proj", "v_proj"]}}}},
         {"spec": {"mitigation": {"ewc": {"online": True, "previous": {"fineTuneJob": "earlier"}}}}},
         {"spec": {"mitigation": {"earlyStopping": {}}}},
+        {"spec": {"mitigation": {"forgettingBudget": {"signal": "kl", "maxKL": 0.5}}}},
+        {"spec": {"mitigation": {"forgettingBudget": {"signal": "probe"}}}},
     ]
     for patch in edges:
         document = _apply(manifest(), patch)

@@ -143,3 +143,50 @@ def test_with_item_results_a_breach_is_judged_on_the_drops_lower_bound(n, lost, 
     assert budget.history[-1][1] == pytest.approx((n - lost) / n)  # the point estimate is the same either way
     if breach:
         assert "lower bound" in stop.message
+
+
+class KLTrainer(ProbeTrainer):
+    """A trainer whose general KL follows a script (one value per measurement)."""
+
+    def __init__(self, kls):
+        super().__init__()
+        self.kls = list(kls)
+        self.scaled, self.rewound = [], []
+
+    def general_kl(self):
+        return self.kls.pop(0)
+
+    def scale_learning_rate(self, factor):
+        self.scaled.append(factor)
+
+    def rewind(self, step, position):
+        self.rewound.append(step)
+
+
+def test_signal_kl_breaches_above_max_kl_rolls_back_and_adjusts_without_probing():
+    def probe(model, tokenizer):
+        raise AssertionError("signal kl runs no probe")
+
+    budget = ForgettingBudget(max_drop=0.05, interval=2, probe=probe, signal="kl", max_kl=0.1,
+                              on_breach="Adjust", max_adjustments=1)
+    trainer = KLTrainer([0.02, 0.3, 0.05, 0.4])  # probes at steps 2, 4 (breach), 6, 8 (breach, no adjustments left)
+    budget.on_train_start(trainer)
+    stop = None
+    for step in range(1, 10):
+        trainer.step = step
+        trainer.weights["w"] = float(step)
+        stop = budget.on_step_end(step, trainer)
+        if step == 4:
+            assert trainer.weights == {"w": 2.0} and trainer.scaled == [0.5] and trainer.rewound == [2]
+        if stop:
+            break
+    assert step == 8 and stop.reason == "forgetting_budget" and trainer.weights == {"w": 6.0}
+    assert "general KL 0.4000 nats/token above maxKL 0.1" in stop.message and "rolled back to step 6" in stop.message
+    summary = budget.summary()
+    assert summary["budgetSignal"] == "kl" and summary["budgetMaxKL"] == 0.1 and summary["probeHistory"] == []
+    assert summary["adjustments"][0]["generalKL"] == 0.3 and "probeMean" not in summary["adjustments"][0]
+
+
+def test_signal_kl_needs_max_kl():
+    with pytest.raises(StageError, match="maxKL"):
+        ForgettingBudget(max_drop=0.05, interval=2, signal="kl")

@@ -227,6 +227,16 @@ def test_train_success_records_progress_and_starts_evaluation():
     assert "ft-evaluate" in created(decision)
 
 
+def test_train_progress_carries_the_general_kl(monkeypatch):
+    monkeypatch.setitem(TRAIN, "generalKL", 0.1234)
+    _, _, decision = through("train")
+    assert decision.status["progress"]["generalKL"] == 0.1234
+    from forgetless.api.schema import FineTuneJobStatus
+
+    status = FineTuneJobStatus.model_validate({"progress": decision.status["progress"]})
+    assert status.progress.general_kl == 0.1234
+
+
 @pytest.mark.parametrize("verdict, phase, promoted, ready, event", [
     ("Passed", "Succeeded", True, "True", "GatePassed"),
     ("Warned", "Succeeded", True, "True", "GateWarned"),

@@ -142,6 +142,12 @@ BAD: list[tuple[str, object, str]] = [
     ("early stopping without validation data",
      {"spec": {"dataset": {"task": {"path": "t.jsonl"}, "validationFraction": 0.0}, "mitigation": {"earlyStopping": {}}}},
      "spec"),
+    ("kl budget without maxKL", {"spec": {"mitigation": {"forgettingBudget": {"signal": "kl"}}}},
+     "spec.mitigation.forgettingBudget.maxKL"),
+    ("kl budget with maxKL 0", {"spec": {"mitigation": {"forgettingBudget": {"signal": "kl", "maxKL": 0}}}},
+     "spec.mitigation.forgettingBudget.maxKL"),
+    ("unknown budget signal", {"spec": {"mitigation": {"forgettingBudget": {"signal": "loss"}}}},
+     "spec.mitigation.forgettingBudget.signal"),
 ]
 
 

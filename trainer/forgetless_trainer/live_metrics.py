@@ -48,6 +48,12 @@ GRAD_NORM = Gauge("forgetless_train_grad_norm", "Global gradient norm of the las
 LAST_STEP = Gauge(
     "forgetless_train_last_step_timestamp_seconds", "Unix time of the last optimizer step.", LABELS, registry=REGISTRY
 )
+GENERAL_KL = Gauge(
+    "forgetless_train_general_kl",
+    "Mean per-token forward KL(base || model) in nats on the general probe items' answers "
+    "(step 0, every forgetting-budget probe, the end of training).",
+    LABELS, registry=REGISTRY,
+)
 PROBE_SCORE = Gauge(
     "forgetless_probe_score_ratio",
     "Forgetting-budget probe score per category (category mean = mean general score).",
@@ -109,6 +115,9 @@ class TrainMetrics:
     def probe(self, scores: dict[str, float]) -> None:
         for category, value in scores.items():
             PROBE_SCORE.labels(**self.labels, category=category).set(value)
+
+    def general_kl(self, nats: float) -> None:
+        GENERAL_KL.labels(**self.labels).set(nats)
 
     def budget_adjustment(self) -> None:
         BUDGET_ADJUSTMENTS.labels(**self.labels).inc()

@@ -299,6 +299,21 @@ class EarlyStoppingSpec(ApiModel):
 
 
 class ForgettingBudgetSpec(ApiModel):
+    RULES = (Rule("!has(self.signal) || self.signal != 'kl' || has(self.maxKL)",
+                  lambda m: m.signal != "kl" or m.max_kl is not None,
+                  "signal: kl needs maxKL: the largest mean per-token KL(base || model) allowed, in nats (> 0)",
+                  ".maxKL"),)
+
+    signal: Literal["probe", "kl"] = Field(
+        default="probe",
+        description="probe: generate and score the probe subset of the regression suite (maxDrop). kl: the mean "
+        "per-token forward KL(base || model) on the general probe items' reference answers (maxKL), forward "
+        "passes only.",
+    )
+    max_kl: Optional[Annotated[float, Field(gt=0.0, le=100.0)]] = Field(
+        default=None, alias="maxKL",
+        description="signal kl: a breach is a mean KL above this many nats per token (required with signal kl).",
+    )
     max_drop: Annotated[float, Field(ge=0.0, le=1.0)] = Field(
         default=0.05, description="Largest drop of the probe's mean general score below baseline allowed while training."
     )
@@ -633,7 +648,9 @@ class StageRestart(ApiModel):
 
 class BudgetAdjustment(ApiModel):
     step: int = Field(description="The probe step that breached the forgetting budget.")
-    probe_mean: float
+    probe_mean: Optional[float] = Field(default=None, description="signal probe: the probe's mean general score.")
+    general_kl: Optional[float] = Field(default=None, alias="generalKL",
+                                        description="The mean KL(base || model) at the breach, nats per token.")
     rolled_back_to_step: int
     learning_rate_scale: float = Field(description="Learning rate relative to the spec's, from then on.")
     extra_general_fraction: float = Field(description="General data added to every epoch by the controller.")
@@ -741,6 +758,11 @@ class ProgressStatus(ApiModel):
     epoch: Optional[float] = None
     loss: Optional[float] = None
     stopped_reason: Optional[str] = None
+    general_kl: Optional[float] = Field(
+        default=None, alias="generalKL",
+        description="Mean per-token forward KL(base || model) in nats on the general probe items at the end of "
+        "training (a forgetting signal: it tracks what the gate will measure).",
+    )
 
 
 

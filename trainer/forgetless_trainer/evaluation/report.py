@@ -3,8 +3,11 @@
 `write_report(gate_result, baseline_scores, final_scores, out_dir) -> {"json", "markdown", "png", ...}`
 Files: `gate.json` (the gate's full result, its status.gate form, and the scores),
 `report.md` (verdict, reasons, per-category table with the drop's bounds), `report.png`
-(baseline vs final per category, the final score's bounds as error bars, and the target task);
-`budget.png` with a forgetting budget, `rescue.png` (task score and share kept over α) with a rescue.
+(baseline vs final per category, the final score's bounds as error bars, and the target task).
+With a forgetting budget, its account goes in the Markdown and `budget.png` draws the probe's mean
+general score over training with the budget line and the adjustments, and the general
+KL(base‖model) at the same probes on a second axis (with `maxKL` when the budget runs on it).
+With a rescue, `rescue.png` draws task score and share kept over α.
 Every file is written to a temporary name and renamed, so a crash leaves no half report.
 """
 
@@ -131,48 +134,81 @@ def render_png(gate: GateResult, baseline: Mapping[str, float], final: Mapping[s
     return _save(fig, path)
 
 
+def has_budget(train: Mapping[str, Any] | None) -> bool:
+    """Did the train stage run a forgetting budget (on the probe or on the general KL)?"""
+    return bool(train) and bool(train.get("probeHistory") or train.get("budgetSignal"))
+
+
 def budget_markdown(train: Mapping[str, Any]) -> str:
-    """The forgetting budget's account: probes, the budget line, every adjustment."""
+    """The forgetting budget's account: probes, the budget line, the general KL, every adjustment."""
     history = train.get("probeHistory") or []
     baseline = train.get("probeBaseline")
+    kl_signal = train.get("budgetSignal") == "kl"
     lines = ["## Forgetting budget", ""]
-    if baseline is not None and train.get("budgetMaxDrop") is not None:
+    if kl_signal:
+        lines.append(f"Signal: the general KL(base‖model), maxKL {train.get('budgetMaxKL')} nats/token; forward passes "
+                     f"only ({train.get('probeSeconds', 0):.1f} s of checks).")
+    elif baseline is not None and train.get("budgetMaxDrop") is not None:
         lines.append(f"Probe baseline {baseline:.3f}; budget line {baseline - train['budgetMaxDrop']:.3f} "
                      f"(maxDrop {train['budgetMaxDrop']}); {len(history)} probes.")
+    if train.get("generalKL") is not None:
+        lines.append(f"General KL(base‖model) at the end: {train['generalKL']:.4f} nats/token "
+                     f"({train.get('generalKLTokens', '?')} answer tokens of the general probe items).")
     adjustments = train.get("adjustments") or []
     if adjustments:
-        lines += ["", "| step | probe mean | rolled back to | learning-rate scale | extra general data |",
-                  "|---:|---:|---:|---:|---:|"]
-        lines += [f"| {a['step']} | {a['probeMean']:.3f} | {a['rolledBackToStep']} | {a['learningRateScale']:g} | "
-                  f"{a['extraGeneralFraction']:.0%} |" for a in adjustments]
+        def number(value: Any, fmt: str) -> str:
+            return format(value, fmt) if value is not None else "—"
+
+        lines += ["", "| step | probe mean | general KL | rolled back to | learning-rate scale | extra general data |",
+                  "|---:|---:|---:|---:|---:|---:|"]
+        lines += [f"| {a['step']} | {number(a.get('probeMean'), '.3f')} | {number(a.get('generalKL'), '.4f')} | "
+                  f"{a['rolledBackToStep']} | {a['learningRateScale']:g} | {a['extraGeneralFraction']:.0%} |"
+                  for a in adjustments]
     else:
         lines.append("No adjustments: every probe stayed within budget." if train.get("stoppedReason") != "forgetting_budget"
                      else "Training stopped at the first breach (onBreach: Stop).")
     if train.get("stoppedReason") == "forgetting_budget" and train.get("message"):
         lines += ["", f"Stopped: {train['message']}"]
-    lines += ["", f"![probe score over training]({BUDGET_PNG_NAME})", ""]
+    lines += ["", f"![probe score and general KL over training]({BUDGET_PNG_NAME})", ""]
     return "\n".join(lines)
 
 
 def render_budget_png(train: Mapping[str, Any], path: Path) -> Path:
-    """Probe mean over steps, the budget line, and each adjustment marked."""
+    """Probe mean over steps, the budget line, each adjustment marked; the general KL on a second axis."""
     plt = _pyplot()
     history = train.get("probeHistory") or []
+    kl_history = train.get("generalKLHistory") or []
+    kl_signal = train.get("budgetSignal") == "kl"
     fig, ax = plt.subplots(figsize=(8, 3.6))
-    ax.plot([s for s, _ in history], [v for _, v in history], marker="o", ms=3, color="#3b6ea8", label="probe mean")
+    handles = []
+    if history:
+        handles += ax.plot([s for s, _ in history], [v for _, v in history], marker="o", ms=3, color="#3b6ea8",
+                           label="probe mean")
     baseline, max_drop = train.get("probeBaseline"), train.get("budgetMaxDrop")
-    if baseline is not None and max_drop is not None:
-        ax.axhline(baseline - max_drop, color="#d95f02", ls="--", lw=1, label=f"budget (−{max_drop})")
+    if history and baseline is not None and max_drop is not None and not kl_signal:
+        handles.append(ax.axhline(baseline - max_drop, color="#d95f02", ls="--", lw=1, label=f"budget (−{max_drop})"))
+    kl_ax = ax.twinx() if history else ax
+    if kl_history:
+        handles += kl_ax.plot([s for s, _ in kl_history], [v for _, v in kl_history], marker="s", ms=3,
+                              color="#1b9e77", label="general KL (nats/token)")
+        kl_ax.set_ylabel("KL(base‖model), nats/token")
+        kl_ax.set_ylim(bottom=0)
+    if kl_signal and train.get("budgetMaxKL") is not None:
+        handles.append(kl_ax.axhline(train["budgetMaxKL"], color="#d95f02", ls="--", lw=1,
+                                     label=f"budget (maxKL {train['budgetMaxKL']})"))
     for number, adjustment in enumerate(train.get("adjustments") or [], start=1):
         at = adjustment.get("stepsTaken", adjustment["step"])
         ax.axvline(at, color="#7570b3", ls=":", lw=1)
+        # x in steps, y in axes fraction: the label stands inside the plot whatever the scales
         ax.annotate(f"adj {number}: back to step {adjustment['rolledBackToStep']}, lr×{adjustment['learningRateScale']:g}, "
-                    f"+{adjustment['extraGeneralFraction']:.0%} general", (at, adjustment["probeMean"]), fontsize=7,
-                    rotation=90, va="bottom")
+                    f"+{adjustment['extraGeneralFraction']:.0%} general", (at, 0.98), xycoords=ax.get_xaxis_transform(),
+                    fontsize=7, rotation=90, va="top", ha="right")
     ax.set_xlabel("optimizer steps taken (a rollback re-runs steps)")
-    ax.set_ylabel("mean general score (probe)")
-    ax.set_title("Forgetting budget", fontsize=10)
-    ax.legend(loc="lower left", fontsize=8)
+    if history:
+        ax.set_ylabel("mean general score (probe)")
+    ax.set_title("Forgetting budget" + (" (signal: general KL)" if kl_signal else ""), fontsize=10)
+    if handles:
+        ax.legend(handles=handles, loc="center right", fontsize=8)
     return _save(fig, path)
 
 
@@ -238,9 +274,10 @@ def write_report(
     document = report_document(gate_result, baseline_scores, final_scores)
     markdown = render_markdown(gate_result, baseline_scores, final_scores)
     written: dict[str, Path] = {}
-    if train_summary and train_summary.get("probeHistory"):
+    if has_budget(train_summary):
         document["forgettingBudget"] = {k: train_summary.get(k) for k in (
-            "probeBaseline", "budgetMaxDrop", "probeHistory", "adjustments", "stoppedReason")}
+            "probeBaseline", "budgetMaxDrop", "probeHistory", "adjustments", "stoppedReason",
+            "budgetSignal", "budgetMaxKL", "generalKL", "generalKLHistory", "probeSeconds")}
         markdown += "\n" + budget_markdown(train_summary)
         written["budget_png"] = render_budget_png(train_summary, out_dir / BUDGET_PNG_NAME)
     if gate_result.rescue:

@@ -115,6 +115,10 @@ class TrainerView(Protocol):
     def replan(self) -> None:
         """A mix part's fraction changed: the current epoch's composition is rebuilt before the next step."""
 
+    def general_kl(self) -> float | None:
+        """The mean per-token KL(base‖model) on the general probe items now (training/general_kl.py);
+        None when it cannot be measured. The forgetting budget calls it at every probe."""
+
 
 class Mitigation:
     name: str = "mitigation"

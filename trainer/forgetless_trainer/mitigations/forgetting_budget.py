@@ -28,10 +28,21 @@ Every adjustment is a progress line, an entry of `adjustments` in the stage summ
 probe's mean, the new learning-rate scale and general share), a count in
 forgetless_train_budget_adjustments_total, and part of the checkpointed state, so a resumed run
 continues with the adjusted policy. The probe's scores are exported as forgetless_probe_score_ratio.
+
+The signal (`signal`):
+- `probe` (default): the probe above, judged against `maxDrop`.
+- `kl`: the mean per-token forward KL(π₀‖π) of the model from its base on the general probe items'
+  reference answers (forgetless_trainer.training.general_kl, measured by the trainer: `general_kl()`
+  of the TrainerView); a breach is a KL above `maxKL` nats. Forward passes only: no generation, no
+  scoring, and the probe is never built. The baseline is 0 by definition (the base from itself).
+Either way, every probe also measures the general KL when the trainer can (it is in the train
+summary's `generalKLHistory`, drawn in the report's budget plot), and `probeSeconds` in the summary
+is the time the budget's checks took.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -81,14 +92,20 @@ class ForgettingBudget(Mitigation):
             learning_rate_factor=budget.learning_rate_factor, general_fraction_step=budget.general_fraction_step,
             max_general_fraction=budget.max_general_fraction,
             base_general_fraction=spec.mitigation.data_mixing.general_fraction,
+            signal=budget.signal, max_kl=budget.max_kl,
         )
 
     def __init__(self, max_drop: float, interval: int, probe: Probe | None = None, probe_factory=None, *,
                  regression: Any = None,
                  on_breach: str = "Stop", max_adjustments: int = 0, learning_rate_factor: float = 0.5,
                  general_fraction_step: float = 0.0, max_general_fraction: float = 0.0,
-                 base_general_fraction: float = 0.0) -> None:
+                 base_general_fraction: float = 0.0, signal: str = "probe", max_kl: float | None = None) -> None:
+        if signal == "kl" and max_kl is None:
+            raise StageError("spec.mitigation.forgettingBudget.maxKL: signal kl needs maxKL (nats per token)")
         self.max_drop, self.interval = max_drop, interval
+        self.signal, self.max_kl = signal, max_kl
+        self.probe_seconds = 0.0
+        self._detail, self._kl_seconds = "", 0.0
         self.regression = regression
         self.baseline_items: list[dict[str, Any]] | None = None
         self.probe = probe
@@ -120,14 +137,16 @@ class ForgettingBudget(Mitigation):
         extra = min(self.extra_general_cap, self.general_fraction_step * adjustments) if self.part is not None else 0.0
         return self.learning_rate_factor ** adjustments, round(extra, 6)
 
-    def _adjust(self, step: int, mean: float, trainer: TrainerView) -> str:
+    def _adjust(self, step: int, trainer: TrainerView, mean: float | None = None, kl: float | None = None) -> str:
         lr_scale, extra_general = self.policy(len(self.adjustments) + 1)
         trainer.scale_learning_rate(self.learning_rate_factor)
         if self.part is not None:
             self.part.fraction = extra_general
             trainer.replan()
         trainer.rewind(self.last_good_step, self.last_good_position)
-        record = {"step": step, "stepsTaken": trainer.steps_taken, "probeMean": round(mean, 6),
+        record = {"step": step, "stepsTaken": trainer.steps_taken,
+                  **({"probeMean": round(mean, 6)} if mean is not None else {}),
+                  **({"generalKL": round(kl, 6)} if kl is not None else {}),
                   "rolledBackToStep": self.last_good_step,
                   "learningRateScale": round(lr_scale, 6), "extraGeneralFraction": extra_general}
         self.adjustments.append(record)
@@ -171,37 +190,70 @@ class ForgettingBudget(Mitigation):
         paired = paired_counts(self.baseline_items, items)
         return evaluate_gate(paired, self.regression or RegressionSpec()).mean_drop_lower
 
+    def _measure_kl(self, trainer: TrainerView) -> float | None:
+        measure = getattr(trainer, "general_kl", None)
+        return measure() if measure is not None else None
+
     def on_train_start(self, trainer: TrainerView) -> None:
         if self.baseline is None:
-            _, self.baseline, self.baseline_items = self._run_probe(trainer)
+            began = time.perf_counter()
+            if self.signal == "kl":
+                self.baseline = 0.0  # KL(π₀‖π₀): nothing to measure, nothing to generate
+            else:
+                _, self.baseline, self.baseline_items = self._run_probe(trainer)
+            self.probe_seconds += time.perf_counter() - began
             self.last_good, self.last_good_step = trainer.snapshot(), trainer.step
             self.last_good_position = tuple(trainer.position)
-            self.history.append((trainer.steps_taken, self.baseline))
-            trainer.message(f"probe baseline: mean general score {self.baseline:.4f}")
+            if self.signal == "kl":
+                trainer.message(f"forgetting budget on the general KL: maxKL {self.max_kl} nats/token")
+            else:
+                self.history.append((trainer.steps_taken, self.baseline))
+                trainer.message(f"probe baseline: mean general score {self.baseline:.4f}")
 
-    def on_step_end(self, step: int, trainer: TrainerView) -> Stop | None:
-        if step % self.interval:
-            return None
+    def _check(self, step: int, trainer: TrainerView) -> tuple[bool, str, float | None, float | None]:
+        """(over budget?, what was seen, probe mean or None, KL or None) at this probe step."""
+        began = time.perf_counter()
+        kl = self._measure_kl(trainer)
+        if self.signal == "kl":
+            if kl is None:
+                raise StageError("spec.mitigation.forgettingBudget.signal kl: the trainer measures no general KL")
+            over = trainer.all_agree(kl > self.max_kl)
+            return over, f"general KL {kl:.4f} nats/token {'above' if over else '≤'} maxKL {self.max_kl}", None, kl
+        self._kl_seconds = time.perf_counter() - began  # probeSeconds counts the probe alone
         scores, mean, items = self._run_probe(trainer)
         self.history.append((trainer.steps_taken, mean))
         drop = self.baseline - mean
         bound = self.drop_bound(items, drop)
         over = trainer.all_agree(bound > self.max_drop)
+        shown_kl = f", general KL {kl:.4f}" if kl is not None else ""
+        if not over:
+            judged = f"drop {drop:.4f}" + (f", lower bound {bound:.4f}" if items is not None else "")
+            return False, f"probe mean {mean:.4f} ({judged} ≤ {self.max_drop}){shown_kl}", mean, kl
+        shown = ", ".join(f"{k} {v:.3f}" for k, v in sorted(scores.items()))
+        seen = (f"mean general score {mean:.4f} fell {drop:.4f} below the probe baseline {self.baseline:.4f}"
+                + (f" (lower bound {bound:.4f})" if items is not None else "")
+                + f" (maxDrop {self.max_drop}){shown_kl}")
+        self._detail = f" ({shown})"
+        return True, seen, mean, kl
+
+    def on_step_end(self, step: int, trainer: TrainerView) -> Stop | None:
+        if step % self.interval:
+            return None
+        began = time.perf_counter()
+        self._detail, self._kl_seconds = "", 0.0
+        try:
+            over, seen, mean, kl = self._check(step, trainer)
+        finally:
+            self.probe_seconds += time.perf_counter() - began - self._kl_seconds
         if not over:
             self.last_good, self.last_good_step = trainer.snapshot(), step
             self.last_good_position = tuple(trainer.position)
-            judged = f"drop {drop:.4f}" + (f", lower bound {bound:.4f}" if items is not None else "")
-            trainer.message(f"step {step}: probe mean {mean:.4f} ({judged} ≤ {self.max_drop})")
+            trainer.message(f"step {step}: {seen}")
             return None
         trainer.restore(self.last_good)
-        shown = ", ".join(f"{k} {v:.3f}" for k, v in sorted(scores.items()))
-        breach = (
-            f"probe at step {step}: mean general score {mean:.4f} fell {drop:.4f} below the probe baseline "
-            f"{self.baseline:.4f}" + (f" (lower bound {bound:.4f})" if items is not None else "")
-            + f" (maxDrop {self.max_drop}); rolled back to step {self.last_good_step} ({shown})"
-        )
+        breach = f"probe at step {step}: {seen}; rolled back to step {self.last_good_step}{self._detail}"
         if len(self.adjustments) < self.max_adjustments:
-            trainer.message(f"{breach}; {self._adjust(step, mean, trainer)}")
+            trainer.message(f"{breach}; {self._adjust(step, trainer, mean, kl)}")
             return None
         if self.adjustments:
             breach += f"; {len(self.adjustments)} adjustment(s) made, maxAdjustments reached"
@@ -217,6 +269,7 @@ class ForgettingBudget(Mitigation):
             "baseline_items": self.baseline_items,
             "history": list(self.history),
             "adjustments": [dict(a) for a in self.adjustments],
+            "probe_seconds": self.probe_seconds,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -228,6 +281,7 @@ class ForgettingBudget(Mitigation):
         self.baseline_items = state.get("baseline_items")
         self.history = [tuple(h) for h in state["history"]]
         self.adjustments = [dict(a) for a in state.get("adjustments", [])]
+        self.probe_seconds = float(state.get("probe_seconds", 0.0))
         if self.part is not None:
             self.part.fraction = self.policy(len(self.adjustments))[1]
 
@@ -238,5 +292,9 @@ class ForgettingBudget(Mitigation):
             "rolledBackToStep": self.last_good_step if self.stop_message else None,
             "adjustments": [dict(a) for a in self.adjustments],
             "budgetMaxDrop": self.max_drop,
+            "budgetSignal": self.signal,
+            "probeSeconds": round(self.probe_seconds, 3),
         }
+        if self.signal == "kl":
+            out["budgetMaxKL"] = self.max_kl
         return out

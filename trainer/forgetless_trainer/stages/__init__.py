@@ -23,7 +23,7 @@ from forgetless.lifecycle import STAGES
 
 TERMINATION_MESSAGE_ENV = "FORGETLESS_TERMINATION_MESSAGE_PATH"
 TERMINATION_MESSAGE_LIMIT = 4096
-DETAIL_KEYS = ("paired", "tasks", "probeHistory", "validationHistory")
+DETAIL_KEYS = ("paired", "tasks", "probeHistory", "validationHistory", "generalKLHistory")
 """Per-task parts of a summary: in summary.json on the volume, never in the termination message
 (they grow with the suite; what the operator needs — scores per category, the gate's verdict,
 the promoted model — does not)."""

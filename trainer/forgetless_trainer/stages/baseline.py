@@ -3,10 +3,17 @@
 Looks the baseline up in the cache first (weights key, then spec key; both checked against the
 suite digest, see forgetless.baseline_cache); on a miss evaluates the base model and stores the
 result under both keys. Writes WORKDIR/baseline/results.json (item level) either way.
+
+Then the forecast (forgetless_trainer.forecast): the base model's loss on a sample of the task and
+of the general data, the task's distance from what the model knows and the mitigation strength it
+suggests — one printed line and `forecast` in the summary (skipped, with a line, when the data
+cannot be read).
 """
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -34,4 +41,10 @@ def run(job: FineTuneJob, workdir: Path) -> dict[str, Any]:
     result.save(Path(workdir) / RESULTS)
     summary = result.summary("baseline")
     summary.update({"cacheKey": spec_key, "cached": cached})
+    from forgetless_trainer.forecast import run_forecast
+
+    base_dir = Path(os.environ["FORGETLESS_BASE_DIR"]) if os.environ.get("FORGETLESS_BASE_DIR") else None
+    forecast = run_forecast(spec, base_dir=base_dir, log=lambda text: print(f"[baseline] {text}", file=sys.stderr))
+    if forecast is not None:
+        summary["forecast"] = forecast
     return summary

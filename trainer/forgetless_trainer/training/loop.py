@@ -15,6 +15,11 @@ Order of work:
 7. final checkpoint, mitigations' `on_train_end` (replay buffer, EWC state), the output (adapter or
    full model + tokenizer) written atomically by rank 0 to WORKDIR/train/output.
 
+General KL (training/general_kl.py): the mean per-token KL(π₀‖π) on the regression suite's general
+probe items is measured at step 0, at every forgetting-budget probe and at the end (`generalKL`,
+`generalKLHistory` in the summary, forgetless_train_general_kl); for full fine-tuning π₀ is cached
+from the untouched model before the first step (and before a resume loads trained weights).
+
 A step is one optimizer step. Total steps = ceil(epochs · steps_per_epoch), capped by `maxSteps`.
 """
 
@@ -38,7 +43,7 @@ from forgetless_trainer import data as D
 from forgetless_trainer import chat, live_metrics, mitigations
 from forgetless_trainer.mitigations.base import Mitigation, Stop, TrainContext
 from forgetless_trainer.progress import StageProgress
-from forgetless_trainer.training import checkpoint, config, distributed, knobs, packing
+from forgetless_trainer.training import checkpoint, config, distributed, general_kl, knobs, packing
 
 
 @dataclass
@@ -86,6 +91,9 @@ class Trainer:
         self.replan_needed = False
         self.rewind_to: tuple[int, tuple[int, int]] | None = None
         self.metrics = live_metrics.TrainMetrics(job.metadata.name, job.metadata.namespace)
+        self.kl: general_kl.GeneralKL | None = None
+        self.kl_note: str | None = None
+        self.kl_history: list[tuple[int, float]] = []
 
     # ------------------------------------------------------------------ TrainerView
 
@@ -195,6 +203,17 @@ class Trainer:
         if self.progress is not None:
             self.progress.message(text)
 
+    def general_kl(self) -> float | None:
+        """Measure the mean per-token KL(π₀‖π) on the general probe items now (None when it cannot be
+        measured: module doc of training/general_kl.py); recorded in the history and the live metric.
+        Every rank computes the same value (ZeRO-3 needs every rank in the forward passes)."""
+        if self.kl is None:
+            return None
+        value = self.kl.measure(self.model)
+        self.kl_history.append((self.steps_taken, value))
+        self.metrics.general_kl(value)
+        return value
+
     # ------------------------------------------------------------------ setup
 
     def setup(self) -> None:
@@ -251,6 +270,16 @@ class Trainer:
 
             factory = lambda: suite_probe(self.job, budget.probe_items, self.base_dir)  # noqa: E731
         self.mitigations = mitigations.build(spec, probe=self.probe, probe_factory=factory)
+        try:
+            max_length = getattr(model.config, "max_position_embeddings", None)
+            self.kl = general_kl.for_job(self.job, tokenizer, base_dir=self.base_dir, max_length=max_length)
+            if not self.kl.rows:
+                self.kl_note = "general KL: the regression suite has no general items with a reference answer"
+                self.kl = None
+        except StageError as exc:
+            self.kl_note = f"general KL not measured: {exc}"
+        if self.kl is None and budget is not None and budget.signal == "kl":
+            raise StageError(f"spec.mitigation.forgettingBudget.signal kl needs the general KL: {self.kl_note}")
         self.method = self.ctx.method = self.mitigations[0]  # build() puts the method first
         for mitigation in self.mitigations:
             model = mitigation.configure_model(model, self.ctx)
@@ -316,6 +345,7 @@ class Trainer:
             "finished": finished,
             "stop_message": self.stop_message,
             "final_weights": final_weights,
+            "general_kl_history": [list(h) for h in self.kl_history],
         }
 
     def _save_checkpoint(self, epoch: int, step_in_epoch: int, finished: str | None = None, final_weights=None) -> None:
@@ -345,6 +375,7 @@ class Trainer:
         self.train_seconds = state["train_seconds"]
         self.last_loss = state["last_loss"]
         self.stop_message = state.get("stop_message")
+        self.kl_history = [(int(s), float(v)) for s, v in state.get("general_kl_history") or []]
         for mitigation in self.mitigations:
             if mitigation.name in state["mitigations"]:
                 mitigation.load_state_dict(state["mitigations"][mitigation.name])
@@ -382,7 +413,13 @@ class Trainer:
         self.progress = StageProgress("train", self.total_steps, unit="step", enabled=self.ctx.is_main,
                                       stream=self.progress_stream)
         live_metrics.serve(self.ranks.local_rank)
+        if self.kl_note:
+            self.message(self.kl_note)
+        if self.kl is not None and not general_kl.has_adapter(self.model):
+            self.kl.cache_reference(self.model)  # the untouched base, before a resume loads trained weights
         epoch, step_in_epoch, finished, final_weights = self._resume()
+        if self.kl is not None and not self.kl_history:
+            self.general_kl()  # step 0: 0 by definition, measured (a check of the reference)
         self.position = (epoch, step_in_epoch)
         self.started = time.perf_counter()
         self.progress.start_at(self.step)
@@ -398,6 +435,9 @@ class Trainer:
         else:
             stopped, epoch, step_in_epoch = self._loop(epoch, step_in_epoch)
         reason = stopped.reason if stopped else ("max_steps" if self.capped_by_max_steps else "completed")
+        final_kl = self.general_kl()  # the final weights (a stop has restored its snapshot)
+        if final_kl is not None:
+            self.message(f"general KL(base‖model) {final_kl:.4f} nats/token over {self.kl.tokens} answer tokens")
         if stopped:
             self.stop_message = stopped.message
             self.message(stopped.message)
@@ -432,6 +472,13 @@ class Trainer:
             "trainExamples": len(self.ctx.task_train),
             "validationExamples": len(self.ctx.validation),
         }
+        if final_kl is not None:
+            summary.update({
+                "generalKL": round(final_kl, 6),
+                "generalKLHistory": [[s, round(v, 6)] for s, v in self.kl_history[-50:]],
+                "generalKLTokens": self.kl.tokens,
+                "generalKLReference": self.kl.reference,
+            })
         if self.stop_message:
             summary["message"] = self.stop_message
         if self.resume_from is not None:

@@ -1,0 +1,149 @@
+"""The forecast before training: how far the task is from what the base model knows.
+
+The baseline stage measures the base model's mean per-token loss (nats, response tokens only, the
+training format of the train stage: its chat template or the raw `prompt =>` format, `maxSeqLength`)
+on a sample of `SAMPLE` records of the task data (`dataset.task`, its training split's files) and
+of the general data (`dataset.general`), and defines
+
+    distance = taskLoss − generalLoss          (nats per token)
+
+the extra surprise the task's answers hold for the model over data it knows. Fine-tuning has to
+move the model by about that much on the task, and the further it moves the more it forgets
+("RL's Razor": forgetting tracks KL(π₀‖π); a task far from the model needs a large KL to learn).
+
+Bands and what they suggest (calibrated on the bundled world by benchmarks/kl_forecast.py; see the
+README for how well it predicts — with one model and two tasks, the bands are a starting point, not
+a law):
+
+| band     | distance        | suggestion                                                                 |
+|----------|-----------------|----------------------------------------------------------------------------|
+| near     | < NEAR          | LoRA, 0–20 % general data, the method's default learning rate              |
+| moderate | NEAR … FAR      | LoRA + 30 % general data (the seed rule), default learning rate            |
+| far      | ≥ FAR           | LoRA + ≥ 50 % general data; full fine-tuning only with a forgetting budget |
+
+The summary's `forecast` holds {taskLoss, generalLoss, distance, band, suggestion, records}; the
+stage prints one line. It costs two forward passes over 64 short records (about a second on the
+bundled 3 M model); when the data cannot be read the forecast is skipped with a line saying why and
+the stage goes on (the forecast is advice, never a reason to fail).
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+SAMPLE = 64
+NEAR = 1.0
+FAR = 3.0
+BATCH = 16
+
+SUGGESTIONS: dict[str, dict[str, Any]] = {
+    "near": {"method": "lora", "generalFraction": 0.0, "learningRate": "default",
+             "text": "LoRA, 0-20 % general data, the default learning rate"},
+    "moderate": {"method": "lora", "generalFraction": 0.3, "learningRate": "default",
+                 "text": "LoRA + 30 % general data (the seed rule), the default learning rate"},
+    "far": {"method": "lora", "generalFraction": 0.5, "learningRate": "default",
+            "text": "LoRA + at least 50 % general data; full fine-tuning only with a forgetting budget"},
+}
+
+
+def band(distance: float) -> str:
+    return "near" if distance < NEAR else "moderate" if distance < FAR else "far"
+
+
+def meets(suggestion: dict[str, Any], method: str, general_fraction: float, budget: bool) -> bool:
+    """Does a policy train at least as gently as `suggestion`? (A forgetting budget stands in for the
+    mixing a full fine-tune lacks: it adds general data itself when it breaches.)"""
+    if budget:
+        return True
+    return method == suggestion["method"] and general_fraction >= suggestion["generalFraction"] - 1e-9
+
+
+def _sample(examples: list[Any], n: int, seed: int) -> list[Any]:
+    if len(examples) <= n:
+        return list(examples)
+    return random.Random(f"forecast-{seed}").sample(list(examples), n)
+
+
+def mean_loss(model: Any, encoder: Any, examples: list[Any]) -> float:
+    """Mean per-token NLL over the labelled (response) tokens of `examples`."""
+    import torch
+
+    from forgetless_trainer import data as D
+
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for batch in encoder.batches(examples, BATCH):
+                batch = {k: v.to(device) for k, v in batch.items()}
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                nll, mask = D.token_nll(logits, batch["labels"])
+                total += float((nll * mask).sum())
+                count += int(mask.sum())
+    finally:
+        model.train(was_training)
+    return total / max(count, 1)
+
+
+def forecast(spec: Any, model: Any, tokenizer: Any, base_dir: Path | None = None, n: int = SAMPLE) -> dict[str, Any]:
+    """The forecast of `spec` for the (base) `model`; raises StageError when the data cannot be read."""
+    from forgetless_trainer import chat
+    from forgetless_trainer import data as D
+
+    task = D.read_source(spec.dataset.task, spec.dataset.format, field_name="dataset.task", base_dir=base_dir)
+    general = D.read_source(spec.dataset.general, None, field_name="dataset.general", base_dir=base_dir,
+                            tag="general")
+    template = chat.install_template(tokenizer, spec.dataset, base_dir)
+    encoder = D.Encoder(tokenizer, spec.training.max_seq_length,
+                        chat=chat.ChatFormat(tokenizer, template) if template else None)
+    seed = spec.training.seed
+    task_loss = mean_loss(model, encoder, _sample(task, n, seed))
+    general_loss = mean_loss(model, encoder, _sample(general, n, seed))
+    distance = task_loss - general_loss
+    which = band(distance)
+    suggestion = SUGGESTIONS[which]
+    return {
+        "taskLoss": round(task_loss, 4),
+        "generalLoss": round(general_loss, 4),
+        "distance": round(distance, 4),
+        "band": which,
+        "suggestion": dict(suggestion),
+        "records": min(n, len(task)) + min(n, len(general)),
+        "policyMeetsSuggestion": meets(suggestion, spec.method.type, spec.mitigation.data_mixing.general_fraction,
+                                       spec.mitigation.forgetting_budget is not None),
+    }
+
+
+def line(result: dict[str, Any]) -> str:
+    """The one forecast line the baseline stage prints."""
+    verdict = ("this job's policy is at least that gentle" if result["policyMeetsSuggestion"]
+               else "this job's policy is gentler than that: expect forgetting")
+    return (f"forecast: task loss {result['taskLoss']:.2f} vs general {result['generalLoss']:.2f} nats/token, "
+            f"distance {result['distance']:+.2f} ({result['band']}); suggests {result['suggestion']['text']}; "
+            f"{verdict}")
+
+
+def run_forecast(spec: Any, base_dir: Path | None = None, model: Any = None, tokenizer: Any = None,
+                 log=print) -> dict[str, Any] | None:
+    """The forecast for the baseline stage: loads the base model when not given; None (and a line) when
+    the data or the model cannot be read."""
+    from forgetless.errors import StageError
+
+    try:
+        if model is None:
+            from forgetless_trainer.modeling import load_model_and_tokenizer
+
+            model, tokenizer = load_model_and_tokenizer(spec.model, base_dir=base_dir)
+        result = forecast(spec, model, tokenizer, base_dir)
+    except StageError as exc:  # data or model not reachable: say so, the stage goes on
+        log(f"forecast skipped: {exc}")
+        return None
+    except Exception as exc:  # noqa: BLE001 - advice must never fail the baseline stage
+        log(f"forecast skipped: {type(exc).__name__}: {exc}")
+        return None
+    log(line(result))
+    return result
