@@ -4,7 +4,7 @@ events). Plain data; the kopf edge (handlers.py) gathers the one and applies the
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Union
+from typing import Any, Union
 
 
 @dataclass
@@ -78,3 +78,16 @@ class Decision:
     actions: list[Action]
     status: dict
     events: list[Event]
+
+
+def requested(action: Any) -> tuple[str, str, str]:
+    """(verb, resource kind, namespace) of the API request an action makes: what a 403 names."""
+    if isinstance(action, CreateObject):
+        return "create", action.obj.get("kind", "?"), (action.obj.get("metadata") or {}).get("namespace", "")
+    if isinstance(action, DeleteObject):
+        return "delete", action.kind, action.namespace
+    if isinstance(action, PatchObject):
+        return "patch", action.kind, action.namespace
+    if isinstance(action, RecordBaselineCache):
+        return "patch", "ConfigMap", action.namespace
+    return "apply", type(action).__name__, ""

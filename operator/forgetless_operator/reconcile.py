@@ -94,6 +94,20 @@ def spec_hash(spec: Mapping[str, Any]) -> str:
 # --------------------------------------------------------------------------- the reconciler
 
 
+def set_condition(status: dict, type_: str, value: str, reason: str, message: str, now_s: str,
+                  generation: Any) -> None:
+    """Set condition `type_` in `status` (lastTransitionTime moves only when its status changes)."""
+    conditions = status.setdefault("conditions", [])
+    for cond in conditions:
+        if cond["type"] == type_:
+            if cond["status"] != value:
+                cond["lastTransitionTime"] = now_s
+            cond.update(status=value, reason=reason, message=short(message), observedGeneration=generation)
+            return
+    conditions.append({"type": type_, "status": value, "reason": reason, "message": short(message),
+                       "lastTransitionTime": now_s, "observedGeneration": generation})
+
+
 class _Run:
     """One reconcile pass: mutable working state, so the steps stay short."""
 
@@ -124,18 +138,7 @@ class _Run:
         self.events.append(Event("Warning" if warning else "Normal", reason, short(message)))
 
     def set_condition(self, type_: str, status: str, reason: str, message: str) -> None:
-        conditions = self.status.setdefault("conditions", [])
-        for cond in conditions:
-            if cond["type"] == type_:
-                if cond["status"] != status:
-                    cond["lastTransitionTime"] = self.now_s
-                cond.update(status=status, reason=reason, message=short(message),
-                            observedGeneration=self.meta.get("generation"))
-                return
-        conditions.append({
-            "type": type_, "status": status, "reason": reason, "message": short(message),
-            "lastTransitionTime": self.now_s, "observedGeneration": self.meta.get("generation"),
-        })
+        set_condition(self.status, type_, status, reason, message, self.now_s, self.meta.get("generation"))
 
     def condition(self, type_: str) -> dict | None:
         for cond in self.status.get("conditions") or []:
@@ -654,3 +657,22 @@ def reconcile(
 ) -> Decision:
     """Decide what to do for one FineTuneJob. Pure: no I/O, `job` and `observed` are not modified."""
     return _Run(job, observed, now, config or OperatorConfig(), cache_key or default_cache_key).run()
+
+
+def permission_denied_status(ftj: Mapping[str, Any], denied: list[tuple[str, str, str, str]], now: datetime) -> dict:
+    """The status to write when the API server refused (HTTP 403) requests the reconcile needed:
+    `denied` = [(verb, kind, namespace, server message)]. The phase stays; Ready and Progressing go
+    False with reason PermissionDenied and a message naming each verb and resource, and the fix. The
+    next resync tries again, and the first reconcile that gets through sets the conditions anew."""
+    status = copy.deepcopy(dict(ftj.get("status") or {}))
+    status.pop("kopf", None)
+    wanted = "; ".join(sorted({f"{verb} {kind.lower()}s" + (f" in namespace {ns}" if ns else "")
+                                for verb, kind, ns, _ in denied}))
+    message = (f"the operator's ServiceAccount may not {wanted}: grant it in the operator's RBAC (the Helm chart's "
+               f"ClusterRole grants it); retrying every resync")
+    generation = (ftj.get("metadata") or {}).get("generation")
+    status.setdefault("phase", "Pending")
+    status["message"] = message
+    for type_ in ("Ready", "Progressing"):
+        set_condition(status, type_, "False", "PermissionDenied", message, fmt_time(now), generation)
+    return status

@@ -28,11 +28,12 @@ from forgetless_operator.decision import (
     Observed,
     PatchObject,
     RecordBaselineCache,
+    requested,
 )
 from forgetless_operator.kube import ApiError, KubeClient
 from forgetless_operator.metrics import OperatorMetrics
 from forgetless_operator.observation import index_jobs, owned_by
-from forgetless_operator.reconcile import fmt_time, reconcile
+from forgetless_operator.reconcile import fmt_time, permission_denied_status, reconcile
 from forgetless_operator.sweep_reconcile import LABEL_SWEEP, reconcile_sweep
 
 log = logging.getLogger("forgetless.operator")
@@ -366,6 +367,11 @@ class Runtime:
         observed = await self.observe(ftj)
         decision = reconcile(ftj, observed, self.clock(), self.config, cache_key=self.cache_key)
         results = await asyncio.gather(*(self.apply(a) for a in decision.actions), return_exceptions=True)
+        denied = [(*requested(a), str(r)) for a, r in zip(decision.actions, results)
+                  if isinstance(r, ApiError) and r.status == 403]
+        if denied:  # missing RBAC: say so on the job and in the log, and try again at the next resync
+            await self._permission_denied(ftj, denied)
+            return decision
         for result in results:
             if isinstance(result, BaseException):
                 raise result  # the status is not patched: the next reconcile redoes the whole step
@@ -393,12 +399,37 @@ class Runtime:
             self.metrics.observe(namespace, name, old, decision.status)
         return decision
 
+    async def _permission_denied(self, ftj: dict, denied: list[tuple[str, str, str, str]]) -> None:
+        meta = ftj["metadata"]
+        for verb, kind, namespace, why in denied:
+            log.error("forbidden: the operator may not %s %s in namespace %s (for FineTuneJob %s/%s): %s; grant it "
+                      "in the operator's (Cluster)Role", verb, kind.lower() + "s", namespace or "-", meta["namespace"],
+                      meta["name"], why)
+        status = permission_denied_status(ftj, denied, self.clock())
+        old = dict(ftj.get("status") or {})
+        old.pop("kopf", None)
+        patch = merge_patch(old, status)
+        if not patch:
+            return
+        try:
+            written = await self.kube.patch(API_VERSION, KIND, meta["namespace"], meta["name"], {"status": patch},
+                                            subresource="status")
+            self._fingerprints[(meta["namespace"], meta["name"])] = fingerprint(written)
+        except ApiError as exc:
+            log.error("could not record the missing permission on FineTuneJob %s/%s either: %s",
+                      meta["namespace"], meta["name"], exc)
+
     async def _post(self, ftj: dict, event: Any, now: str) -> None:
         body = children.event(ftj, event.reason, event.message, event.type, now, self.instance)
         try:
             await self.kube.create(body)
         except ApiError as exc:  # an event is worth a log line, not a failed reconcile
-            log.warning("posting event %s for %s failed: %s", event.reason, ftj["metadata"]["name"], exc)
+            if exc.status == 403:
+                log.error("forbidden: the operator may not create events in namespace %s (event %s for %s): %s; "
+                          "grant it in the operator's (Cluster)Role", ftj["metadata"]["namespace"], event.reason,
+                          ftj["metadata"]["name"], exc)
+            else:
+                log.warning("posting event %s for %s failed: %s", event.reason, ftj["metadata"]["name"], exc)
 
     async def apply(self, action: Any) -> None:
         kube = self.kube

@@ -143,14 +143,16 @@ def _delete_finetunejobs(kube, namespace: str) -> None:
 class OperatorProcess:
     """`forgetless operator --standalone` watching one namespace, as a subprocess that a test may kill."""
 
-    def __init__(self, namespace: str, log_path: Path) -> None:
+    def __init__(self, namespace: str, log_path: Path, env: dict[str, str] | None = None) -> None:
         self.namespace = namespace
         self.log_path = log_path
         self.port = _free_port()
         self.proc: subprocess.Popen | None = None
+        self.extra_env = dict(env or {})  # e.g. KUBECONFIG of a ServiceAccount with fewer rights
 
     def start(self) -> "OperatorProcess":
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(REPO / d) for d in ("core", "operator", "cli"))}
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(REPO / d) for d in ("core", "operator", "cli")),
+               **self.extra_env}
         log = self.log_path.open("a")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "forgetless_cli", "operator", "--namespace", self.namespace, "--standalone",

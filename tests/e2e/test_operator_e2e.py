@@ -132,3 +132,80 @@ def test_deleting_a_finetunejob_needs_no_operator(kube, namespace: str, operator
     custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
     wait(lambda: not custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"],
          "the FineTuneJob gone with no operator running", timeout=15)
+
+
+def _service_account_kubeconfig(kube, namespace: str, account: str, path: Path) -> Path:
+    """A kubeconfig for the cluster of $KUBECONFIG that authenticates as ServiceAccount `account`."""
+    import os
+
+    core = kube.client.CoreV1Api()
+    core.create_namespaced_service_account(namespace, {"metadata": {"name": account}})
+    token = core.create_namespaced_service_account_token(
+        account, namespace, {"spec": {"expirationSeconds": 3600}}).status.token
+    config = yaml.safe_load(Path(os.environ["KUBECONFIG"]).read_text())
+    context = next(c for c in config["contexts"] if c["name"] == config["current-context"])
+    context["context"]["user"] = account
+    config["users"] = [{"name": account, "user": {"token": token}}]
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_missing_rbac_is_a_condition_and_a_log_line_not_a_crash_loop(kube, crd, namespace: str, tmp_path: Path):
+    from tests.e2e.conftest import OperatorProcess
+
+    rbac, custom = kube.client.RbacAuthorizationV1Api(), kube.client.CustomObjectsApi()
+    # everything the operator needs in its namespace, except creating ConfigMaps and events
+    rules = [
+        {"apiGroups": [GROUP], "resources": ["finetunejobs", "finetunejobs/status", "finetunesweeps",
+                                             "finetunesweeps/status"], "verbs": ["*"]},
+        {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["*"]},
+        {"apiGroups": [""], "resources": ["pods", "persistentvolumeclaims"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": [""], "resources": ["services"], "verbs": ["*"]},
+        {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "watch", "patch", "update", "delete"]},
+    ]
+    rbac.create_namespaced_role(namespace, {"metadata": {"name": "operator"}, "rules": rules})
+    rbac.create_namespaced_role_binding(namespace, {
+        "metadata": {"name": "operator"}, "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "operator"},
+        "subjects": [{"kind": "ServiceAccount", "name": "restricted", "namespace": namespace}]})
+    # what kopf reads at cluster scope even when it watches one namespace (the chart's ClusterRole grants it)
+    cluster_name = f"{namespace}-kopf"
+    rbac.create_cluster_role({"metadata": {"name": cluster_name}, "rules": [
+        {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]}]})
+    rbac.create_cluster_role_binding({
+        "metadata": {"name": cluster_name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": cluster_name},
+        "subjects": [{"kind": "ServiceAccount", "name": "restricted", "namespace": namespace}]})
+    kube.client.CoreV1Api().create_namespaced_persistent_volume_claim(namespace, {
+        "metadata": {"name": "outputs"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}})
+    kubeconfig = _service_account_kubeconfig(kube, namespace, "restricted", tmp_path / "restricted.kubeconfig")
+    operator = OperatorProcess(namespace, tmp_path / "operator.log", env={"KUBECONFIG": str(kubeconfig)}).start()
+    try:
+        manifest = yaml.safe_load((REPO / "examples" / "recommended.yaml").read_text())
+        manifest["spec"]["output"] = {"pvc": {"claimName": "outputs"}}
+        name = manifest["metadata"]["name"]
+        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, manifest)
+
+        def status() -> dict:
+            return custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name).get("status") or {}
+
+        ready = e2e_wait(lambda: next((c for c in status().get("conditions") or []
+                                       if c["type"] == "Ready" and c["reason"] == "PermissionDenied"), None),
+                         "the PermissionDenied condition", timeout=60)
+        assert ready["status"] == "False" and "create configmaps in namespace " + namespace in ready["message"]
+        e2e_wait(lambda: "forbidden: the operator may not create configmaps" in operator.log(), "the log line")
+        time.sleep(12)  # two resyncs later: still running, still saying why, nothing half-created
+        assert operator.proc.poll() is None, operator.log()[-2000:]
+        assert "PermissionDenied" == next(c for c in status()["conditions"] if c["type"] == "Ready")["reason"]
+        # granted: the next resync goes on by itself
+        rules[-1]["verbs"].append("create")
+        rbac.patch_namespaced_role("operator", namespace, {"rules": rules})
+        e2e_wait(lambda: status().get("phase") == "Baseline", "the baseline stage once permitted", timeout=60)
+        assert next(c for c in status()["conditions"] if c["type"] == "Ready")["reason"] != "PermissionDenied"
+        assert "forbidden: the operator may not create events" in operator.log()  # events: still denied, logged
+    finally:
+        custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "support-recommended")
+        operator.stop()
+        rbac.delete_cluster_role_binding(cluster_name)
+        rbac.delete_cluster_role(cluster_name)
