@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -293,6 +294,36 @@ def test_an_oom_killed_evaluate_pod_is_retried_and_gives_the_uninterrupted_verdi
     assert status["gate"] == reference["gate"] and status["finalScores"] == reference["finalScores"]
     (warning,) = [e for e in cluster.events(killed) if e.reason == "EvaluateRetrying"]
     assert warning.type == "Warning" and "OOMKilled" in warning.message and "memory limit 6Gi" in warning.message
+
+
+K8S_DIR = os.environ.get("FORGETLESS_E2E_K8S_DIR")  # set by .ci/run: the control plane this session may restart
+K8S_SCRIPTS = Path(__file__).resolve().parents[3] / "shared" / "k8s"
+
+
+@pytest.mark.skipif(not K8S_DIR or not (K8S_SCRIPTS / "up").exists(),
+                    reason="restarting the API server needs the project's test control plane (FORGETLESS_E2E_K8S_DIR, "
+                           "set by .ci/run); a user's cluster is not restarted by a test")
+def test_the_api_server_restarting_mid_training_loses_nothing(cluster: Cluster):
+    import subprocess
+
+    name = cluster.apply(manifest("e2e-apiserver", LORA, {"training": {"maxSteps": 60, "checkpointIntervalSteps": 10}}))
+    wait(lambda: any(r.name.startswith(f"{name}-train-") and r.exit_code is None for r in cluster.node.pods()),
+         "the train pod running", timeout=300, period=0.2)
+    subprocess.run([str(K8S_SCRIPTS / "down"), K8S_DIR], check=True, timeout=120, capture_output=True)
+    time.sleep(30)  # the control plane is away; the train pod goes on (or finishes) on the node
+    subprocess.run([str(K8S_SCRIPTS / "up"), K8S_DIR], check=True, timeout=240, capture_output=True)
+    status = cluster.finish(name)
+    expect_succeeded(cluster, name, status)
+    assert cluster.operator.proc.poll() is None  # the same operator process: it reconnected by itself
+    selector = f"forgetless.dev/job={name}"
+    jobs = sorted(j.metadata.name for j in cluster.batch.list_namespaced_job(cluster.namespace, label_selector=selector).items)
+    assert jobs == [f"{name}-baseline", f"{name}-evaluate", f"{name}-train"]
+    configmaps = [c.metadata.name for c in cluster.core.list_namespaced_config_map(cluster.namespace, label_selector=selector).items]
+    assert configmaps == [f"{name}-spec"]
+    for stage in ("baseline", "train", "evaluate"):
+        assert status["stages"][stage]["phase"] == "Succeeded" and status["stages"][stage]["result"]
+        assert len(cluster.stage_pods(name, stage)) == 1  # nothing ran twice
+    assert status["stages"]["train"]["result"]["steps"] == 60 and status["gate"]["verdict"]
 
 
 def test_operator_killed_mid_stage_restarts_without_duplicates_or_lost_results(cluster: Cluster):
