@@ -14,6 +14,11 @@ Where: `spec.output.promotePath` if set, else `<work dir>/promoted`. With an out
 (`output.pvc`) promotePath is a path inside that volume (below its subPath), as every other
 in-volume path of the spec; locally it is a plain path (relative to the manifest's directory).
 
+Space: before writing, the free space where the model goes is compared with what it needs (the
+merged weights + the adapter, or the full model's files); too little, or ENOSPC / EDQUOT while
+writing, fails the stage with a StageError naming the volume and the bytes needed. The staging
+directory is removed and an earlier promoted model stays as it was.
+
 The result (`promotedModel`) names the directory, and with an output volume the claim, the path
 inside the claim and a `pvc://<claim>/<path>` URI (the form KServe's storageUri takes), plus a
 content digest over every file, so a consumer can check it got exactly what passed.
@@ -21,12 +26,14 @@ content digest over every file, so a consumer can check it got exactly what pass
 
 from __future__ import annotations
 
+import errno
 import shutil
 from pathlib import Path
 from typing import Any
 
 from forgetless import atomic
 from forgetless.api.schema import FineTuneJob
+from forgetless.errors import StageError
 from forgetless.locations import pvc_root, resolve_path
 
 TRAIN_OUTPUT = Path("train") / "output"
@@ -53,6 +60,23 @@ def volume_location(job: FineTuneJob, path: Path) -> dict[str, str]:
     return {"claimName": pvc.claim_name, "pathInVolume": relative, "uri": f"pvc://{pvc.claim_name}/{relative}"}
 
 
+def _bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
+
+
+def _size(count: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if count < 1024 or unit == "TiB":
+            return f"{count:.1f} {unit}" if unit != "B" else f"{int(count)} B"
+        count /= 1024
+    return f"{count:.1f} TiB"
+
+
+def _volume_name(job: FineTuneJob, destination: Path) -> str:
+    claim = job.spec.output.pvc.claim_name if job.spec.output.pvc is not None else None
+    return f"the output volume (PVC {claim})" if claim else f"the file system of {destination.parent}"
+
+
 def promote(job: FineTuneJob, workdir: Path, base_dir: Path | None = None,
             source: Path | None = None) -> dict[str, Any] | None:
     """Write the trained model (or `source`: the rescued model, in the train stage's output format) to
@@ -67,16 +91,36 @@ def promote(job: FineTuneJob, workdir: Path, base_dir: Path | None = None,
         raise FileNotFoundError(f"no trained model in {source}: the train stage writes it there")
     destination = promotion_target(job, workdir, base_dir)
     merged = (source / "adapter_config.json").exists()
-    with atomic.atomic_directory(destination) as staging:
-        if merged:
-            from forgetless_trainer.modeling import load_model_and_tokenizer
+    model = tokenizer = None
+    if merged:
+        from forgetless_trainer.modeling import load_model_and_tokenizer
 
-            model, tokenizer = load_model_and_tokenizer(job.spec.model, adapter_path=source, base_dir=base_dir)
-            model.merge_and_unload().save_pretrained(staging)
-            tokenizer.save_pretrained(staging)
-            shutil.copytree(source, staging / "adapter")
-        else:
-            shutil.copytree(source, staging, dirs_exist_ok=True)
+        model, tokenizer = load_model_and_tokenizer(job.spec.model, adapter_path=source, base_dir=base_dir)
+        model = model.merge_and_unload()
+        needed = sum(p.numel() * p.element_size() for p in model.parameters()) + _bytes(source)
+    else:
+        needed = _bytes(source)
+    where = _volume_name(job, destination)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(destination.parent).free
+    if free < needed:
+        raise StageError(f"{where} has {_size(free)} free, promotion needs {_size(needed)} ({needed} bytes) for the "
+                         f"model at {destination}: free space or enlarge the volume, then rerun the evaluate stage; "
+                         "an earlier promoted model there is untouched")
+    try:
+        with atomic.atomic_directory(destination) as staging:
+            if merged:
+                model.save_pretrained(staging)
+                tokenizer.save_pretrained(staging)
+                shutil.copytree(source, staging / "adapter")
+            else:
+                shutil.copytree(source, staging, dirs_exist_ok=True)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise StageError(f"{where} ran out of space while promoting ({exc.strerror}): the model needs about "
+                         f"{_size(needed)} ({needed} bytes) at {destination}; nothing partial was left and an earlier "
+                         "promoted model there is untouched") from exc
     record: dict[str, Any] = {
         "path": str(destination),
         "digest": atomic.directory_digest(destination),
