@@ -29,6 +29,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # each case trains through rea
 
 GROUP, VERSION, PLURAL = "forgetless.dev", "v1alpha1", "finetunejobs"
 CLAIM = "outputs"
+REPO = Path(__file__).resolve().parents[2]
 JOB_TIMEOUT = 420.0
 
 BASE: dict[str, Any] = {
@@ -239,6 +240,28 @@ def test_a_blocked_naive_job_is_rescued_by_interpolation_in_the_evaluate_pod(clu
     assert (promoted[key] - expected).abs().max().item() < 1e-5
     assert (promoted[key] - tuned[key]).abs().max().item() > 1e-4
     assert "GateRescued" in {e.reason for e in cluster.events(name)}
+
+
+def test_bad_suite_data_on_the_volume_fails_the_job_before_anything_is_trained(cluster: Cluster):
+    import shutil
+
+    suite = cluster.volume / "suites" / "broken"
+    shutil.copytree(REPO / "core" / "forgetless" / "bundled" / "suites" / "world-v1", suite)
+    lines = (suite / "knowledge_qa.jsonl").read_text().splitlines()
+    lines[6] = '{"id": "knowledge_qa-broken", "prompt": "unterminated'
+    (suite / "knowledge_qa.jsonl").write_text("\n".join(lines) + "\n")
+    bad = {"regression": {**BASE["spec"]["regression"],
+                          "suite": {"path": "suites/broken", "pvc": {"claimName": CLAIM}}}}
+    name = cluster.apply(manifest("e2e-bad-suite", LORA, bad))
+    status = cluster.finish(name)
+    assert status["phase"] == "Failed", status.get("message")
+    assert "knowledge_qa.jsonl:7: malformed JSONL line" in status["message"], status["message"]
+    assert "spec.regression.suite" in status["message"]
+    assert [c["reason"] for c in status["conditions"] if c["type"] == "Ready"] == ["BaselineFailed"]
+    jobs = {j.metadata.name for j in cluster.batch.list_namespaced_job(
+        cluster.namespace, label_selector=f"forgetless.dev/job={name}").items}
+    assert jobs == {f"{name}-baseline"}  # nothing was trained
+    assert not (cluster.workdir(name) / "train").exists()
 
 
 def test_two_workers_succeed_with_identical_weights(cluster: Cluster):
