@@ -121,7 +121,7 @@ def forecast(spec: Any, model: Any, tokenizer: Any, base_dir: Path | None = None
 def line(result: dict[str, Any]) -> str:
     """The one forecast line the baseline stage prints."""
     verdict = ("this job's policy is at least that gentle" if result["policyMeetsSuggestion"]
-               else "this job's policy is gentler than that: expect forgetting")
+               else "this job's policy is harsher than that: expect forgetting")
     return (f"forecast: task loss {result['taskLoss']:.2f} vs general {result['generalLoss']:.2f} nats/token, "
             f"distance {result['distance']:+.2f} ({result['band']}); suggests {result['suggestion']['text']}; "
             f"{verdict}")
