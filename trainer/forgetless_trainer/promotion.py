@@ -12,7 +12,7 @@ What is written (atomically: a staging directory renamed over the target):
 
 Where: `spec.output.promotePath` if set, else `<work dir>/promoted`. With an output volume
 (`output.pvc`) promotePath is a path inside that volume (below its subPath), as every other
-in-volume path of the spec; locally it is a plain path (relative to the manifest's directory).
+in-volume path of the spec; locally it is a plain path (relative to the current directory).
 
 The result (`promotedModel`) names the directory, and with an output volume the claim, the path
 inside the claim and a `pvc://<claim>/<path>` URI (the form KServe's storageUri takes), plus a
@@ -27,16 +27,15 @@ from typing import Any
 
 from forgetless import atomic
 from forgetless.api.schema import FineTuneJob
+from forgetless.contract import PROMOTED_DIR, TRAIN_OUTPUT
 from forgetless.locations import pvc_root, resolve_path
 
-TRAIN_OUTPUT = Path("train") / "output"
-DEFAULT_DIR = "promoted"
 
 
 def promotion_target(job: FineTuneJob, workdir: Path, base_dir: Path | None = None) -> Path:
     output = job.spec.output
     if not output.promote_path:
-        return Path(workdir) / DEFAULT_DIR
+        return Path(workdir) / PROMOTED_DIR
     return resolve_path(output.promote_path, pvc=output.pvc, kind="model", base_dir=base_dir)
 
 

@@ -31,14 +31,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from forgetless import atomic
+from forgetless import atomic, contract
 from forgetless.api.schema import FineTuneJob
 from forgetless.api.sweep import FineTuneSweep, TrialStatus
 from forgetless.lifecycle import mean_general_score
 from forgetless.sweep import TrialRequest, next_actions, pareto_front, select_best, trial_metrics
 
 SWEEP_FILE = "sweep.json"
-TRIAL_JOB_FILE = "job.json"
 
 
 class SweepError(Exception):
@@ -66,8 +65,8 @@ def trial_job(sweep: FineTuneSweep, request: TrialRequest) -> FineTuneJob:
 
 def _reset_for_next_rung(trial_dir: Path) -> None:
     """A continued trial: drop the previous rung's train and evaluate results (checkpoints stay)."""
-    (trial_dir / "train" / "summary.json").unlink(missing_ok=True)
-    for name in ("evaluate", "report"):
+    contract.summary_path(trial_dir, "train").unlink(missing_ok=True)
+    for name in (contract.EVALUATE_DIR, contract.REPORT_DIR):
         shutil.rmtree(trial_dir / name, ignore_errors=True)
 
 
@@ -80,7 +79,7 @@ def run_trial(job_wire: dict[str, Any], trial_dir: str, continues: bool, quiet_l
     directory.mkdir(parents=True, exist_ok=True)
     if continues:
         _reset_for_next_rung(directory)
-    atomic.write_text(directory / TRIAL_JOB_FILE, json.dumps(job.to_wire(), indent=2, sort_keys=True))
+    atomic.write_text(directory / contract.JOB_FILE, json.dumps(job.to_wire(), indent=2, sort_keys=True))
     name = job.metadata.name
     log = (lambda message: None) if quiet_log else (lambda message: print(f"  {name}: {message}", file=sys.stderr))
     result = execute(job, directory, log=log)
@@ -240,7 +239,7 @@ class LocalSweep:
     def _promote(self, best: TrialStatus) -> dict[str, Any]:
         from forgetless_trainer.promotion import promote
 
-        job_file = self.workdir / best.name / TRIAL_JOB_FILE
+        job_file = self.workdir / best.name / contract.JOB_FILE
         job = FineTuneJob.model_validate(json.loads(job_file.read_text()))
         job.spec.output.promote = self.sweep.spec.template.output.promote
         if not job.spec.output.promote:

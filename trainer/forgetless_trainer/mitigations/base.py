@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
+from forgetless import contract
 from forgetless.api.schema import FineTuneJob
 from forgetless.errors import StageError
 
@@ -69,7 +70,7 @@ class TrainContext:
 
     @property
     def train_dir(self) -> Path:
-        return self.workdir / "train"
+        return self.workdir / contract.TRAIN_DIR
 
     @property
     def is_main(self) -> bool:
@@ -162,8 +163,8 @@ def find_job_artifact(source: Any, ctx: TrainContext, filename: str, field_name:
     `source` is a ReplaySource:
     - `path`: the file itself, or a directory: an earlier job's work dir (`<dir>/train/<file>`),
       its train dir (`<dir>/<file>`) or its output dir (`<dir>/../<file>`, i.e. WORKDIR/train/output).
-      Relative paths are relative to the manifest's directory (`base_dir`; the current directory
-      in pods).
+      Relative paths are relative to `base_dir` when given, else to the current directory (the
+      stages pass none).
     - `fineTuneJob: NAME`: jobs' work dirs are siblings, so the earlier job's work dir is
       `<this job's work dir>/../NAME` (locally: `forgetless run` work dirs side by side; in the
       cluster: `<pvc root>/<claim>/<subPath>/NAME` on the shared output volume).
@@ -178,7 +179,7 @@ def find_job_artifact(source: Any, ctx: TrainContext, filename: str, field_name:
         described = f"path {str(start)!r}"
     if start.is_file():
         return start
-    for candidate in (start / "train" / filename, start / filename, start.parent / filename):
+    for candidate in (start / contract.TRAIN_DIR / filename, start / filename, start.parent / filename):
         if candidate.is_file():
             return candidate
     raise StageError(

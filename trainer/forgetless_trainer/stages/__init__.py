@@ -18,11 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from forgetless import atomic
+from forgetless.contract import TERMINATION_MESSAGE_LIMIT, TERMINATION_MESSAGE_PATH_ENV, summary_path
 from forgetless.errors import StageError
 from forgetless.lifecycle import STAGES
 
-TERMINATION_MESSAGE_ENV = "FORGETLESS_TERMINATION_MESSAGE_PATH"
-TERMINATION_MESSAGE_LIMIT = 4096
 DETAIL_KEYS = ("paired", "tasks", "probeHistory", "validationHistory", "generalKLHistory")
 """Per-task parts of a summary: in summary.json on the volume, never in the termination message
 (they grow with the suite; what the operator needs — scores per category, the gate's verdict,
@@ -101,7 +100,7 @@ def wire_summary(summary: dict[str, Any]) -> dict[str, Any]:
 
 def write_termination_message(document: dict[str, Any]) -> None:
     """This pod's own termination log (not shared): every rank writes its own."""
-    target = os.environ.get(TERMINATION_MESSAGE_ENV)
+    target = os.environ.get(TERMINATION_MESSAGE_PATH_ENV)
     if target:
         Path(target).write_text(compact(document))
 
@@ -109,7 +108,7 @@ def write_termination_message(document: dict[str, Any]) -> None:
 def write_summary(name: str, summary: dict[str, Any], workdir: Path) -> None:
     if is_main_process():
         text = json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n"
-        atomic.write_text(Path(workdir) / name / "summary.json", text)
+        atomic.write_text(summary_path(workdir, name), text)
     write_termination_message(wire_summary(summary))
 
 

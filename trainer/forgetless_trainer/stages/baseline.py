@@ -12,18 +12,18 @@ cannot be read).
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from forgetless.api.schema import FineTuneJob
 from forgetless.baseline_cache import BaselineCache
+from forgetless.contract import BASELINE_RESULTS
 from forgetless_trainer.evaluation.runner import (
     cache_keys, cached_baseline, load_and_evaluate, resolve_target, store_baseline,
 )
 
-RESULTS = Path("baseline") / "results.json"
+RESULTS = BASELINE_RESULTS
 
 
 def run(job: FineTuneJob, workdir: Path) -> dict[str, Any]:
@@ -43,8 +43,7 @@ def run(job: FineTuneJob, workdir: Path) -> dict[str, Any]:
     summary.update({"cacheKey": spec_key, "cached": cached})
     from forgetless_trainer.forecast import run_forecast
 
-    base_dir = Path(os.environ["FORGETLESS_BASE_DIR"]) if os.environ.get("FORGETLESS_BASE_DIR") else None
-    forecast = run_forecast(spec, base_dir=base_dir, log=lambda text: print(f"[baseline] {text}", file=sys.stderr))
+    forecast = run_forecast(spec, log=lambda text: print(f"[baseline] {text}", file=sys.stderr))
     if forecast is not None:
         summary["forecast"] = forecast
     return summary

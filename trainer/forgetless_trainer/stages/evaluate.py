@@ -32,6 +32,7 @@ from typing import Any
 
 from forgetless.api.schema import PROMOTING_VERDICTS, FineTuneJob
 from forgetless.baseline_cache import BaselineCache
+from forgetless.contract import BASELINE_RESULTS, EVALUATE_RESULTS, REPORT_DIR, TRAIN_OUTPUT, summary_path
 from forgetless.gate import GateError, evaluate_gate, paired_counts
 from forgetless_trainer.evaluation.results import EvaluationResult
 from forgetless_trainer.evaluation.runner import (
@@ -39,10 +40,7 @@ from forgetless_trainer.evaluation.runner import (
 )
 from forgetless.errors import StageError
 
-TRAIN_OUTPUT = Path("train") / "output"
-BASELINE_RESULTS = Path("baseline") / "results.json"
-RESULTS = Path("evaluate") / "results.json"
-REPORT_DIR = Path("report")
+RESULTS = EVALUATE_RESULTS
 
 
 def _workdir_baseline(path: Path, target: EvalTarget, limit: int | None) -> EvaluationResult | None:
@@ -122,9 +120,7 @@ def run(job: FineTuneJob, workdir: Path) -> dict[str, Any]:
         raise StageError(f"cannot compare with the baseline: {exc}") from exc
 
     from forgetless_trainer.evaluation.report import write_report
-    from forgetless_trainer.training.loop import env_base_dir
-
-    base_dir = env_base_dir()
+    base_dir = None  # relative paths resolve against the current directory
     unrescued, model_source = final, output
     if gate.verdict == "Failed" and spec.regression.rescue is not None:
         gate, rescued, rescued_model = rescue_blocked(job, workdir, target, baseline, gate, base_dir)
@@ -132,7 +128,7 @@ def run(job: FineTuneJob, workdir: Path) -> dict[str, Any]:
             final, model_source = rescued, rescued_model
             paired = paired_counts(baseline.items, final.items)
 
-    train_summary_path = workdir / "train" / "summary.json"
+    train_summary_path = summary_path(workdir, "train")
     train_summary = json.loads(train_summary_path.read_text()) if train_summary_path.exists() else None
     write_report(gate, baseline.category_scores(), final.category_scores(), workdir / REPORT_DIR, train_summary,
                  unrescued_scores=unrescued.category_scores() if final is not unrescued else None)

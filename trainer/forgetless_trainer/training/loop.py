@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import random
 import shutil
 import sys
@@ -36,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from forgetless import atomic
+from forgetless import atomic, contract
 from forgetless.api.schema import FineTuneJob
 from forgetless.errors import StageError
 from forgetless_trainer import data as D
@@ -246,7 +245,7 @@ class Trainer:
             chat=chat.ChatFormat(tokenizer, template) if template else None, packing=spec.training.packing,
         )
         distributed.init_process_group(self.ranks)
-        self.checkpoints = self.workdir / "train" / "checkpoints"
+        self.checkpoints = self.workdir / contract.TRAIN_CHECKPOINTS
         self.resume_from = checkpoint.latest_intact(self.checkpoints, is_main=self.ranks.rank == 0,
                                                     log=lambda line: print(line, file=sys.stderr, flush=True))
         self.ctx = TrainContext(
@@ -565,7 +564,7 @@ class Trainer:
 
     def _write_output(self) -> Path:
         """Adapter (LoRA) or full model + tokenizer → WORKDIR/train/output, atomically, by rank 0."""
-        output = self.workdir / "train" / "output"
+        output = self.workdir / contract.TRAIN_OUTPUT
         model = self.engine.module
         params = list(model.parameters())
         with self._gathered(params):
@@ -592,8 +591,3 @@ def train(job: FineTuneJob, workdir: Path, **options: Any) -> TrainResult:
     result = trainer.run()
     distributed.shutdown()
     return result
-
-
-def env_base_dir() -> Path | None:
-    value = os.environ.get("FORGETLESS_BASE_DIR")
-    return Path(value) if value else None
