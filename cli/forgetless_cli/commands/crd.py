@@ -26,7 +26,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from forgetless.api.crd import generated_files, render_crd_yaml, write_crds
+    from forgetless.api.crd import render_crd_yaml
+    from forgetless.api.generated import generated_files, write_crds
 
     if args.check is not None:
         stale = [p for p, expected in generated_files(args.check).items()

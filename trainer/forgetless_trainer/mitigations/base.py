@@ -54,15 +54,11 @@ class TrainContext:
     resuming: bool = False
     device: Any = "cpu"
     general_loader: Callable[[], "list[Example]"] | None = None
-    method: Any = None  # the job's forgetless_trainer.methods.Method (the trainer passes the one it runs)
+    method: Any = None
+    """The job's forgetless_trainer.methods.Method: the trainer sets the one it runs (built once) before any
+    hook is called; a test that calls a hook needing it (EWC's online anchor) passes one."""
     log: Callable[[str], None] = print
     _general: "list[Example] | None" = None
-
-    def __post_init__(self) -> None:
-        if self.method is None:
-            from forgetless_trainer.methods import method_for
-
-            self.method = method_for(self.job.spec)
 
     @property
     def spec(self):
