@@ -1,8 +1,9 @@
 """Pipeline stages: baseline → train → evaluate.
 
 `run_stage(name, job, workdir)` is what both `forgetless stage NAME` (trainer pods) and
-`forgetless run` (in-process) call. Each stage lives in `forgetless_trainer.stages.<name>` with
-`run(job: FineTuneJob, workdir: Path) -> dict`, imported lazily so this module stays light.
+`forgetless run` (in-process) call. Each stage lives in `forgetless_trainer.stages.<name>`: a
+`Stage` (base.py) registered in `REGISTRY` (the one registry shape, forgetless.registry), built with
+`from_spec(job, extras)` and run with `run(workdir) -> dict`; imported lazily so this module stays light.
 After a stage returns, rank 0 writes its full summary to `WORKDIR/<stage>/summary.json` (the work
 dir is shared by every rank of a multi-worker run: only rank 0 writes shared files) and every rank
 writes the wire form (`wire_summary`: the summary without per-task detail, ≤ 4096 bytes, see
@@ -11,13 +12,12 @@ writes the wire form (`wire_summary`: the summary without per-task detail, ≤ 4
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 from pathlib import Path
 from typing import Any
 
-from forgetless import atomic
+from forgetless import atomic, registry
 from forgetless.contract import TERMINATION_MESSAGE_LIMIT, TERMINATION_MESSAGE_PATH_ENV, summary_path
 from forgetless.errors import StageError
 from forgetless.lifecycle import STAGES
@@ -26,6 +26,12 @@ DETAIL_KEYS = ("paired", "tasks", "probeHistory", "validationHistory", "generalK
 """Per-task parts of a summary: in summary.json on the volume, never in the termination message
 (they grow with the suite; what the operator needs — scores per category, the gate's verdict,
 the promoted model — does not)."""
+REGISTRY = {
+    "baseline": "forgetless_trainer.stages.baseline:Baseline",
+    "train": "forgetless_trainer.stages.train:Train",
+    "evaluate": "forgetless_trainer.stages.evaluate:Evaluate",
+}
+"""Stage name (forgetless.lifecycle.STAGES, in pipeline order) -> "module:Class"."""
 PROTECTED_KEYS = ("stage", "truncated", "stoppedReason", "steps", "error", "gate", "scores", "promotedModel")
 
 
@@ -119,11 +125,11 @@ def run_stage(name: str, job, workdir: Path) -> dict[str, Any]:
     from forgetless_trainer import quiet
 
     quiet.silence()
-    module = importlib.import_module(f"forgetless_trainer.stages.{name}")
+    stage = registry.build(REGISTRY, name, job)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     try:
-        summary = module.run(job, workdir)
+        summary = stage.run(workdir)
     except Exception as exc:  # the operator reads why from the termination message; the caller still sees the error
         reason = str(exc) if isinstance(exc, StageError) else f"{type(exc).__name__}: {exc}"
         write_termination_message({"stage": name, "error": reason})

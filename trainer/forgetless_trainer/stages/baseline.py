@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from forgetless.api.schema import FineTuneJob
+from forgetless_trainer.stages.base import Stage
 from forgetless.baseline_cache import BaselineCache
 from forgetless.contract import BASELINE_RESULTS
 from forgetless_trainer.evaluation.runner import (
@@ -47,3 +48,10 @@ def run(job: FineTuneJob, workdir: Path) -> dict[str, Any]:
     if forecast is not None:
         summary["forecast"] = forecast
     return summary
+
+
+class Baseline(Stage):
+    name = "baseline"
+
+    def run(self, workdir: Path) -> dict[str, Any]:
+        return run(self.job, workdir)

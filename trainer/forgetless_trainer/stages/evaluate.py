@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from forgetless.api.schema import PROMOTING_VERDICTS, FineTuneJob
+from forgetless_trainer.stages.base import Stage
 from forgetless.baseline_cache import BaselineCache
 from forgetless.contract import BASELINE_RESULTS, EVALUATE_RESULTS, REPORT_DIR, TRAIN_OUTPUT, summary_path
 from forgetless.gate import GateError, evaluate_gate, paired_counts
@@ -155,3 +156,10 @@ def run(job: FineTuneJob, workdir: Path) -> dict[str, Any]:
             done = f"the model is already promoted at {promoted['path']}" if promoted else "no model was promoted"
             raise StageError(f"output.handOff.mlflow: {exc} ({done})") from exc
     return summary
+
+
+class Evaluate(Stage):
+    name = "evaluate"
+
+    def run(self, workdir: Path) -> dict[str, Any]:
+        return run(self.job, workdir)

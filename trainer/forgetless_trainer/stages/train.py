@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from forgetless.api.schema import FineTuneJob
+from forgetless_trainer.stages.base import Stage
 
 
 def run(job: FineTuneJob, workdir: Path) -> dict[str, Any]:
@@ -24,3 +25,10 @@ def run(job: FineTuneJob, workdir: Path) -> dict[str, Any]:
     if job.spec.regression.suite.lm_eval_tasks is None:
         resolve_target(job.spec.regression)
     return train(job, Path(workdir)).summary
+
+
+class Train(Stage):
+    name = "train"
+
+    def run(self, workdir: Path) -> dict[str, Any]:
+        return run(self.job, workdir)

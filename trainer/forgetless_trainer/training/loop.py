@@ -3,8 +3,9 @@
 Order of work:
 1. ranks and process group (distributed.py), seeds (python, torch) from `training.seed`;
 2. base model + tokenizer (modeling.py), task data split into train/validation (data.py);
-3. mitigations from the spec (mitigations.build): the method picks the trainable parameters,
-   EWC estimates its Fisher, data mixing / replay add their share of every epoch;
+3. the method (methods.method_for, built once) picks the trainable parameters, then the mitigations
+   from the spec (mitigations.build): EWC estimates its Fisher, data mixing / replay add their
+   share of every epoch;
 4. torch AdamW + LambdaLR schedule → `deepspeed.initialize` with the generated config;
 5. resume from the newest complete checkpoint if there is one (weights, optimizer, scheduler,
    data position, RNG, mitigation states);
@@ -39,7 +40,7 @@ from forgetless import atomic, contract
 from forgetless.api.schema import FineTuneJob
 from forgetless.errors import StageError
 from forgetless_trainer import data as D
-from forgetless_trainer import chat, live_metrics, mitigations
+from forgetless_trainer import chat, live_metrics, methods, mitigations
 from forgetless_trainer.mitigations.base import Mitigation, Stop, TrainContext
 from forgetless_trainer.progress import StageProgress
 from forgetless_trainer.training import checkpoint, config, distributed, general_kl, knobs, packing
@@ -248,6 +249,7 @@ class Trainer:
         self.checkpoints = self.workdir / contract.TRAIN_CHECKPOINTS
         self.resume_from = checkpoint.latest_intact(self.checkpoints, is_main=self.ranks.rank == 0,
                                                     log=lambda line: print(line, file=sys.stderr, flush=True))
+        self.method = methods.method_for(spec)  # built once: the context and the checkpoints ask it
         self.ctx = TrainContext(
             job=self.job,
             workdir=self.workdir,
@@ -261,6 +263,7 @@ class Trainer:
             resuming=self.resume_from is not None,
             device=self.device,
             general_loader=_read_general(self.job, self.base_dir),
+            method=self.method,
         )
         budget = spec.mitigation.forgetting_budget
         factory = None
@@ -279,7 +282,7 @@ class Trainer:
             self.kl_note = f"general KL not measured: {exc}"
         if self.kl is None and budget is not None and budget.signal == "kl":
             raise StageError(f"spec.mitigation.forgettingBudget.signal kl needs the general KL: {self.kl_note}")
-        self.method = self.ctx.method = self.mitigations[0]  # build() puts the method first
+        model = self.method.configure_model(model, self.ctx)  # the trainable parameters, before any mitigation
         for mitigation in self.mitigations:
             model = mitigation.configure_model(model, self.ctx)
         model.train()
@@ -461,7 +464,7 @@ class Trainer:
             "trainSeconds": round(seconds, 3),
             "outputPath": str(output),
             "method": spec.method.type,
-            "mitigations": [m.name for m in self.mitigations],
+            "mitigations": [self.method.name] + [m.name for m in self.mitigations],
             "worldSize": self.ranks.world_size,
             "precision": self.precision,
             "zeroStage": spec.deepspeed.zero_stage,
@@ -485,6 +488,7 @@ class Trainer:
         if self.ranks.world_size > 1:
             summary["rank"] = self.ranks.rank
             summary["weightsFingerprint"] = self.weights_fingerprint()
+        summary.update(self.method.summary())
         for mitigation in self.mitigations:
             summary.update(mitigation.summary())
         return TrainResult(summary, self.engine.module, self.tokenizer, self.engine, self.mitigations)
