@@ -32,12 +32,11 @@ from typing import Any
 
 from forgetless.api.schema import PROMOTING_VERDICTS, FineTuneJob
 from forgetless_trainer.stages.base import Stage
-from forgetless.baseline_cache import BaselineCache
 from forgetless.contract import BASELINE_RESULTS, EVALUATE_RESULTS, REPORT_DIR, TRAIN_OUTPUT, summary_path
 from forgetless.gate import GateError, evaluate_gate, paired_counts
 from forgetless_trainer.evaluation.results import EvaluationResult
 from forgetless_trainer.evaluation.runner import (
-    EvalTarget, cache_keys, cached_baseline, evaluate_model, load_and_evaluate, resolve_target, store_baseline,
+    EvalTarget, baseline_for, evaluate_model, load_and_evaluate, resolve_target,
 )
 from forgetless.errors import StageError
 
@@ -64,17 +63,9 @@ def find_baseline(job: FineTuneJob, workdir: Path, target: EvalTarget) -> tuple[
     result = _workdir_baseline(workdir / BASELINE_RESULTS, target, spec.regression.limit)
     if result is not None:
         return result, "workdir"
-    keys = cache_keys(spec, target)
-    cache = BaselineCache()
-    result = cached_baseline(cache, keys, target, spec.regression.limit)
-    source = "cache"
-    if result is None:
-        result = load_and_evaluate(spec.model, target, limit=spec.regression.limit, dataset=spec.dataset,
-                                   stage="baseline")
-        store_baseline(cache, keys, result, spec.model.name)
-        source = "evaluated"
-    result.save(workdir / BASELINE_RESULTS)
-    return result, source
+    lookup = baseline_for(spec, target)
+    lookup.result.save(workdir / BASELINE_RESULTS)
+    return lookup.result, "cache" if lookup.cached else "evaluated"
 
 
 def evaluation_summary(final: EvaluationResult, paired: dict[str, Any], gate: Any, source: str,
