@@ -41,7 +41,7 @@ from forgetless.sweep import Plan, TrialRequest, expand, next_actions, trial_met
 from forgetless_operator import children
 from forgetless_operator.decision import CreateObject, Decision, DeleteObject, Event
 from forgetless_operator.observation import short
-from forgetless_operator.reconcile import fmt_time
+from forgetless.timefmt import fmt_time
 
 LABEL_SWEEP = "forgetless.dev/sweep"
 LABEL_TRIAL = "forgetless.dev/trial"

@@ -56,7 +56,8 @@ class StageFailed(Exception):
 def execute(
     job: FineTuneJob, workdir: Path, *, metrics_port: int | None = None, log: Any = None
 ) -> PipelineResult:
-    """Run (or resume) the stages of a validated, preflighted job in `workdir`; then the gate."""
+    """Run (or resume) the stages of a validated, preflighted job in `workdir`; then read the verdict
+    the evaluate stage's gate reached (this module never runs the gate itself)."""
     from forgetless.metrics import ForgettingMetrics
     from forgetless.errors import StageError
     from forgetless_trainer.stages import run_stage

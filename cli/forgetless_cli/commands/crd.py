@@ -1,4 +1,5 @@
-"""`forgetless crd`: regenerate the FineTuneJob CRD from the pydantic models."""
+"""`forgetless crd`: render the FineTuneJob CRD from the pydantic models (stdout); `--write` writes it
+and the FineTuneSweep CRD into crds/ and the chart, `--check` reports stale files."""
 
 from __future__ import annotations
 

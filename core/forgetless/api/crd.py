@@ -17,7 +17,6 @@ from forgetless.api import schema
 
 CRD_FILE_NAME = f"{schema.PLURAL}.{schema.GROUP}.yaml"
 
-_DROP_KEYS = {"title", "additionalProperties", "propertyNames", "$defs", "discriminator"}
 _COPY_KEYS = {
     "type",
     "description",

@@ -2,8 +2,9 @@
 
 A mitigation overrides only the hooks it needs (all default to doing nothing):
 
-- `configure_model(model, ctx) -> model`  before DeepSpeed wraps the model (lora/full choose the
-  trainable parameters; EWC estimates its Fisher here, on the configured model).
+- `configure_model(model, ctx) -> model`  before DeepSpeed wraps the model, after the training
+  method (forgetless_trainer.methods, not a mitigation) chose the trainable parameters (EWC
+  estimates its Fisher here, on those).
 - `mix_parts(ctx) -> [MixPart]`           extra data in each epoch (data_mixing, replay).
 - `loss_term(model) -> Tensor | None`     added to the task loss every micro-step (EWC).
 - `on_train_start(trainer)`               after the engine exists (forgetting budget: probe at step 0).
