@@ -46,11 +46,8 @@ from forgetless.timefmt import fmt_time
 LABEL_SWEEP = "forgetless.dev/sweep"
 LABEL_TRIAL = "forgetless.dev/trial"
 LABEL_RUNG = "forgetless.dev/rung"
-BEST_SUFFIX = "-best"
-
-
-def best_job_name(sweep: str) -> str:
-    return f"{sweep}{BEST_SUFFIX}"
+BEST_SUFFIX = sweep_api.BEST_SUFFIX
+best_job_name = sweep_api.best_job_name
 
 
 def trial_workdir(spec: sweep_api.FineTuneSweepSpec, namespace: str, sweep: str, trial: str) -> str:

@@ -1,9 +1,10 @@
 """Promotion: write the model that passed the gate where deployment picks it up (one code path).
 
-The evaluate stage calls `promote` right after it ran the gate, in a pod as in `forgetless run`,
-so a model reaches the promote path only when the gate did not block it (Passed, Warned with
-`onRegression: Warn`, or Rescued: then the interpolated model of WORKDIR/rescue/output) and `spec.output.promote` is true. A blocked job writes nothing there and
-leaves an earlier promoted model in place.
+The evaluate stage calls `promote` right after it ran the gate, in a pod as in `forgetless run` and
+`forgetless sweep` (nothing else calls it), so a model reaches the promote path only when the gate
+did not block it (Passed, Warned with `onRegression: Warn`, or Rescued: then the interpolated model
+of WORKDIR/rescue/output) and `spec.output.promote` is true. A blocked job writes nothing there
+and leaves an earlier promoted model in place.
 
 What is written (atomically: a staging directory renamed over the target):
 - LoRA: the adapter merged into the base weights (a plain model `from_pretrained` loads, with its

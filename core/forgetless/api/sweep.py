@@ -182,6 +182,15 @@ def trial_name(sweep: str, index: int) -> str:
     return f"{sweep}-t{index}"
 
 
+BEST_SUFFIX = "-best"
+
+
+def best_job_name(sweep: str) -> str:
+    """`<sweep>-best`: the FineTuneJob that re-runs the best trial's policy to promote it (in a cluster
+    and on a laptop alike)."""
+    return f"{sweep}{BEST_SUFFIX}"
+
+
 def _first_error(exc: ValidationError) -> str:
     from forgetless.api.manifests import describe_validation_error
 

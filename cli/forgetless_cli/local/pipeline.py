@@ -22,8 +22,8 @@ from forgetless.contract import REPORT_DIR, summary_path
 from forgetless.lifecycle import PROMOTING_VERDICTS, STAGE_PHASE, STAGES, phase_of_verdict
 from forgetless.metrics import LOCAL_NAMESPACE
 from forgetless_trainer import threads
-from forgetless_trainer.run_output import metrics_server, render_table
-from forgetless_trainer.workdir import (  # noqa: F401 - default_workdir/PreflightError: part of the run API
+from forgetless_cli.local.run_output import metrics_server, render_table
+from forgetless_cli.local.workdir import (  # noqa: F401 - default_workdir/PreflightError: part of the run API
     PreflightError, default_workdir, finished_stage, preflight, prepare_workdir,
 )
 
