@@ -2,7 +2,8 @@
 
 Everything the operator, the trainer's stages and the local runner agree on by name lives here, so
 a file moved or an env var renamed is one edit (docs/contracts.md describes the same contract in
-words). `tests/unit/test_contract.py` fails when one of these names is spelled as a literal
+words). `forgetless.contract.message` holds the summary's wire form (what fits the termination
+message). `tests/unit/test_contract.py` fails when one of these names is spelled as a literal
 anywhere else in the runtime packages.
 
 Work dir (`WORKDIR` = the job's output folder locally, the output volume's job folder in pods)::
