@@ -1,6 +1,6 @@
 """Reconcile one FineTuneSweep: a pure function from (sweep, its trial FineTuneJobs, now) to a Decision.
 
-The search is `forgetless.sweep.next_actions` (shared with `forgetless sweep`); this module turns
+The search is `forgetless.search.next_actions` (shared with `forgetless sweep`); this module turns
 its plan into Kubernetes objects and the sweep's status:
 
 - Trials are FineTuneJobs owned by the sweep (controller owner reference: deleting the sweep
@@ -37,7 +37,7 @@ from forgetless.api import sweep as sweep_api
 from forgetless.api.schema import API_VERSION as FTJ_API_VERSION
 from forgetless.api.schema import KIND as FTJ_KIND
 from forgetless.lifecycle import TERMINAL_PHASES
-from forgetless.sweep import Plan, TrialRequest, expand, next_actions, trial_metrics
+from forgetless.search import Plan, TrialRequest, expand, next_actions, trial_metrics
 from forgetless_operator import children
 from forgetless_operator.decision import CreateObject, Decision, DeleteObject, Event
 from forgetless_operator.observation import short

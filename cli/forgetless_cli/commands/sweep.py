@@ -44,7 +44,7 @@ def main(args: argparse.Namespace) -> int:
 
     threads.prepare_environment()  # idle OpenMP threads sleep: set before torch loads
     quiet.silence()
-    from forgetless.sweep import expand
+    from forgetless.search import expand
     from forgetless_cli.local.pipeline import PreflightError, preflight
     from forgetless_cli.local.sweep import SweepError, TrialRequest, render_trials, run_local_sweep, trial_job
 

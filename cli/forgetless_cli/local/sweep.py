@@ -1,6 +1,6 @@
 """`forgetless sweep`: a FineTuneSweep on this machine, trial by trial (the local twin of the operator).
 
-The search is `forgetless.sweep.next_actions` (the pure function the operator uses too); this
+The search is `forgetless.search.next_actions` (the pure function the operator uses too); this
 module only runs what it asks for. Each trial is a FineTuneJob named `<sweep>-t<index>` run by
 `forgetless_cli.local.pipeline.execute` in `<workdir>/<trial>` (baseline → train → evaluate); the
 baseline stage's cache (forgetless.baseline_cache, keyed by model + suite) makes every trial after
@@ -36,7 +36,7 @@ from forgetless import atomic, contract
 from forgetless.api.schema import FineTuneJob
 from forgetless.api.sweep import FineTuneSweep, TrialStatus, best_job_name, candidate_spec
 from forgetless.lifecycle import mean_general_score
-from forgetless.sweep import TrialRequest, next_actions, pareto_front, select_best, trial_metrics
+from forgetless.search import TrialRequest, next_actions, pareto_front, select_best, trial_metrics
 
 SWEEP_FILE = "sweep.json"
 
