@@ -42,10 +42,9 @@ GOAL = 4.0
 def default_model() -> str:
     if "tiny-world" in bundled.available("model"):
         return "bundled:tiny-world"
-    sys.path.insert(0, str(ROOT / "tests"))
-    from conftest import _build_tiny_model
+    from tests.support.tiny_models import word_level_llama
 
-    return str(_build_tiny_model(Path(tempfile.mkdtemp(prefix="tiny-model-"))))
+    return str(word_level_llama(Path(tempfile.mkdtemp(prefix="tiny-model-"))))
 
 
 def default_suite() -> str:
