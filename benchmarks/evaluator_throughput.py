@@ -6,7 +6,7 @@ generation item and runs one forward pass per multiple-choice option. Per-item s
 identical (asserted); the goal is a ≥ 4× speed-up in items/s.
 
 Model: --model (a directory or bundled:<name>); by default bundled:tiny-world when it is
-installed, else the tiny random word-level Llama of tests/conftest.py (built in a temp dir).
+installed, else the tiny random word-level Llama of tests/support/tiny_models.py (built in a temp dir).
 Suite: --suite (default bundled:world-v1, else the fixture suite tests/fixtures/suites/mini).
 
 Usage: python benchmarks/evaluator_throughput.py [--limit 20] [--batch-size 32] [--threads 2] [--json out.json]
