@@ -6,7 +6,7 @@ generation item and runs one forward pass per multiple-choice option. Per-item s
 identical (asserted); the goal is a ≥ 4× speed-up in items/s.
 
 Model: --model (a directory or bundled:<name>); by default bundled:tiny-world when it is
-installed, else the tiny random word-level Llama of tests/conftest.py (built in a temp dir).
+installed, else the tiny random word-level Llama of tests/support/tiny_models.py (built in a temp dir).
 Suite: --suite (default bundled:world-v1, else the fixture suite tests/fixtures/suites/mini).
 
 `--lm-eval`: instead, the suite's multiple-choice items through lm-evaluation-harness's HF backend
@@ -47,10 +47,9 @@ GOAL = 4.0
 def default_model() -> str:
     if "tiny-world" in bundled.available("model"):
         return "bundled:tiny-world"
-    sys.path.insert(0, str(ROOT / "tests"))
-    from conftest import _build_tiny_model
+    from tests.support.tiny_models import word_level_llama
 
-    return str(_build_tiny_model(Path(tempfile.mkdtemp(prefix="tiny-model-"))))
+    return str(word_level_llama(Path(tempfile.mkdtemp(prefix="tiny-model-"))))
 
 
 def default_suite() -> str:

@@ -136,8 +136,8 @@ def _first_task_retention(job_document: dict[str, Any], workdir: Path) -> float:
 
 def _run(document: dict[str, Any], workdir: Path) -> Any:
     from forgetless.api.manifests import validate_document
-    from forgetless_trainer.pipeline import execute
-    from forgetless_trainer.workdir import preflight, prepare_workdir
+    from forgetless_cli.local.pipeline import execute
+    from forgetless_cli.local.workdir import preflight, prepare_workdir
 
     job = validate_document(document)
     preflight(job)

@@ -80,7 +80,7 @@ def sweep_document(name: str, strategy: dict[str, Any], task: str, space: str) -
 
 def run(name: str, document: dict[str, Any], out: Path) -> Any:
     from forgetless.api.documents import validate_sweep_document
-    from forgetless_trainer.sweep_local import run_local_sweep
+    from forgetless_cli.local.sweep import run_local_sweep
 
     sweep = validate_sweep_document(document)
     began = time.monotonic()
@@ -108,7 +108,7 @@ def main() -> int:
     from forgetless_trainer import quiet
 
     quiet.silence()
-    from forgetless_trainer.sweep_local import render_trials
+    from forgetless_cli.local.sweep import render_trials
 
     prefix = "orders" if args.task == "order-requests" else "support"
     strategies = {

@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny word-level Llama (built from a config in seconds) and job factories."""
+"""Shared fixtures: a tiny word-level Llama (tests.support.tiny_models.word_level_llama) and job factories."""
 
 from __future__ import annotations
 
@@ -9,52 +9,14 @@ from typing import Any, Callable
 
 import pytest
 
+from tests.support.tiny_models import word_level_llama
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-TINY_WORDS = (
-    "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma tau "
-    "upsilon phi chi psi omega copy reverse sort count first last list kv plain what is the of a an "
-    "ticket reply status closed open refund order late broken sorry can not help with that yes no "
-    "one two three four five six seven eight nine zero plus minus then"
-).split()
-
-
-def _build_tiny_model(path: Path) -> Path:
-    import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    specials = ["<pad>", "<unk>", "<s>", "</s>"]
-    vocab = {tok: i for i, tok in enumerate(specials + ["=>"] + TINY_WORDS)}
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, pad_token="<pad>", unk_token="<unk>", bos_token="<s>", eos_token="</s>"
-    )
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=64,
-        tie_word_embeddings=True,
-        pad_token_id=0,
-        bos_token_id=2,
-        eos_token_id=3,
-    )
-    model = LlamaForCausalLM(config)
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A randomly initialised 2-layer word-level Llama + tokenizer in HF form (~40 k params)."""
-    return _build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+    return word_level_llama(tmp_path_factory.mktemp("tiny-model"))
 
 
 BASE_MANIFEST: dict[str, Any] = {

@@ -40,11 +40,11 @@ from typing import Any, Iterable, Mapping
 from forgetless import __version__ as FORGETLESS_VERSION
 from forgetless import atomic
 from forgetless.api.schema import FineTuneJobSpec
+from forgetless.contract import CACHE_DIR_ENV
 
 EVALUATOR_VERSION = "1"
 """Bump when the evaluator's prompts, decoding or scorers change in a way that changes scores."""
 
-CACHE_DIR_ENV = "FORGETLESS_CACHE_DIR"
 DEFAULT_CACHE_DIR = Path("~/.cache/forgetless/baselines")
 """Inside the output PVC; the operator sets FORGETLESS_CACHE_DIR to `<pvc mount>/<this>`."""
 

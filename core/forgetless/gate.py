@@ -1,7 +1,8 @@
 """The regression gate: did fine-tuning make the model forget, beyond noise? (pure, torch-free)
 
-Input: per-task 2x2 tables of paired item results (`paired_counts`), the same shape the evaluate
-stage puts in its termination-message summary, so the operator can run the gate from that alone:
+Input: per-task 2x2 tables of paired item results (`paired_counts`), the shape the evaluate stage
+keeps as `paired` in its summary.json (not in the termination message: it grows with the suite).
+The gate runs only in the evaluate stage; the operator and `forgetless run` read its verdict:
 
     {task: {"category": c, "n11": i, "n10": i, "n01": i, "n00": i}}    n10 = right before, wrong after
 

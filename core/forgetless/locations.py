@@ -1,9 +1,11 @@
-"""Where things are inside a stage pod (and locally): one place for the operator and the trainer.
+"""Where a spec's locations are inside a stage pod (and locally): the mount roots and `resolve_path`.
 
 The operator mounts every PersistentVolumeClaim a job names at `PVC_ROOT/<claimName>` and every
-ConfigMap at `CONFIGMAP_ROOT/<name>`; the trainer resolves spec paths against the same roots.
-Locally (`forgetless run`) nothing is mounted: plain paths are used as they are, relative to the
-manifest's directory.
+ConfigMap at `CONFIGMAP_ROOT/<name>`; the trainer resolves spec paths against the same roots
+(overridable by the env names in forgetless.contract, which holds the rest of the stage contract:
+the work-dir layout and the pod env). Locally (`forgetless run`) nothing is mounted: plain paths are
+used as they are, so a relative path resolves against the current directory (a caller may pass
+`base_dir` to anchor it elsewhere; the stages do not).
 """
 
 from __future__ import annotations
@@ -12,10 +14,9 @@ import os
 from pathlib import Path
 
 from forgetless import bundled
+from forgetless.contract import CONFIGMAP_ROOT_ENV, PVC_ROOT_ENV
 from forgetless.api.schema import ConfigMapKeyRef, PvcRef
 
-PVC_ROOT_ENV = "FORGETLESS_PVC_ROOT"
-CONFIGMAP_ROOT_ENV = "FORGETLESS_CONFIGMAP_ROOT"
 DEFAULT_PVC_ROOT = "/mnt/pvc"
 DEFAULT_CONFIGMAP_ROOT = "/etc/forgetless/configmaps"
 JOB_SPEC_MOUNT = "/etc/forgetless/job"

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from forgetless import bundled
+from forgetless.contract import MODEL_CACHE_DIR_ENV
 
-MODEL_CACHE_DIR_ENV = "FORGETLESS_MODEL_CACHE_DIR"
 DEFAULT_MODEL_CACHE_DIR = Path("~/.cache/forgetless/models")
 GGUF_SUFFIX = ".gguf"
 CONVERSION_VERSION = "1"

@@ -1,1 +1,2 @@
-"""The forgetless operator: kopf handlers around a pure reconcile function. Never imports torch."""
+"""The forgetless operator: kopf handlers (handlers.py) feed a runtime (runtime.py: observe, apply,
+patch) around a pure reconcile function (reconcile.py). Never imports torch."""

@@ -18,11 +18,10 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from forgetless import __version__
+from forgetless import __version__, contract
 from forgetless.api.schema import API_VERSION, KIND, FineTuneJobSpec
 from forgetless.lifecycle import STAGES
 from forgetless.locations import JOB_SPEC_MOUNT, configmap_mount_path, pvc_mount_path
-from forgetless.model_sources import MODEL_CACHE_DIR_ENV
 
 LABEL_JOB = "forgetless.dev/job"
 LABEL_STAGE = "forgetless.dev/stage"
@@ -37,11 +36,11 @@ PROMOTED_BY_ANNOTATION = "forgetless.dev/promoted-by"
 PREVIOUS_URI_ANNOTATION = "forgetless.dev/previous-storage-uri"
 PROMOTED_DIGEST_ANNOTATION = "forgetless.dev/promoted-digest"
 
-SPEC_KEY = "job.json"
+SPEC_KEY = contract.JOB_FILE
 CONTAINER = "stage"
 METRICS_PORT = 9400
 MASTER_PORT = 29500
-TERMINATION_LOG = "/dev/termination-log"
+TERMINATION_LOG = contract.TERMINATION_LOG
 HOME = "/home/forgetless"
 CACHE_SUBDIR = ".forgetless-cache"
 RUN_AS_USER = 1000
@@ -213,13 +212,13 @@ def _env(ftj: dict[str, Any], spec: FineTuneJobSpec, stage: str, attempt: int = 
     claim = output_claim(spec)
     cache_root = f"{pvc_mount_path(claim)}/{CACHE_SUBDIR}" if claim else f"/tmp/{CACHE_SUBDIR}"
     env: list[dict[str, Any]] = [
-        {"name": "FORGETLESS_TERMINATION_MESSAGE_PATH", "value": TERMINATION_LOG},
-        {"name": "FORGETLESS_METRICS_PORT", "value": str(METRICS_PORT)},
-        {"name": "FORGETLESS_NAMESPACE", "value": meta["namespace"]},
-        {"name": "FORGETLESS_JOB", "value": meta["name"]},
-        {"name": "FORGETLESS_STAGE", "value": stage},
-        {"name": "FORGETLESS_CACHE_DIR", "value": f"{cache_root}/baselines"},
-        {"name": MODEL_CACHE_DIR_ENV, "value": f"{cache_root}/models"},  # GGUF conversions, once per volume
+        {"name": contract.TERMINATION_MESSAGE_PATH_ENV, "value": TERMINATION_LOG},
+        {"name": contract.METRICS_PORT_ENV, "value": str(METRICS_PORT)},
+        {"name": contract.NAMESPACE_ENV, "value": meta["namespace"]},
+        {"name": contract.JOB_ENV, "value": meta["name"]},
+        {"name": contract.STAGE_ENV, "value": stage},
+        {"name": contract.CACHE_DIR_ENV, "value": f"{cache_root}/baselines"},
+        {"name": contract.MODEL_CACHE_DIR_ENV, "value": f"{cache_root}/models"},  # GGUF conversions, once per volume
         {"name": "HF_HOME", "value": f"{cache_root}/huggingface"},
         {"name": "HOME", "value": HOME},
         {"name": "PYTHONUNBUFFERED", "value": "1"},

@@ -1,5 +1,6 @@
 """What the reconciler sees (`Observed`) and what it decides (`Decision`: actions, the new status,
-events). Plain data; the kopf edge (handlers.py) gathers the one and applies the other."""
+events). Plain data; `runtime.Runtime` gathers the one (`observe`) and applies the other (the kopf
+handlers in handlers.py only pass it the events that call for a reconcile)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any, Union
 
 @dataclass
 class Observed:
-    """What the edge read from the API for one FineTuneJob."""
+    """What `Runtime.observe` read from the API for one FineTuneJob."""
 
     jobs: dict[str, dict] = field(default_factory=dict)
     """stage -> batch/v1 Job (by label forgetless.dev/stage; the newest attempt, see `index_jobs`)."""
@@ -26,7 +27,7 @@ class Observed:
     """PersistentVolumeClaims the spec names that do not exist."""
     inference_services: dict[tuple[str, str], dict | None] = field(default_factory=dict)
     """(namespace, name) -> the InferenceService named by output.handOff (None: it does not exist);
-    a key is present only when the edge looked it up."""
+    a key is present only when `Runtime.observe` looked it up."""
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from forgetless.api.sweep import BestTrialStatus, TrialStatus
 from forgetless.metrics import ForgettingMetrics
 from forgetless.sweep_metrics import SweepMetrics
 
-from forgetless_operator.reconcile import parse_time
+from forgetless.timefmt import parse_time
 
 
 class OperatorMetrics:

@@ -1,8 +1,9 @@
 """Reconcile one FineTuneJob: a pure function from (object, observed children, now) to a Decision.
 
-`reconcile(job, observed, now, config)` reads nothing and writes nothing; the kopf edge
-(handlers.py) lists the children, calls it, applies `Decision.actions` idempotently, patches
-`Decision.status` onto the status subresource and posts `Decision.events`. Every step is derived
+`reconcile(job, observed, now, config)` reads nothing and writes nothing; `runtime.Runtime`
+(`reconcile_once`, which the kopf handlers in handlers.py call) observes the children, calls it,
+applies `Decision.actions` idempotently, patches `Decision.status` onto the status subresource and
+posts `Decision.events`. Every step is derived
 from what is observed plus what `status` already records, so a restarted operator replays to the
 same place: children have deterministic names (creating one that exists is success), stage results
 are re-read from pod termination messages and kept in `status.stages.<stage>.result`, and events
@@ -44,7 +45,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any, Callable, Mapping, Optional
 
 from pydantic import ValidationError
@@ -54,6 +55,7 @@ from forgetless.api.schema import (
 )
 
 from forgetless.lifecycle import STAGE_PHASE, STAGES, TERMINAL_PHASES
+from forgetless.timefmt import fmt_time, parse_time
 from forgetless_operator import children
 from forgetless_operator.baseline_cache_store import cache_data_key, cache_patch, default_cache_key
 from forgetless_operator.children import OperatorConfig
@@ -73,16 +75,6 @@ CacheKeyFn = Callable[[FineTuneJobSpec], str]
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def fmt_time(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
 def spec_hash(spec: Mapping[str, Any]) -> str:

@@ -33,7 +33,8 @@ from forgetless_operator.decision import (
 from forgetless_operator.kube import ApiError, KubeClient
 from forgetless_operator.metrics import OperatorMetrics
 from forgetless_operator.observation import index_jobs, owned_by
-from forgetless_operator.reconcile import fmt_time, permission_denied_status, reconcile
+from forgetless.timefmt import fmt_time
+from forgetless_operator.reconcile import permission_denied_status, reconcile
 from forgetless_operator.sweep_reconcile import LABEL_SWEEP, reconcile_sweep
 
 log = logging.getLogger("forgetless.operator")

@@ -1,6 +1,6 @@
 """Reconcile one FineTuneSweep: a pure function from (sweep, its trial FineTuneJobs, now) to a Decision.
 
-The search is `forgetless.sweep.next_actions` (shared with `forgetless sweep`); this module turns
+The search is `forgetless.search.next_actions` (shared with `forgetless sweep`); this module turns
 its plan into Kubernetes objects and the sweep's status:
 
 - Trials are FineTuneJobs owned by the sweep (controller owner reference: deleting the sweep
@@ -37,20 +37,17 @@ from forgetless.api import sweep as sweep_api
 from forgetless.api.schema import API_VERSION as FTJ_API_VERSION
 from forgetless.api.schema import KIND as FTJ_KIND
 from forgetless.lifecycle import TERMINAL_PHASES
-from forgetless.sweep import Plan, TrialRequest, expand, next_actions, trial_metrics
+from forgetless.search import Plan, TrialRequest, expand, next_actions, trial_metrics
 from forgetless_operator import children
 from forgetless_operator.decision import CreateObject, Decision, DeleteObject, Event
 from forgetless_operator.observation import short
-from forgetless_operator.reconcile import fmt_time
+from forgetless.timefmt import fmt_time
 
 LABEL_SWEEP = "forgetless.dev/sweep"
 LABEL_TRIAL = "forgetless.dev/trial"
 LABEL_RUNG = "forgetless.dev/rung"
-BEST_SUFFIX = "-best"
-
-
-def best_job_name(sweep: str) -> str:
-    return f"{sweep}{BEST_SUFFIX}"
+BEST_SUFFIX = sweep_api.BEST_SUFFIX
+best_job_name = sweep_api.best_job_name
 
 
 def trial_workdir(spec: sweep_api.FineTuneSweepSpec, namespace: str, sweep: str, trial: str) -> str:

@@ -66,7 +66,7 @@ def test_validate_refuses_bad_suite_data_naming_file_line_and_field(tmp_path, ba
 
 def test_run_refuses_bad_suite_data_before_the_baseline(tmp_path, bad_suite, capsys):
     from forgetless import exit_codes
-    from forgetless_trainer.pipeline import run_pipeline
+    from forgetless_cli.local.pipeline import run_pipeline
 
     suite, needle = bad_suite
     workdir = tmp_path / "work"

@@ -217,7 +217,6 @@ def test_baseline_stage_caches_and_second_job_skips_the_model(manifest, taught_m
         raise AssertionError("a cache hit must not evaluate the model")
 
     monkeypatch.setattr(runner, "load_and_evaluate", no_model)
-    monkeypatch.setattr(baseline, "load_and_evaluate", no_model)
     second = baseline.run(job, tmp_path / "job2")
     assert second["cached"] is True and second["scores"] == first["scores"]
     # the spec key alone is enough (the operator's view)

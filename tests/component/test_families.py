@@ -165,10 +165,10 @@ def test_family_resume_equals_uninterrupted(family_model, manifest, tmp_path, na
 
 
 def _start_model(job):
-    from forgetless_trainer.mitigations import build
+    from forgetless_trainer.methods import method_for
     from forgetless_trainer.mitigations.base import TrainContext
     from forgetless_trainer.modeling import load_model_and_tokenizer
 
     torch.manual_seed(job.spec.training.seed)
     model, _ = load_model_and_tokenizer(job.spec.model)
-    return build(job.spec)[0].configure_model(model, TrainContext(job=job, workdir=None))
+    return method_for(job.spec).configure_model(model, TrainContext(job=job, workdir=None))

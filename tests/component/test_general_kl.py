@@ -27,7 +27,7 @@ def _lora(model):
 
 
 def _rows():
-    # word ids of the tiny vocabulary (conftest.TINY_WORDS after 5 specials/markers): contexts of 3-6 tokens
+    # word ids of the tiny vocabulary (tests.support.tiny_models.TINY_WORDS after 5 specials/markers): contexts of 3-6 tokens
     g = torch.Generator().manual_seed(1)
     rows = []
     for n in range(10):

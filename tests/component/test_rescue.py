@@ -147,7 +147,7 @@ def test_run_rescues_a_blocked_model_resuming_an_interrupted_search(tmp_path, ti
 
     import forgetless_trainer.stages.evaluate as evaluate_stage
     from forgetless.errors import StageError
-    from forgetless_trainer.pipeline import run_pipeline
+    from forgetless_cli.local.pipeline import run_pipeline
 
     # a random tiny model scores the same before and after, so it cannot forget: the stage's gate on the
     # fine-tuned model (α = 1) is made to find forgetting; the rescue's own gates are the real ones

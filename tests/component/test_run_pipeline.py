@@ -79,7 +79,7 @@ def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_run_passes_writes_the_report_and_exits_0(tmp_path, tiny_model_dir, world, capsys):
-    from forgetless_trainer.pipeline import run_pipeline
+    from forgetless_cli.local.pipeline import run_pipeline
 
     # 4 steps on a random tiny model learn nothing: minTaskGain 0 accepts that (this test is about the pipeline)
     job = _job(tmp_path, tiny_model_dir, world, thresholds={"maxCategoryDrop": 1.0, "maxMeanDrop": 1.0, "minTaskGain": 0})
@@ -101,7 +101,7 @@ def test_run_passes_writes_the_report_and_exits_0(tmp_path, tiny_model_dir, worl
 
 def test_a_model_that_learned_nothing_is_no_task_gain_exits_5_and_promotes_nothing(tmp_path, tiny_model_dir, world,
                                                                                   capsys):
-    from forgetless_trainer.pipeline import run_pipeline
+    from forgetless_cli.local.pipeline import run_pipeline
 
     job = _job(tmp_path, tiny_model_dir, world, thresholds={"maxCategoryDrop": 1.0, "maxMeanDrop": 1.0})
     workdir = tmp_path / "work"
@@ -119,7 +119,7 @@ def test_run_blocked_by_the_gate_exits_3_and_promotes_nothing(tmp_path, tiny_mod
     import dataclasses
 
     import forgetless_trainer.stages.evaluate as evaluate_stage
-    from forgetless_trainer.pipeline import run_pipeline
+    from forgetless_cli.local.pipeline import run_pipeline
 
     # a random tiny model scores 0 before and after, so it cannot forget: the stage's gate is made to
     # find forgetting, and everything after it (report, promotion, exit code) is the real thing
@@ -142,7 +142,7 @@ def test_run_blocked_by_the_gate_exits_3_and_promotes_nothing(tmp_path, tiny_mod
 
 def test_interrupted_run_resumes_without_redoing_finished_stages(tmp_path, tiny_model_dir, world, monkeypatch, capsys):
     import forgetless_trainer.stages as stages
-    from forgetless_trainer.pipeline import run_pipeline
+    from forgetless_cli.local.pipeline import run_pipeline
 
     job = _job(tmp_path, tiny_model_dir, world, thresholds={"maxCategoryDrop": 1.0, "maxMeanDrop": 1.0, "minTaskGain": 0})
     workdir = tmp_path / "work"
@@ -170,7 +170,7 @@ def test_interrupted_run_resumes_without_redoing_finished_stages(tmp_path, tiny_
 
 
 def test_broken_manifest_fails_before_anything_runs(tmp_path, tiny_model_dir, world, capsys):
-    from forgetless_trainer.pipeline import run_pipeline
+    from forgetless_cli.local.pipeline import run_pipeline
 
     job = _job(tmp_path, tiny_model_dir, world)
     document = yaml.safe_load(job.read_text())
@@ -183,7 +183,7 @@ def test_broken_manifest_fails_before_anything_runs(tmp_path, tiny_model_dir, wo
 
 
 def test_missing_dataset_path_is_named_before_anything_runs(tmp_path, tiny_model_dir, world, capsys):
-    from forgetless_trainer.pipeline import run_pipeline
+    from forgetless_cli.local.pipeline import run_pipeline
 
     job = _job(tmp_path, tiny_model_dir, world)
     document = yaml.safe_load(job.read_text())
@@ -197,9 +197,9 @@ def test_missing_dataset_path_is_named_before_anything_runs(tmp_path, tiny_model
 
 
 def test_a_work_dir_of_another_spec_is_not_overwritten(tmp_path, tiny_model_dir, world, capsys):
-    from forgetless_trainer.workdir import prepare_workdir
+    from forgetless_cli.local.workdir import prepare_workdir
     from forgetless.api.manifests import load_job
-    from forgetless_trainer.workdir import PreflightError
+    from forgetless_cli.local.workdir import PreflightError
 
     job = load_job(_job(tmp_path, tiny_model_dir, world))
     workdir = tmp_path / "work"

@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 
 from forgetless.api.documents import validate_sweep_document
-from forgetless_trainer.sweep_local import SWEEP_FILE, run_local_sweep
+from forgetless_cli.local.sweep import SWEEP_FILE, run_local_sweep
 
 SWEEP = {
     "apiVersion": "forgetless.dev/v1alpha1",
@@ -51,6 +51,11 @@ def test_a_two_trial_sweep_runs_resumes_and_promotes_only_the_best(tmp_path, mon
     assert result.promoted is not None and Path(result.promoted["path"]) == workdir / result.best.name / "promoted"
     other = "tiny-t1" if result.best.name == "tiny-t0" else "tiny-t0"
     assert not (workdir / other / "promoted").exists()
+    # promoted as in a cluster: `<sweep>-best` re-ran the evaluate stage (the gate, then promotion) in the best trial's dir
+    evaluated = json.loads((workdir / result.best.name / "evaluate" / "summary.json").read_text())
+    assert evaluated["promotedModel"] == result.promoted and evaluated["gate"]["verdict"] == "Passed"
+    assert any(line.startswith("tiny-best: ") and "evaluate" in line for line in lines)
+    assert any(line.startswith("tiny-best: ") and "baseline: already finished" in line for line in lines)
     state = json.loads((workdir / SWEEP_FILE).read_text())
     assert state["phase"] == "Succeeded" and state["best"]["name"] == result.best.name
     assert (workdir / "pareto.png").stat().st_size > 1000 and "tiny-t1" in (workdir / "report.txt").read_text()

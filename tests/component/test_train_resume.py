@@ -61,13 +61,13 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, manifest, tiny_model_dir
 
 def job_start_model(job):
     """The model before training, to show training moved the weights the test compares."""
-    from forgetless_trainer.mitigations import build
+    from forgetless_trainer.methods import method_for
     from forgetless_trainer.mitigations.base import TrainContext
     from forgetless_trainer.modeling import load_model_and_tokenizer
 
     torch.manual_seed(job.spec.training.seed)
     model, _ = load_model_and_tokenizer(job.spec.model)
-    return build(job.spec)[0].configure_model(model, TrainContext(job=job, workdir=None))
+    return method_for(job.spec).configure_model(model, TrainContext(job=job, workdir=None))
 
 
 def test_a_half_written_checkpoint_is_ignored(tmp_path):

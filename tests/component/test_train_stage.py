@@ -22,7 +22,8 @@ torch = pytest.importorskip("torch")
 torch.set_num_threads(1)
 
 from forgetless.api.schema import FineTuneJob, parse_job  # noqa: E402
-from forgetless_trainer.stages import StageError, compact, run_stage  # noqa: E402
+from forgetless.contract.message import compact  # noqa: E402
+from forgetless_trainer.stages import StageError, run_stage  # noqa: E402
 
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma tau".split()
 REPO = Path(__file__).resolve().parents[2]

@@ -4,6 +4,7 @@
 and a byte-level BPE tokenizer trained here with `tokenizers` (vocab ≈ 400) whose tokenizer config
 carries the family's chat template (written from the published templates) and whose special
 tokens (`<|eot_id|>`, `<|im_end|>`, `</s>`, `<end_of_turn>`, `<|end|>`, …) are real added tokens.
+Also `word_level_llama(path)`: the plainer word-level Llama most tests use (`tiny_model_dir`).
 Test support only: nothing in a runtime package imports this.
 """
 
@@ -183,6 +184,50 @@ def build(name: str, path: Path, *, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     model = getattr(transformers, family.model_class)(config)
     path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+# --------------------------------------------------------------------------- the word-level Llama
+
+TINY_WORDS = (
+    "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma tau "
+    "upsilon phi chi psi omega copy reverse sort count first last list kv plain what is the of a an "
+    "ticket reply status closed open refund order late broken sorry can not help with that yes no "
+    "one two three four five six seven eight nine zero plus minus then"
+).split()
+
+
+def word_level_llama(path: Path) -> Path:
+    """A randomly initialised 2-layer word-level Llama (~40 k params, vocabulary TINY_WORDS, no chat
+    template) + tokenizer in HF form: the `tiny_model_dir` fixture."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<unk>", "<s>", "</s>"]
+    vocab = {tok: i for i, tok in enumerate(specials + ["=>"] + TINY_WORDS)}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", unk_token="<unk>", bos_token="<s>", eos_token="</s>"
+    )
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=64,
+        tie_word_embeddings=True,
+        pad_token_id=0,
+        bos_token_id=2,
+        eos_token_id=3,
+    )
+    model = LlamaForCausalLM(config)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path

@@ -104,3 +104,102 @@ def test_the_direction_check_catches_a_lazy_import(tmp_path: Path):
     module = tmp_path / "m.py"
     module.write_text("def f():\n    from forgetless_trainer.stages import run_stage\n    import kopf.on\n")
     assert _static_imports(module) >= {"forgetless_trainer", "kopf"}
+
+
+# --------------------------------------------------------------------------- no import circles
+# Between modules of our packages, module-level and function-level imports alike: a circle that
+# works today only because one side imports lazily is still two modules that cannot be read apart.
+
+
+def _module_files() -> dict[str, tuple[Path, bool]]:
+    """Dotted module name -> (file, is a package's __init__)."""
+    found = {}
+    for package, directory in PACKAGES.items():
+        for path in directory.rglob("*.py"):
+            parts = [package, *path.relative_to(directory).with_suffix("").parts]
+            is_package = parts[-1] == "__init__"
+            found[".".join(parts[:-1] if is_package else parts)] = (path, is_package)
+    return found
+
+
+def import_graph(modules: dict[str, tuple[Path, bool]]) -> dict[str, set[str]]:
+    """Module -> the modules of ours it imports (`from a.b import c` counts as a.b.c when that is a
+    module, else as a.b; relative imports resolved)."""
+    import ast
+
+    graph = {}
+    for name, (path, is_package) in modules.items():
+        edges = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                edges |= {alias.name for alias in node.names if alias.name in modules}
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = name.split(".") if is_package else name.split(".")[:-1]
+                    base = base[: len(base) - (node.level - 1)]
+                    target = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    target = node.module or ""
+                for alias in node.names:
+                    if f"{target}.{alias.name}" in modules:
+                        edges.add(f"{target}.{alias.name}")
+                    elif target in modules:
+                        edges.add(target)
+        edges.discard(name)
+        graph[name] = edges
+    return graph
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles = []
+    for root in sorted(graph):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph[child]))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    cycles.append(sorted(component))
+    return cycles
+
+
+def test_no_import_circles():
+    cycles = import_cycles(import_graph(_module_files()))
+    assert not cycles, "import circles (break each: move the shared part down):\n" + "\n".join(" <-> ".join(c) for c in cycles)
+
+
+def test_the_circle_check_catches_a_lazy_circle(tmp_path: Path):
+    (tmp_path / "a.py").write_text("from pkg.b import f\n")
+    (tmp_path / "b.py").write_text("def f():\n    from pkg import a\n")
+    (tmp_path / "c.py").write_text("from . import a\n")
+    modules = {f"pkg.{n}": (tmp_path / f"{n}.py", False) for n in "abc"}
+    assert import_cycles(import_graph(modules)) == [["pkg.a", "pkg.b"]]

@@ -11,6 +11,7 @@ torch = pytest.importorskip("torch")
 
 from forgetless.api.schema import parse_job  # noqa: E402
 from forgetless_trainer import data as D  # noqa: E402
+from forgetless_trainer.methods import method_for  # noqa: E402
 from forgetless_trainer.mitigations.base import TrainContext  # noqa: E402
 from forgetless_trainer.mitigations.ewc import Ewc, fisher_examples  # noqa: E402
 from forgetless_trainer.mitigations.ewc_fisher import estimate_fisher, hook_plan, sequence_nll  # noqa: E402
@@ -179,7 +180,8 @@ def test_fisher_examples_are_a_seeded_choice():
 
 def ewc_ctx(tmp_path: Path, tokenizer, manifest, ewc: dict, method: str = "lora") -> TrainContext:
     job = parse_job(manifest(metadata={"name": "second"}, spec={"method": {"type": method}, "mitigation": {"ewc": ewc}}))
-    ctx = TrainContext(job=job, workdir=tmp_path / "second", tokenizer=tokenizer, encoder=D.Encoder(tokenizer, 32))
+    ctx = TrainContext(job=job, workdir=tmp_path / "second", tokenizer=tokenizer, encoder=D.Encoder(tokenizer, 32),
+                       method=method_for(job.spec))
     ctx.general_loader = lambda: examples(12)
     return ctx
 

@@ -139,7 +139,7 @@ def test_the_loader_reports_a_missing_gguf_as_a_model_load_error(tmp_path):
 
 def test_preflight_names_the_model_field_before_anything_runs(tmp_path):
     from forgetless.api.schema import FineTuneJob
-    from forgetless_trainer.workdir import PreflightError, preflight
+    from forgetless_cli.local.workdir import PreflightError, preflight
 
     job = FineTuneJob.model_validate({
         "apiVersion": "forgetless.dev/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": "g"},

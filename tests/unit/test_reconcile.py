@@ -14,7 +14,8 @@ from forgetless.api.schema import FineTuneJobSpec, FineTuneJobStatus
 from forgetless_operator import children
 from forgetless_operator.children import OperatorConfig
 from forgetless_operator.decision import CreateObject, DeleteObject, Observed, PatchObject, RecordBaselineCache
-from forgetless_operator.reconcile import fmt_time, reconcile, spec_hash
+from forgetless.timefmt import fmt_time
+from forgetless_operator.reconcile import reconcile, spec_hash
 
 T0 = datetime(2026, 11, 29, 9, 0, 0, tzinfo=timezone.utc)
 UID = "0b1c2d3e-0000-4000-8000-000000000001"

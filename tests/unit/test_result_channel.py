@@ -16,7 +16,8 @@ import pytest
 from forgetless.api.schema import RegressionSpec
 from forgetless.gate import evaluate_gate, paired_counts
 from forgetless_trainer.evaluation.results import EvaluationResult, ItemResult
-from forgetless_trainer.stages import TERMINATION_MESSAGE_LIMIT, compact, wire_summary
+from forgetless.contract import TERMINATION_MESSAGE_LIMIT
+from forgetless.contract.message import compact, wire_summary
 from forgetless_trainer.stages.evaluate import evaluation_summary
 from tests.unit.test_reconcile import T0, cond, pod, run, stage_job, through
 

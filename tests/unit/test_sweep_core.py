@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from forgetless.api.sweep import FineTuneSweepSpec, ObjectiveSpec, TrialStatus
-from forgetless.sweep import (
+from forgetless.search import (
     Candidate,
     expand,
     next_actions,

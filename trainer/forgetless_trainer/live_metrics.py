@@ -21,10 +21,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
 from forgetless.metrics import LOCAL_NAMESPACE
+from forgetless.contract import JOB_ENV, METRICS_PORT_ENV, NAMESPACE_ENV
 
-PORT_ENV = "FORGETLESS_METRICS_PORT"
-NAMESPACE_ENV = "FORGETLESS_NAMESPACE"
-JOB_ENV = "FORGETLESS_JOB"
 LABELS = ("namespace", "finetunejob")
 
 log = logging.getLogger("forgetless.train")
@@ -73,13 +71,13 @@ def labels(job_name: str | None = None, namespace: str | None = None) -> dict[st
 
 def serve(local_rank: int = 0) -> int | None:
     """Start the /metrics server on $FORGETLESS_METRICS_PORT (once per process); returns the port."""
-    value = os.environ.get(PORT_ENV)
+    value = os.environ.get(METRICS_PORT_ENV)
     if not value or local_rank != 0:
         return None
     try:
         port = int(value)
     except ValueError:
-        print(f"warning: {PORT_ENV}={value!r} is not a port number; training goes on without live metrics",
+        print(f"warning: {METRICS_PORT_ENV}={value!r} is not a port number; training goes on without live metrics",
               file=sys.stderr)
         return None
     if port not in _server_started:

@@ -6,7 +6,7 @@
   `bundled:smollm2-135m-instruct`);
 - a path ending in `.gguf` (local or in `model.pvc`): a GGUF file. GGUF sources are converted
   once into a cached model folder (`forgetless_trainer.gguf_conversion`) and loaded from there;
-- a path: absolute, `~`-relative, relative to `base_dir` (the manifest's folder locally), or a
+- a path: absolute, `~`-relative, relative to `base_dir` when given, else to the current directory, or a
   path inside `model.pvc` (mounted at `$FORGETLESS_PVC_ROOT/<claim>` in pods);
 - otherwise a Hugging Face hub id (`org/model`), passed through with `model.revision`; the token
   comes from env `HF_TOKEN` (the operator exposes `model.tokenSecretRef` under that name).

@@ -1,9 +1,10 @@
 """Promotion: write the model that passed the gate where deployment picks it up (one code path).
 
-The evaluate stage calls `promote` right after it ran the gate, in a pod as in `forgetless run`,
-so a model reaches the promote path only when the gate did not block it (Passed, Warned with
-`onRegression: Warn`, or Rescued: then the interpolated model of WORKDIR/rescue/output) and `spec.output.promote` is true. A blocked job writes nothing there and
-leaves an earlier promoted model in place.
+The evaluate stage calls `promote` right after it ran the gate, in a pod as in `forgetless run` and
+`forgetless sweep` (nothing else calls it), so a model reaches the promote path only when the gate
+did not block it (Passed, Warned with `onRegression: Warn`, or Rescued: then the interpolated model
+of WORKDIR/rescue/output) and `spec.output.promote` is true. A blocked job writes nothing there
+and leaves an earlier promoted model in place.
 
 What is written (atomically: a staging directory renamed over the target):
 - LoRA: the adapter merged into the base weights (a plain model `from_pretrained` loads, with its
@@ -12,7 +13,7 @@ What is written (atomically: a staging directory renamed over the target):
 
 Where: `spec.output.promotePath` if set, else `<work dir>/promoted`. With an output volume
 (`output.pvc`) promotePath is a path inside that volume (below its subPath), as every other
-in-volume path of the spec; locally it is a plain path (relative to the manifest's directory).
+in-volume path of the spec; locally it is a plain path (relative to the current directory).
 
 Space: before writing, the free space where the model goes is compared with what it needs (the
 merged weights + the adapter, or the full model's files); too little, or ENOSPC / EDQUOT while
@@ -33,17 +34,16 @@ from typing import Any
 
 from forgetless import atomic
 from forgetless.api.schema import FineTuneJob
+from forgetless.contract import PROMOTED_DIR, TRAIN_OUTPUT
 from forgetless.errors import StageError
 from forgetless.locations import pvc_root, resolve_path
 
-TRAIN_OUTPUT = Path("train") / "output"
-DEFAULT_DIR = "promoted"
 
 
 def promotion_target(job: FineTuneJob, workdir: Path, base_dir: Path | None = None) -> Path:
     output = job.spec.output
     if not output.promote_path:
-        return Path(workdir) / DEFAULT_DIR
+        return Path(workdir) / PROMOTED_DIR
     return resolve_path(output.promote_path, pvc=output.pvc, kind="model", base_dir=base_dir)
 
 

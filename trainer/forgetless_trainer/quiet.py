@@ -25,13 +25,15 @@ import os
 import sys
 import warnings
 
+from forgetless.contract import VERBOSE_ENV
+
 LIBRARIES = r"(torch|transformers|peft|deepspeed|lm_eval|accelerate|huggingface_hub|datasets)(\.|$)"
 _done = False
 
 
 def silence() -> None:
     global _done
-    if _done or os.environ.get("FORGETLESS_VERBOSE") == "1":
+    if _done or os.environ.get(VERBOSE_ENV) == "1":
         return
     _done = True
     for key, value in (

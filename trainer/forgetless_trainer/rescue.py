@@ -27,17 +27,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from forgetless import atomic
+from forgetless import atomic, contract
 from forgetless.errors import StageError
 from forgetless.gate import GateResult, evaluate_gate, paired_counts
 from forgetless.rescue import CHOICE, CONFIRMATION, Evaluate, Outcome, Trial, next_step, split_items
 from forgetless.suites import Suite
 from forgetless_trainer.evaluation.results import EvaluationResult
 
-RESCUE_DIR = Path("rescue")
-TRIALS_DIR = RESCUE_DIR / "trials"
-OUTPUT_DIR = RESCUE_DIR / "output"
-RESULTS = RESCUE_DIR / "results.json"
+TRIALS_DIR = contract.RESCUE_TRIALS
+OUTPUT_DIR = contract.RESCUE_OUTPUT
+RESULTS = contract.RESCUE_RESULTS
 
 EvaluateHalf = Callable[[float, str], EvaluationResult]
 """(α, half) -> the item results of θ(α) on that half of the suite."""
@@ -271,7 +270,7 @@ def rescue(job: Any, workdir: Path, suite: Suite, baseline: EvaluationResult, or
     def evaluate_half(alpha: float, half: str) -> EvaluationResult:
         nonlocal weights
         if weights is None:
-            weights = Interpolation(spec.model, workdir / "train" / "output", spec.dataset, base_dir)
+            weights = Interpolation(spec.model, workdir / contract.TRAIN_OUTPUT, spec.dataset, base_dir)
         weights.set_alpha(alpha)
         return evaluate(weights.model, weights.tokenizer, suites[half], f"rescue α={alpha:g}")
 
@@ -287,6 +286,6 @@ def rescue(job: Any, workdir: Path, suite: Suite, baseline: EvaluationResult, or
     merged.save(workdir / RESULTS)
     output = workdir / OUTPUT_DIR
     if weights is None:  # every trial came from the store (a restart): the weights are needed once more
-        weights = Interpolation(spec.model, workdir / "train" / "output", spec.dataset, base_dir)
+        weights = Interpolation(spec.model, workdir / contract.TRAIN_OUTPUT, spec.dataset, base_dir)
     weights.save(found.outcome.alpha, output)
     return rescued_gate(found, settings.max_evaluations, original, time.monotonic() - began), merged, output

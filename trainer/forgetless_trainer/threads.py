@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-ENV = "FORGETLESS_THREADS"
+from forgetless.contract import THREADS_ENV
 
 
 def prepare_environment(env: dict[str, str] | None = None) -> None:
@@ -38,7 +38,7 @@ def usable_cpus() -> int:
 def choose(env: Mapping[str, str] | None = None, cpus: int | None = None) -> tuple[int, str]:
     """(threads, the reason in words): FORGETLESS_THREADS, else OMP_NUM_THREADS, else the usable CPUs."""
     env = os.environ if env is None else env
-    for name in (ENV, "OMP_NUM_THREADS"):
+    for name in (THREADS_ENV, "OMP_NUM_THREADS"):
         value = env.get(name, "").strip()
         if value:
             try:
@@ -49,7 +49,7 @@ def choose(env: Mapping[str, str] | None = None, cpus: int | None = None) -> tup
                 return threads, f"from {name}"
             raise ValueError(f"{name}={value!r} is not a positive whole number of threads")
     cpus = usable_cpus() if cpus is None else cpus
-    return cpus, f"the CPUs this process may use; set {ENV} to choose"
+    return cpus, f"the CPUs this process may use; set {THREADS_ENV} to choose"
 
 
 def configure(env: Mapping[str, str] | None = None) -> str:

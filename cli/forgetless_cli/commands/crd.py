@@ -1,4 +1,5 @@
-"""`forgetless crd`: regenerate the FineTuneJob CRD from the pydantic models."""
+"""`forgetless crd`: render the FineTuneJob CRD from the pydantic models (stdout); `--write` writes it
+and the FineTuneSweep CRD into crds/ and the chart, `--check` reports stale files."""
 
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from forgetless.api.crd import generated_files, render_crd_yaml, write_crds
+    from forgetless.api.crd import render_crd_yaml
+    from forgetless.api.generated import generated_files, write_crds
 
     if args.check is not None:
         stale = [p for p, expected in generated_files(args.check).items()

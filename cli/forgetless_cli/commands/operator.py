@@ -11,7 +11,7 @@ import os
 import socket
 import sys
 
-from forgetless import exit_codes
+from forgetless import exit_codes, contract
 
 NAME = "operator"
 HELP = "run the FineTuneJob operator against the cluster in $KUBECONFIG or the pod's service account"
@@ -29,7 +29,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     peering.add_argument("--peering", metavar="NAME", default=None,
                          help="kopf peering name: several replicas, one active (needs the KopfPeering CRDs)")
     peering.add_argument("--standalone", action="store_true", help="one replica, no peering (the default)")
-    parser.add_argument("--trainer-image", default=os.environ.get("FORGETLESS_TRAINER_IMAGE"),
+    parser.add_argument("--trainer-image", default=os.environ.get(contract.TRAINER_IMAGE_ENV),
                         help="default trainer image for stage pods (env FORGETLESS_TRAINER_IMAGE)")
     parser.add_argument("--resync-seconds", type=float, default=30.0,
                         help="re-check every job this often (deadlines, TTL, missed events); default 30")
@@ -38,7 +38,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     if not args.namespace and not args.all_namespaces:
-        namespace = os.environ.get("FORGETLESS_NAMESPACE") or os.environ.get("POD_NAMESPACE")
+        namespace = os.environ.get(contract.NAMESPACE_ENV) or os.environ.get("POD_NAMESPACE")
         if not namespace:
             print("forgetless operator: choose --namespace NS (repeatable) or --all-namespaces", file=sys.stderr)
             return exit_codes.USAGE

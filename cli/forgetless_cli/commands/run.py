@@ -35,6 +35,6 @@ def main(args: argparse.Namespace) -> int:
 
     threads.prepare_environment()  # idle OpenMP threads sleep: set before torch loads
     quiet.silence()
-    from forgetless_trainer.pipeline import run_pipeline
+    from forgetless_cli.local.pipeline import run_pipeline
 
     return run_pipeline(args.file, workdir=args.workdir, metrics_port=args.metrics_port, restart=args.restart)

@@ -44,9 +44,9 @@ def main(args: argparse.Namespace) -> int:
 
     threads.prepare_environment()  # idle OpenMP threads sleep: set before torch loads
     quiet.silence()
-    from forgetless.sweep import expand
-    from forgetless_trainer.pipeline import PreflightError, preflight
-    from forgetless_trainer.sweep_local import SweepError, TrialRequest, render_trials, run_local_sweep, trial_job
+    from forgetless.search import expand
+    from forgetless_cli.local.pipeline import PreflightError, preflight
+    from forgetless_cli.local.sweep import SweepError, TrialRequest, render_trials, run_local_sweep, trial_job
 
     first = expand(sweep.spec)[0]
     try:

@@ -17,7 +17,6 @@ from forgetless.api import schema
 
 CRD_FILE_NAME = f"{schema.PLURAL}.{schema.GROUP}.yaml"
 
-_DROP_KEYS = {"title", "additionalProperties", "propertyNames", "$defs", "discriminator"}
 _COPY_KEYS = {
     "type",
     "description",
@@ -255,21 +254,3 @@ def render_crd_yaml() -> str:
 
 def crd_targets(repo_root: Path) -> list[Path]:
     return [repo_root / "crds" / CRD_FILE_NAME, repo_root / "charts" / "forgetless" / "crds" / CRD_FILE_NAME]
-
-
-def generated_files(repo_root: Path) -> dict[Path, str]:
-    """Every generated CRD file (FineTuneJob and FineTuneSweep, in crds/ and the chart) -> its text."""
-    from forgetless.api.sweep_crd import render_sweep_crd_yaml, sweep_crd_targets
-
-    files = {target: render_crd_yaml() for target in crd_targets(repo_root)}
-    files.update({target: render_sweep_crd_yaml() for target in sweep_crd_targets(repo_root)})
-    return files
-
-
-def write_crds(repo_root: Path) -> list[Path]:
-    written = []
-    for target, text in generated_files(repo_root).items():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(text, encoding="utf-8")
-        written.append(target)
-    return written

@@ -359,6 +359,14 @@ class MitigationSpec(ApiModel):
         default=None, description="Stop and roll back when a probe shows more forgetting than allowed."
     )
 
+    def turned_on(self) -> frozenset[str]:
+        """The mitigations this spec turns on, by field name (the keys of forgetless_trainer.mitigations.REGISTRY):
+        a block that is set, and data mixing when its general fraction is above 0."""
+        on = {name for name in type(self).model_fields if name != "data_mixing" and getattr(self, name) is not None}
+        if self.data_mixing.general_fraction > 0:
+            on.add("data_mixing")
+        return frozenset(on)
+
 
 class TrainingSpec(ApiModel):
     epochs: Annotated[float, Field(gt=0, le=1000)] = Field(default=3, description="Passes over the task data.")

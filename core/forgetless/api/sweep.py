@@ -7,7 +7,7 @@ A sweep holds a FineTuneJob spec (`spec.template`) and a search space over a few
 FineTuneJob schema rejects (`r: 0`) is rejected here, naming the dimension. The strategy
 (`grid`, `random`, `successiveHalving`) decides which candidates run, and the objective picks the
 best trial: the gate must pass, then the best task score, ties broken by cost (see
-forgetless.sweep). The search itself is pure and lives in `forgetless.sweep`; this module is
+forgetless.search). The search itself is pure and lives in `forgetless.search`; this module is
 only the wire format, built with schema.py's ApiModel / Rule machinery so the same rules reach
 the CRD as CEL and `forgetless validate` as pydantic errors.
 """
@@ -180,6 +180,15 @@ def candidate_spec(template: FineTuneJobSpec | dict[str, Any], policy: dict[str,
 def trial_name(sweep: str, index: int) -> str:
     """`<sweep>-t<index>`; index is the candidate's position in the expanded space."""
     return f"{sweep}-t{index}"
+
+
+BEST_SUFFIX = "-best"
+
+
+def best_job_name(sweep: str) -> str:
+    """`<sweep>-best`: the FineTuneJob that re-runs the best trial's policy to promote it (in a cluster
+    and on a laptop alike)."""
+    return f"{sweep}{BEST_SUFFIX}"
 
 
 def _first_error(exc: ValidationError) -> str:

@@ -26,11 +26,11 @@ import os
 import time
 from typing import Any, Iterable, Mapping, Sequence
 
+from forgetless.contract import LMEVAL_INCLUDE_PATH_ENV
 from forgetless.lifecycle import ALL_CATEGORIES
 from forgetless_trainer.evaluation.results import EvaluationResult, ItemResult
 from forgetless.errors import StageError
 
-INCLUDE_PATH_ENV = "FORGETLESS_LMEVAL_INCLUDE_PATH"
 
 CATEGORY_TABLE: dict[str, str] = {
     "hellaswag": "knowledge",
@@ -114,7 +114,7 @@ def tasks_digest(entries: Iterable[str]) -> str:
     except Exception:
         lm_eval_version = "not-installed"
     document = {"tasks": sorted(entries), "table": CATEGORY_TABLE, "lm_eval": lm_eval_version,
-                "include": os.environ.get(INCLUDE_PATH_ENV)}
+                "include": os.environ.get(LMEVAL_INCLUDE_PATH_ENV)}
     return "sha256:" + hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()
 
 
@@ -178,7 +178,7 @@ def evaluate_lm_eval(
     began = time.perf_counter()
     was_training = getattr(model, "training", False)
     model.eval()
-    include = os.environ.get(INCLUDE_PATH_ENV)
+    include = os.environ.get(LMEVAL_INCLUDE_PATH_ENV)
     try:
         wrapped = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
         output = lm_eval.simple_evaluate(

@@ -1,6 +1,7 @@
 """What the baseline and evaluate stages (and `forgetless evaluate`) share: resolving the job's
 suite (a suite directory or lm-eval tasks), identifying the base model for the cache, loading a
-model and evaluating it, and finding a baseline (work dir, cache, or a fresh evaluation)."""
+model and evaluating it, and the baseline lookup both stages use (`baseline_for`: the cache, else
+the base model evaluated and stored; the evaluate stage looks in its work dir first)."""
 
 from __future__ import annotations
 
@@ -152,3 +153,29 @@ def cached_baseline(cache: BaselineCache, keys: tuple[str, ...], target: EvalTar
             except ValueError:
                 continue
     return None
+
+
+@dataclass(frozen=True)
+class BaselineLookup:
+    result: EvaluationResult
+    cached: bool
+    """Found in the cache (else evaluated here)."""
+    keys: tuple[str, str]
+    """(weights key, spec key)."""
+
+
+def baseline_for(spec: FineTuneJobSpec, target: EvalTarget, *, restore_hit: bool = False) -> BaselineLookup:
+    """The base model's results on `target`, the one lookup the baseline and evaluate stages share:
+    the cache (weights key, then spec key, each checked against the suite digest and limit), else the
+    base model evaluated here and stored under both keys. `restore_hit`: store a hit again too, so a
+    hit under one key fills in the other (the baseline stage does)."""
+    keys = cache_keys(spec, target)
+    cache = BaselineCache()
+    limit = spec.regression.limit
+    result = cached_baseline(cache, keys, target, limit)
+    cached = result is not None
+    if result is None:
+        result = load_and_evaluate(spec.model, target, limit=limit, dataset=spec.dataset, stage="baseline")
+    if restore_hit or not cached:
+        store_baseline(cache, keys, result, spec.model.name)
+    return BaselineLookup(result, cached, keys)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from forgetless_trainer.methods import Method
+from forgetless_trainer.methods.base import Method
 from forgetless_trainer.mitigations.base import TrainContext
 
 

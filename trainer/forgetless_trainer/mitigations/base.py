@@ -2,8 +2,9 @@
 
 A mitigation overrides only the hooks it needs (all default to doing nothing):
 
-- `configure_model(model, ctx) -> model`  before DeepSpeed wraps the model (lora/full choose the
-  trainable parameters; EWC estimates its Fisher here, on the configured model).
+- `configure_model(model, ctx) -> model`  before DeepSpeed wraps the model, after the training
+  method (forgetless_trainer.methods, not a mitigation) chose the trainable parameters (EWC
+  estimates its Fisher here, on those).
 - `mix_parts(ctx) -> [MixPart]`           extra data in each epoch (data_mixing, replay).
 - `loss_term(model) -> Tensor | None`     added to the task loss every micro-step (EWC).
 - `on_train_start(trainer)`               after the engine exists (forgetting budget: probe at step 0).
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
+from forgetless import contract
 from forgetless.api.schema import FineTuneJob
 from forgetless.errors import StageError
 
@@ -53,15 +55,11 @@ class TrainContext:
     resuming: bool = False
     device: Any = "cpu"
     general_loader: Callable[[], "list[Example]"] | None = None
-    method: Any = None  # the job's forgetless_trainer.methods.Method (the trainer passes the one it runs)
+    method: Any = None
+    """The job's forgetless_trainer.methods.Method: the trainer sets the one it runs (built once) before any
+    hook is called; a test that calls a hook needing it (EWC's online anchor) passes one."""
     log: Callable[[str], None] = print
     _general: "list[Example] | None" = None
-
-    def __post_init__(self) -> None:
-        if self.method is None:
-            from forgetless_trainer.methods import method_for
-
-            self.method = method_for(self.job.spec)
 
     @property
     def spec(self):
@@ -69,7 +67,7 @@ class TrainContext:
 
     @property
     def train_dir(self) -> Path:
-        return self.workdir / "train"
+        return self.workdir / contract.TRAIN_DIR
 
     @property
     def is_main(self) -> bool:
@@ -162,8 +160,8 @@ def find_job_artifact(source: Any, ctx: TrainContext, filename: str, field_name:
     `source` is a ReplaySource:
     - `path`: the file itself, or a directory: an earlier job's work dir (`<dir>/train/<file>`),
       its train dir (`<dir>/<file>`) or its output dir (`<dir>/../<file>`, i.e. WORKDIR/train/output).
-      Relative paths are relative to the manifest's directory (`base_dir`; the current directory
-      in pods).
+      Relative paths are relative to `base_dir` when given, else to the current directory (the
+      stages pass none).
     - `fineTuneJob: NAME`: jobs' work dirs are siblings, so the earlier job's work dir is
       `<this job's work dir>/../NAME` (locally: `forgetless run` work dirs side by side; in the
       cluster: `<pvc root>/<claim>/<subPath>/NAME` on the shared output volume).
@@ -178,7 +176,7 @@ def find_job_artifact(source: Any, ctx: TrainContext, filename: str, field_name:
         described = f"path {str(start)!r}"
     if start.is_file():
         return start
-    for candidate in (start / "train" / filename, start / filename, start.parent / filename):
+    for candidate in (start / contract.TRAIN_DIR / filename, start / filename, start.parent / filename):
         if candidate.is_file():
             return candidate
     raise StageError(

@@ -12,39 +12,35 @@ cannot be read).
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from forgetless.api.schema import FineTuneJob
-from forgetless.baseline_cache import BaselineCache
-from forgetless_trainer.evaluation.runner import (
-    cache_keys, cached_baseline, load_and_evaluate, resolve_target, store_baseline,
-)
+from forgetless_trainer.stages.base import Stage
+from forgetless.contract import BASELINE_RESULTS
+from forgetless_trainer.evaluation.runner import baseline_for, resolve_target
 
-RESULTS = Path("baseline") / "results.json"
+RESULTS = BASELINE_RESULTS
 
 
 def run(job: FineTuneJob, workdir: Path) -> dict[str, Any]:
     spec = job.spec
     target = resolve_target(spec.regression)
-    weights_key, spec_key = cache_keys(spec, target)
-    cache = BaselineCache()
-    result = cached_baseline(cache, (weights_key, spec_key), target, spec.regression.limit)
-    cached = result is not None
-    if result is None:
-        result = load_and_evaluate(spec.model, target, limit=spec.regression.limit, dataset=spec.dataset,
-                                   stage="baseline")
-    # (re)store under both keys: a hit under one key fills in the other
-    store_baseline(cache, (weights_key, spec_key), result, spec.model.name)
-    result.save(Path(workdir) / RESULTS)
-    summary = result.summary("baseline")
-    summary.update({"cacheKey": spec_key, "cached": cached})
+    lookup = baseline_for(spec, target, restore_hit=True)  # a hit under one key fills in the other
+    lookup.result.save(Path(workdir) / RESULTS)
+    summary = lookup.result.summary("baseline")
+    summary.update({"cacheKey": lookup.keys[1], "cached": lookup.cached})
     from forgetless_trainer.forecast import run_forecast
 
-    base_dir = Path(os.environ["FORGETLESS_BASE_DIR"]) if os.environ.get("FORGETLESS_BASE_DIR") else None
-    forecast = run_forecast(spec, base_dir=base_dir, log=lambda text: print(f"[baseline] {text}", file=sys.stderr))
+    forecast = run_forecast(spec, log=lambda text: print(f"[baseline] {text}", file=sys.stderr))
     if forecast is not None:
         summary["forecast"] = forecast
     return summary
+
+
+class Baseline(Stage):
+    name = "baseline"
+
+    def run(self, workdir: Path) -> dict[str, Any]:
+        return run(self.job, workdir)

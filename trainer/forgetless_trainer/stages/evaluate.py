@@ -31,18 +31,16 @@ from pathlib import Path
 from typing import Any
 
 from forgetless.api.schema import PROMOTING_VERDICTS, FineTuneJob
-from forgetless.baseline_cache import BaselineCache
+from forgetless_trainer.stages.base import Stage
+from forgetless.contract import BASELINE_RESULTS, EVALUATE_RESULTS, REPORT_DIR, TRAIN_OUTPUT, summary_path
 from forgetless.gate import GateError, evaluate_gate, paired_counts
 from forgetless_trainer.evaluation.results import EvaluationResult
 from forgetless_trainer.evaluation.runner import (
-    EvalTarget, cache_keys, cached_baseline, evaluate_model, load_and_evaluate, resolve_target, store_baseline,
+    EvalTarget, baseline_for, evaluate_model, load_and_evaluate, resolve_target,
 )
 from forgetless.errors import StageError
 
-TRAIN_OUTPUT = Path("train") / "output"
-BASELINE_RESULTS = Path("baseline") / "results.json"
-RESULTS = Path("evaluate") / "results.json"
-REPORT_DIR = Path("report")
+RESULTS = EVALUATE_RESULTS
 
 
 def _workdir_baseline(path: Path, target: EvalTarget, limit: int | None) -> EvaluationResult | None:
@@ -65,17 +63,9 @@ def find_baseline(job: FineTuneJob, workdir: Path, target: EvalTarget) -> tuple[
     result = _workdir_baseline(workdir / BASELINE_RESULTS, target, spec.regression.limit)
     if result is not None:
         return result, "workdir"
-    keys = cache_keys(spec, target)
-    cache = BaselineCache()
-    result = cached_baseline(cache, keys, target, spec.regression.limit)
-    source = "cache"
-    if result is None:
-        result = load_and_evaluate(spec.model, target, limit=spec.regression.limit, dataset=spec.dataset,
-                                   stage="baseline")
-        store_baseline(cache, keys, result, spec.model.name)
-        source = "evaluated"
-    result.save(workdir / BASELINE_RESULTS)
-    return result, source
+    lookup = baseline_for(spec, target)
+    lookup.result.save(workdir / BASELINE_RESULTS)
+    return lookup.result, "cache" if lookup.cached else "evaluated"
 
 
 def evaluation_summary(final: EvaluationResult, paired: dict[str, Any], gate: Any, source: str,
@@ -122,9 +112,7 @@ def run(job: FineTuneJob, workdir: Path) -> dict[str, Any]:
         raise StageError(f"cannot compare with the baseline: {exc}") from exc
 
     from forgetless_trainer.evaluation.report import write_report
-    from forgetless_trainer.training.loop import env_base_dir
-
-    base_dir = env_base_dir()
+    base_dir = None  # relative paths resolve against the current directory
     unrescued, model_source = final, output
     if gate.verdict == "Failed" and spec.regression.rescue is not None:
         gate, rescued, rescued_model = rescue_blocked(job, workdir, target, baseline, gate, base_dir)
@@ -132,7 +120,7 @@ def run(job: FineTuneJob, workdir: Path) -> dict[str, Any]:
             final, model_source = rescued, rescued_model
             paired = paired_counts(baseline.items, final.items)
 
-    train_summary_path = workdir / "train" / "summary.json"
+    train_summary_path = summary_path(workdir, "train")
     train_summary = json.loads(train_summary_path.read_text()) if train_summary_path.exists() else None
     write_report(gate, baseline.category_scores(), final.category_scores(), workdir / REPORT_DIR, train_summary,
                  unrescued_scores=unrescued.category_scores() if final is not unrescued else None)
@@ -159,3 +147,10 @@ def run(job: FineTuneJob, workdir: Path) -> dict[str, Any]:
             done = f"the model is already promoted at {promoted['path']}" if promoted else "no model was promoted"
             raise StageError(f"output.handOff.mlflow: {exc} ({done})") from exc
     return summary
+
+
+class Evaluate(Stage):
+    name = "evaluate"
+
+    def run(self, workdir: Path) -> dict[str, Any]:
+        return run(self.job, workdir)

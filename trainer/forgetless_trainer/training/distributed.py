@@ -13,6 +13,7 @@ import os
 import socket
 from dataclasses import dataclass
 
+from forgetless.contract import RENDEZVOUS_TIMEOUT_ENV
 from forgetless.errors import StageError
 
 
@@ -69,7 +70,6 @@ def device_for(local_rank: int):
     return torch.device("cpu")
 
 
-RENDEZVOUS_TIMEOUT_ENV = "FORGETLESS_RENDEZVOUS_TIMEOUT_SECONDS"
 DEFAULT_RENDEZVOUS_TIMEOUT_SECONDS = 180.0
 """How long the ranks wait for each other at start. torch's default is 30 min (TCPStore); a rank whose
 peer is gone (its pod failed, or a lone retried pod) must fail soon, with a message that says so."""

@@ -3,8 +3,9 @@
 Order of work:
 1. ranks and process group (distributed.py), seeds (python, torch) from `training.seed`;
 2. base model + tokenizer (modeling.py), task data split into train/validation (data.py);
-3. mitigations from the spec (mitigations.build): the method picks the trainable parameters,
-   EWC estimates its Fisher, data mixing / replay add their share of every epoch;
+3. the method (methods.method_for, built once) picks the trainable parameters, then the mitigations
+   from the spec (mitigations.build): EWC estimates its Fisher, data mixing / replay add their
+   share of every epoch;
 4. torch AdamW + LambdaLR schedule → `deepspeed.initialize` with the generated config;
 5. resume from the newest complete checkpoint if there is one (weights, optimizer, scheduler,
    data position, RNG, mitigation states);
@@ -27,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import random
 import shutil
 import sys
@@ -36,11 +36,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from forgetless import atomic
+from forgetless import atomic, contract
 from forgetless.api.schema import FineTuneJob
 from forgetless.errors import StageError
 from forgetless_trainer import data as D
-from forgetless_trainer import chat, live_metrics, mitigations
+from forgetless_trainer import chat, live_metrics, methods, mitigations
 from forgetless_trainer.mitigations.base import Mitigation, Stop, TrainContext
 from forgetless_trainer.progress import StageProgress
 from forgetless_trainer.training import checkpoint, config, distributed, general_kl, knobs, packing
@@ -246,9 +246,10 @@ class Trainer:
             chat=chat.ChatFormat(tokenizer, template) if template else None, packing=spec.training.packing,
         )
         distributed.init_process_group(self.ranks)
-        self.checkpoints = self.workdir / "train" / "checkpoints"
+        self.checkpoints = self.workdir / contract.TRAIN_CHECKPOINTS
         self.resume_from = checkpoint.latest_intact(self.checkpoints, is_main=self.ranks.rank == 0,
                                                     log=lambda line: print(line, file=sys.stderr, flush=True))
+        self.method = methods.method_for(spec)  # built once: the context and the checkpoints ask it
         self.ctx = TrainContext(
             job=self.job,
             workdir=self.workdir,
@@ -262,6 +263,7 @@ class Trainer:
             resuming=self.resume_from is not None,
             device=self.device,
             general_loader=_read_general(self.job, self.base_dir),
+            method=self.method,
         )
         budget = spec.mitigation.forgetting_budget
         factory = None
@@ -280,7 +282,7 @@ class Trainer:
             self.kl_note = f"general KL not measured: {exc}"
         if self.kl is None and budget is not None and budget.signal == "kl":
             raise StageError(f"spec.mitigation.forgettingBudget.signal kl needs the general KL: {self.kl_note}")
-        self.method = self.ctx.method = self.mitigations[0]  # build() puts the method first
+        model = self.method.configure_model(model, self.ctx)  # the trainable parameters, before any mitigation
         for mitigation in self.mitigations:
             model = mitigation.configure_model(model, self.ctx)
         model.train()
@@ -462,7 +464,7 @@ class Trainer:
             "trainSeconds": round(seconds, 3),
             "outputPath": str(output),
             "method": spec.method.type,
-            "mitigations": [m.name for m in self.mitigations],
+            "mitigations": [self.method.name] + [m.name for m in self.mitigations],
             "worldSize": self.ranks.world_size,
             "precision": self.precision,
             "zeroStage": spec.deepspeed.zero_stage,
@@ -486,6 +488,7 @@ class Trainer:
         if self.ranks.world_size > 1:
             summary["rank"] = self.ranks.rank
             summary["weightsFingerprint"] = self.weights_fingerprint()
+        summary.update(self.method.summary())
         for mitigation in self.mitigations:
             summary.update(mitigation.summary())
         return TrainResult(summary, self.engine.module, self.tokenizer, self.engine, self.mitigations)
@@ -565,7 +568,7 @@ class Trainer:
 
     def _write_output(self) -> Path:
         """Adapter (LoRA) or full model + tokenizer → WORKDIR/train/output, atomically, by rank 0."""
-        output = self.workdir / "train" / "output"
+        output = self.workdir / contract.TRAIN_OUTPUT
         model = self.engine.module
         params = list(model.parameters())
         with self._gathered(params):
@@ -592,8 +595,3 @@ def train(job: FineTuneJob, workdir: Path, **options: Any) -> TrainResult:
     result = trainer.run()
     distributed.shutdown()
     return result
-
-
-def env_base_dir() -> Path | None:
-    value = os.environ.get("FORGETLESS_BASE_DIR")
-    return Path(value) if value else None

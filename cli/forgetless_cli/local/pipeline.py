@@ -18,11 +18,12 @@ from typing import Any
 from forgetless import exit_codes
 from forgetless.api.manifests import ManifestError, load_job
 from forgetless.api.schema import FineTuneJob
+from forgetless.contract import REPORT_DIR, summary_path
 from forgetless.lifecycle import PROMOTING_VERDICTS, STAGE_PHASE, STAGES, phase_of_verdict
 from forgetless.metrics import LOCAL_NAMESPACE
 from forgetless_trainer import threads
-from forgetless_trainer.run_output import metrics_server, render_table
-from forgetless_trainer.workdir import (  # noqa: F401 - default_workdir/PreflightError: part of the run API
+from forgetless_cli.local.run_output import metrics_server, render_table
+from forgetless_cli.local.workdir import (  # noqa: F401 - default_workdir/PreflightError: part of the run API
     PreflightError, default_workdir, finished_stage, preflight, prepare_workdir,
 )
 
@@ -55,7 +56,8 @@ class StageFailed(Exception):
 def execute(
     job: FineTuneJob, workdir: Path, *, metrics_port: int | None = None, log: Any = None
 ) -> PipelineResult:
-    """Run (or resume) the stages of a validated, preflighted job in `workdir`; then the gate."""
+    """Run (or resume) the stages of a validated, preflighted job in `workdir`; then read the verdict
+    the evaluate stage's gate reached (this module never runs the gate itself)."""
     from forgetless.metrics import ForgettingMetrics
     from forgetless.errors import StageError
     from forgetless_trainer.stages import run_stage
@@ -89,7 +91,7 @@ def execute(
         final = summaries["evaluate"].get("scores", {})
         gate_status = summaries["evaluate"].get("gate")
         if not isinstance(gate_status, dict) or "verdict" not in gate_status:
-            raise StageFailed("evaluate", f"{workdir / 'evaluate' / 'summary.json'} holds no gate verdict (written by an "
+            raise StageFailed("evaluate", f"{summary_path(workdir, 'evaluate')} holds no gate verdict (written by an "
                               "older forgetless?); run again with --restart")
         result = PipelineResult(workdir, summaries, gate_status, baseline, final, time.monotonic() - began)
         forgetting.record_scores(namespace, name, baseline, final, result.status.get("taskGain"))
@@ -130,7 +132,7 @@ def run_pipeline(
         return exit_codes.FAILED
 
     print(render_table(result.status, result.baseline, result.final))
-    report_dir = workdir / "report"
+    report_dir = workdir / REPORT_DIR
     for report in sorted(report_dir.glob("*")) if report_dir.exists() else []:
         print(f"report: {report}")
     if result.passed:

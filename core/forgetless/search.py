@@ -38,7 +38,6 @@ from forgetless.api.sweep import FineTuneSweepSpec, ObjectiveSpec, TrialStatus, 
 from forgetless.lifecycle import PROMOTING_VERDICTS, mean_general_score
 
 LIVE_PHASES = ("Pending", "Running")
-FINISHED_PHASES = ("Succeeded", "Failed", "Pruned")
 
 
 @dataclass(frozen=True)

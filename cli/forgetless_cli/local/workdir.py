@@ -12,10 +12,10 @@ from typing import Any
 
 from forgetless import atomic, model_sources
 from forgetless.api.schema import DataSource, FineTuneJob
+from forgetless.contract import JOB_FILE, PROMOTED_DIR, REPORT_DIR, summary_path
 from forgetless.lifecycle import STAGES
 from forgetless.locations import resolve_path
 
-JOB_FILE = "job.json"
 
 
 class PreflightError(Exception):
@@ -82,7 +82,7 @@ def preflight(job: FineTuneJob) -> None:
 
 def finished_stage(workdir: Path, stage: str) -> dict[str, Any] | None:
     """The stage's summary when it finished in this work dir (its summary.json exists), else None."""
-    summary = workdir / stage / "summary.json"
+    summary = summary_path(workdir, stage)
     if summary.exists():
         return json.loads(summary.read_text())
     return None
@@ -94,7 +94,7 @@ def prepare_workdir(job: FineTuneJob, workdir: Path, restart: bool) -> None:
     wire = job.to_wire()
     wire.pop("status", None)
     if restart and workdir.exists():
-        for stage in (*STAGES, "report", "promoted"):
+        for stage in (*STAGES, REPORT_DIR, PROMOTED_DIR):
             shutil.rmtree(workdir / stage, ignore_errors=True)
         job_file.unlink(missing_ok=True)
     if job_file.exists():

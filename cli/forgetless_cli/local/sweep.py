@@ -1,12 +1,13 @@
 """`forgetless sweep`: a FineTuneSweep on this machine, trial by trial (the local twin of the operator).
 
-The search is `forgetless.sweep.next_actions` (the pure function the operator uses too); this
+The search is `forgetless.search.next_actions` (the pure function the operator uses too); this
 module only runs what it asks for. Each trial is a FineTuneJob named `<sweep>-t<index>` run by
-`forgetless_trainer.pipeline.execute` in `<workdir>/<trial>` (baseline → train → evaluate); the
+`forgetless_cli.local.pipeline.execute` in `<workdir>/<trial>` (baseline → train → evaluate); the
 baseline stage's cache (forgetless.baseline_cache, keyed by model + suite) makes every trial after
 the first reuse one baseline. Trials run with `output.promote: false`; with `promote: best` the
-best trial's model alone is promoted at the end (forgetless_trainer.promotion.promote on its
-train output).
+best trial alone is promoted at the end, as the operator does it: its policy runs once more as the
+FineTuneJob `<sweep>-best` in its work dir (baseline and training reused), whose evaluate stage
+re-runs the gate and promotes (and hands off to MLflow when the template asks).
 
 Successive halving continues a promoted trial in its own work dir: the train and evaluate results
 of the previous rung are removed, the train stage resumes from `train/checkpoints` and, since the
@@ -31,14 +32,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from forgetless import atomic
+from forgetless import atomic, contract
 from forgetless.api.schema import FineTuneJob
-from forgetless.api.sweep import FineTuneSweep, TrialStatus
+from forgetless.api.sweep import FineTuneSweep, TrialStatus, best_job_name, candidate_spec
 from forgetless.lifecycle import mean_general_score
-from forgetless.sweep import TrialRequest, next_actions, pareto_front, select_best, trial_metrics
+from forgetless.search import TrialRequest, next_actions, pareto_front, select_best, trial_metrics
 
 SWEEP_FILE = "sweep.json"
-TRIAL_JOB_FILE = "job.json"
 
 
 class SweepError(Exception):
@@ -66,21 +66,21 @@ def trial_job(sweep: FineTuneSweep, request: TrialRequest) -> FineTuneJob:
 
 def _reset_for_next_rung(trial_dir: Path) -> None:
     """A continued trial: drop the previous rung's train and evaluate results (checkpoints stay)."""
-    (trial_dir / "train" / "summary.json").unlink(missing_ok=True)
-    for name in ("evaluate", "report"):
+    contract.summary_path(trial_dir, "train").unlink(missing_ok=True)
+    for name in (contract.EVALUATE_DIR, contract.REPORT_DIR):
         shutil.rmtree(trial_dir / name, ignore_errors=True)
 
 
 def run_trial(job_wire: dict[str, Any], trial_dir: str, continues: bool, quiet_log: bool = False) -> dict[str, Any]:
     """Run one trial (module level: a worker process can call it). Returns its measured numbers."""
-    from forgetless_trainer.pipeline import execute
+    from forgetless_cli.local.pipeline import execute
 
     job = FineTuneJob.model_validate(job_wire)
     directory = Path(trial_dir)
     directory.mkdir(parents=True, exist_ok=True)
     if continues:
         _reset_for_next_rung(directory)
-    atomic.write_text(directory / TRIAL_JOB_FILE, json.dumps(job.to_wire(), indent=2, sort_keys=True))
+    atomic.write_text(directory / contract.JOB_FILE, json.dumps(job.to_wire(), indent=2, sort_keys=True))
     name = job.metadata.name
     log = (lambda message: None) if quiet_log else (lambda message: print(f"  {name}: {message}", file=sys.stderr))
     result = execute(job, directory, log=log)
@@ -237,17 +237,31 @@ class LocalSweep:
         report = write_report(self.workdir, trials, best, self.baseline, self.sweep)
         return SweepResult(self.workdir, trials, best, self.baseline, promoted, self.train_seconds(), report)
 
-    def _promote(self, best: TrialStatus) -> dict[str, Any]:
-        from forgetless_trainer.promotion import promote
+    def _promote(self, best: TrialStatus) -> dict[str, Any] | None:
+        """As in a cluster: the best trial's policy runs once more as the FineTuneJob `<sweep>-best` in
+        the best trial's work dir, with the template's promotion and hand-off. Its baseline and train
+        stages are finished there (reused); its evaluate stage runs again: the gate, then promotion
+        and the MLflow hand-off (the one path that promotes)."""
+        from forgetless_cli.local.pipeline import execute
 
-        job_file = self.workdir / best.name / TRIAL_JOB_FILE
-        job = FineTuneJob.model_validate(json.loads(job_file.read_text()))
-        job.spec.output.promote = self.sweep.spec.template.output.promote
-        if not job.spec.output.promote:
+        template = self.sweep.spec.template
+        if not template.output.promote:
             return None  # the template asks for no promotion at all
-        job.spec.output.promote_path = self.sweep.spec.template.output.promote_path
-        record = promote(job, self.workdir / best.name)
-        self.log(f"promoted {best.name}: {record['path']} ({record['digest']})")
+        name = best_job_name(self.sweep.metadata.name)
+        metadata: dict[str, Any] = {"name": name, "labels": {"forgetless.dev/sweep": self.sweep.metadata.name}}
+        if self.sweep.metadata.namespace:
+            metadata["namespace"] = self.sweep.metadata.namespace
+        spec = candidate_spec(template, {**best.policy, "training.epochs": best.epochs})
+        job = FineTuneJob.model_validate({"apiVersion": self.sweep.api_version, "kind": "FineTuneJob",
+                                          "metadata": metadata, "spec": spec.to_wire()})
+        directory = self.workdir / best.name
+        contract.summary_path(directory, "evaluate").unlink(missing_ok=True)
+        result = execute(job, directory, log=lambda message: self.log(f"{name}: {message}"))
+        record = result.promoted_model
+        if record is None:
+            raise SweepError(f"{name} (best trial {best.name}) was not promoted: gate verdict "
+                             f"{result.status.get('verdict')}")
+        self.log(f"promoted {best.name} as {name}: {record['path']} ({record['digest']})")
         return record
 
 

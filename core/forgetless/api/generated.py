@@ -1,0 +1,29 @@
+"""Every generated CRD file: the FineTuneJob CRD (forgetless.api.crd) and the FineTuneSweep CRD
+(forgetless.api.sweep_crd, built with crd's converter), each in crds/ and in the chart.
+
+`forgetless crd --write` writes them, `--check` and the drift tests compare them. Kept apart from
+crd.py so that sweep_crd imports crd and nothing imports back (no import circle).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from forgetless.api.crd import crd_targets, render_crd_yaml
+from forgetless.api.sweep_crd import render_sweep_crd_yaml, sweep_crd_targets
+
+
+def generated_files(repo_root: Path) -> dict[Path, str]:
+    """Every generated CRD file (FineTuneJob and FineTuneSweep, in crds/ and the chart) -> its text."""
+    files = {target: render_crd_yaml() for target in crd_targets(repo_root)}
+    files.update({target: render_sweep_crd_yaml() for target in sweep_crd_targets(repo_root)})
+    return files
+
+
+def write_crds(repo_root: Path) -> list[Path]:
+    written = []
+    for target, text in generated_files(repo_root).items():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text, encoding="utf-8")
+        written.append(target)
+    return written
