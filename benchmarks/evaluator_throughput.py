@@ -85,7 +85,9 @@ def mc_only(suite: Suite) -> Suite:
 def lm_eval_side_by_side(model, tokenizer, suite: Suite, batch_size: int) -> dict:
     """The suite's multiple-choice items through lm-evaluation-harness's HF backend (a local task per
     suite task over a JSONL of the same items, the context rendered exactly as the evaluator renders
-    it, choices after a space) next to forgetless's evaluator: items/s and per-item agreement."""
+    it, choices after a space) next to forgetless's evaluator: items/s and per-item agreement of the
+    chosen answer (lm-eval's log-likelihoods, divided by the continuation's tokens where the suite's
+    task is `length_normalized`, as the evaluator scores it)."""
     import lm_eval
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
@@ -122,7 +124,13 @@ def lm_eval_side_by_side(model, tokenizer, suite: Suite, batch_size: int) -> dic
     theirs = {}
     for task in mc.tasks:
         for sample in result["samples"][f"fl_{task.name}"]:
-            theirs[(task.name, sample["doc"]["id"])] = float(sample["acc"])
+            logliks = [float(r[0]) for r in sample["filtered_resps"]]
+            if task.options.get("length_normalized"):  # scored per token, as the suite says: lm-eval's own
+                # log-likelihoods over the same continuation tokens (its acc_norm divides by characters instead)
+                logliks = [v / max(1, len(tokenizer(" " + c, add_special_tokens=False)["input_ids"]))
+                           for v, c in zip(logliks, sample["doc"]["choices"])]
+            best = max(range(len(logliks)), key=lambda i: (logliks[i], -i))
+            theirs[(task.name, sample["doc"]["id"])] = float(best == sample["doc"]["target"])
     same = sum(theirs[(i.task, i.id)] == i.score for i in ours.items)
     n = len(ours.items)
     return {"items": n, "forgetlessItemsPerSecond": n / ours_s, "lmEvalItemsPerSecond": n / theirs_s,
