@@ -290,6 +290,27 @@ def collate(encoded: Iterable[tuple[list[int], list[int]]], pad_id: int):
     return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
 
 
+def mean_token_nll(model: Any, encoder: Any, examples: list[Any], batch_size: int, device: Any) -> float:
+    """Mean next-token NLL over the labelled tokens of `examples`, in eval mode without gradients
+    (the model's training mode is restored): the validation loss, and the forecast's task/general loss."""
+    import torch
+
+    total, count = 0.0, 0
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for batch in encoder.batches(examples, batch_size):
+                batch = {k: v.to(device) for k, v in batch.items()}
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                nll, mask = token_nll(logits, batch["labels"])
+                total += float((nll * mask).sum())
+                count += int(mask.sum())
+    finally:
+        model.train(was_training)
+    return total / max(count, 1)
+
+
 def token_nll(logits, labels):
     """(next-token NLL per position, mask of labelled positions), both (batch, T-1), NLL in fp32."""
     import torch

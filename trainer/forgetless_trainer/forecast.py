@@ -68,25 +68,9 @@ def _sample(examples: list[Any], n: int, seed: int) -> list[Any]:
 
 def mean_loss(model: Any, encoder: Any, examples: list[Any]) -> float:
     """Mean per-token NLL over the labelled (response) tokens of `examples`."""
-    import torch
-
     from forgetless_trainer import data as D
 
-    device = next(model.parameters()).device
-    total, count = 0.0, 0
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for batch in encoder.batches(examples, BATCH):
-                batch = {k: v.to(device) for k, v in batch.items()}
-                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-                nll, mask = D.token_nll(logits, batch["labels"])
-                total += float((nll * mask).sum())
-                count += int(mask.sum())
-    finally:
-        model.train(was_training)
-    return total / max(count, 1)
+    return D.mean_token_nll(model, encoder, examples, BATCH, next(model.parameters()).device)
 
 
 def forecast(spec: Any, model: Any, tokenizer: Any, base_dir: Path | None = None, n: int = SAMPLE) -> dict[str, Any]:

@@ -142,23 +142,7 @@ class Trainer:
 
     def validation_loss(self) -> float:
         """Mean token loss over the validation split (every rank computes the same value)."""
-        import torch
-
-        model = self.model
-        was_training = model.training
-        model.eval()
-        total, count = 0.0, 0
-        try:
-            with torch.no_grad():
-                for batch in self.encoder.batches(self.ctx.validation, self.spec.training.batch_size):
-                    batch = {k: v.to(self.device) for k, v in batch.items()}
-                    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-                    nll, mask = D.token_nll(logits, batch["labels"])
-                    total += float((nll * mask).sum())
-                    count += int(mask.sum())
-        finally:
-            model.train(was_training)
-        return total / max(count, 1)
+        return D.mean_token_nll(self.model, self.encoder, self.ctx.validation, self.spec.training.batch_size, self.device)
 
     def all_agree(self, flag: bool) -> bool:
         return distributed.any_rank(flag)
