@@ -94,18 +94,23 @@ def test_a_finished_run_restarted_rewrites_its_output_without_training(tmp_path,
     assert all(torch.equal(v, expected[n]) for n, v in trainable(again.model).items())
 
 
-def test_a_truncated_shard_is_skipped_and_training_resumes_from_the_last_intact_checkpoint(
-        tmp_path, manifest, tiny_model_dir, capsys):
-    job = make_job(manifest, tiny_model_dir, tmp_path / "data", training={"maxSteps": 10, "checkpointIntervalSteps": 4})
-    straight = train(job, tmp_path / "straight")
-    workdir = tmp_path / "work"
-
+def _train_until_killed_at_step_9(job, workdir) -> None:
+    """Train with checkpoints at steps 4 and 8, killed after step 9."""
     def crash(step: int) -> None:
         if step == 9:
             raise Crash(f"killed at step {step}")
 
     with pytest.raises(Crash):
         train(job, workdir, after_step=crash)
+
+
+def test_a_truncated_shard_is_skipped_and_training_resumes_from_the_last_intact_checkpoint(
+        tmp_path, manifest, tiny_model_dir, capsys):
+    job = make_job(manifest, tiny_model_dir, tmp_path / "data", training={"maxSteps": 10, "checkpointIntervalSteps": 4})
+    straight = train(job, tmp_path / "straight")
+    workdir = tmp_path / "work"
+
+    _train_until_killed_at_step_9(job, workdir)
     checkpoints = workdir / "train" / "checkpoints"
     assert [n for n, _ in checkpoint.complete_checkpoints(checkpoints)] == [4, 8]
     newest = checkpoints / "step-8"
@@ -130,12 +135,7 @@ def test_an_unreadable_checkpoint_is_set_aside_so_the_retry_resumes_from_the_one
     job = make_job(manifest, tiny_model_dir, tmp_path / "data", training={"maxSteps": 10, "checkpointIntervalSteps": 4})
     workdir = tmp_path / "work"
 
-    def crash(step: int) -> None:
-        if step == 9:
-            raise Crash(f"killed at step {step}")
-
-    with pytest.raises(Crash):
-        train(job, workdir, after_step=crash)
+    _train_until_killed_at_step_9(job, workdir)
     checkpoints = workdir / "train" / "checkpoints"
     shard = max(((checkpoints / "step-8").rglob("*.pt")), key=lambda p: p.stat().st_size)
     shard.write_bytes(b"\0" * shard.stat().st_size)  # same size, garbage content: the size check cannot see it

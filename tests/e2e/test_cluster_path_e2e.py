@@ -161,6 +161,18 @@ def expect_succeeded(cluster: Cluster, name: str, status: dict) -> None:
     assert status["phase"] == "Succeeded", f"{status.get('message')}{cluster.diagnostics()}"
 
 
+def expect_each_stage_once(cluster: Cluster, name: str, status: dict) -> None:
+    """No duplicate children and no lost result: one Job, one pod and a result per stage, one spec ConfigMap."""
+    selector = f"forgetless.dev/job={name}"
+    jobs = sorted(j.metadata.name for j in cluster.batch.list_namespaced_job(cluster.namespace, label_selector=selector).items)
+    assert jobs == [f"{name}-baseline", f"{name}-evaluate", f"{name}-train"]
+    configmaps = [c.metadata.name for c in cluster.core.list_namespaced_config_map(cluster.namespace, label_selector=selector).items]
+    assert configmaps == [f"{name}-spec"]
+    for stage in ("baseline", "train", "evaluate"):
+        assert status["stages"][stage]["phase"] == "Succeeded" and status["stages"][stage]["result"]
+        assert len(cluster.stage_pods(name, stage)) == 1  # each stage ran once
+
+
 # --------------------------------------------------------------------------- the six cases
 
 
@@ -338,14 +350,7 @@ def test_the_api_server_restarting_mid_training_loses_nothing(cluster: Cluster):
     status = cluster.finish(name)
     expect_succeeded(cluster, name, status)
     assert cluster.operator.proc.poll() is None  # the same operator process: it reconnected by itself
-    selector = f"forgetless.dev/job={name}"
-    jobs = sorted(j.metadata.name for j in cluster.batch.list_namespaced_job(cluster.namespace, label_selector=selector).items)
-    assert jobs == [f"{name}-baseline", f"{name}-evaluate", f"{name}-train"]
-    configmaps = [c.metadata.name for c in cluster.core.list_namespaced_config_map(cluster.namespace, label_selector=selector).items]
-    assert configmaps == [f"{name}-spec"]
-    for stage in ("baseline", "train", "evaluate"):
-        assert status["stages"][stage]["phase"] == "Succeeded" and status["stages"][stage]["result"]
-        assert len(cluster.stage_pods(name, stage)) == 1  # nothing ran twice
+    expect_each_stage_once(cluster, name, status)
     assert status["stages"]["train"]["result"]["steps"] == 60 and status["gate"]["verdict"]
 
 
@@ -357,14 +362,7 @@ def test_operator_killed_mid_stage_restarts_without_duplicates_or_lost_results(c
     cluster.operator.start()
     status = cluster.finish(name)
     expect_succeeded(cluster, name, status)
-    selector = f"forgetless.dev/job={name}"
-    jobs = sorted(j.metadata.name for j in cluster.batch.list_namespaced_job(cluster.namespace, label_selector=selector).items)
-    assert jobs == [f"{name}-baseline", f"{name}-evaluate", f"{name}-train"]
-    configmaps = [c.metadata.name for c in cluster.core.list_namespaced_config_map(cluster.namespace, label_selector=selector).items]
-    assert configmaps == [f"{name}-spec"]
-    for stage in ("baseline", "train", "evaluate"):
-        assert status["stages"][stage]["phase"] == "Succeeded" and status["stages"][stage]["result"]
-        assert len(cluster.stage_pods(name, stage)) == 1  # each stage ran once
+    expect_each_stage_once(cluster, name, status)
     started = [e.reason for e in cluster.events(name) if e.reason.endswith("Started")]
     assert sorted(started) == ["BaselineStarted", "EvaluateStarted", "TrainStarted"]
 
