@@ -81,6 +81,18 @@ class ForgettingMetrics:
             ["namespace", "finetunejob"],
             registry=r,
         )
+        self.job_progress = Gauge(
+            "forgetless_job_progress_ratio",
+            "Share done of the job's running stage (status.trainerStatus.progressPercentage / 100; 1 when finished).",
+            ["namespace", "finetunejob"],
+            registry=r,
+        )
+        self.job_remaining = Gauge(
+            "forgetless_job_remaining_seconds",
+            "Estimated seconds left in the job's running stage (status.trainerStatus.estimatedRemainingSeconds).",
+            ["namespace", "finetunejob"],
+            registry=r,
+        )
         self.reconcile_errors = Counter(
             "forgetless_reconcile_errors_total", "Reconcile attempts that raised an error.", ["namespace"], registry=r
         )
@@ -127,6 +139,20 @@ class ForgettingMetrics:
         self.rescue_alpha.labels(namespace, job).set(float(rescue.get("alpha") or 0.0))
         self.rescue_evaluations.labels(namespace, job).set(float(rescue.get("evaluations") or 0))
 
+    def record_progress(self, namespace: str, job: str, trainer_status: Mapping[str, object] | None) -> None:
+        """The running stage's share done and time left (status.trainerStatus); an unknown ETA drops its series."""
+        if not trainer_status or trainer_status.get("progressPercentage") is None:
+            return
+        self.job_progress.labels(namespace, job).set(float(trainer_status["progressPercentage"]) / 100)  # type: ignore[arg-type]
+        remaining = trainer_status.get("estimatedRemainingSeconds")
+        if remaining is None:
+            try:
+                self.job_remaining.remove(namespace, job)
+            except KeyError:
+                pass
+        else:
+            self.job_remaining.labels(namespace, job).set(float(remaining))  # type: ignore[arg-type]
+
     def forget_job(self, namespace: str, job: str) -> None:
         """Remove every per-job series (called when the FineTuneJob is deleted)."""
         key = (namespace, job)
@@ -136,7 +162,8 @@ class ForgettingMetrics:
                     gauge.remove(namespace, job, category)
                 except KeyError:
                     pass
-        for gauge in (self.task_gain, self.gate_passed, self.rescue_alpha, self.rescue_evaluations):
+        for gauge in (self.task_gain, self.gate_passed, self.rescue_alpha, self.rescue_evaluations,
+                      self.job_progress, self.job_remaining):
             try:
                 gauge.remove(namespace, job)
             except KeyError:

@@ -302,8 +302,9 @@ def stage_job(
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": mounts,
     }
+    # every stage serves /metrics: live metrics, and the progress the operator reads into status.trainerStatus
+    container["ports"] = [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}]
     if stage == "train":
-        container["ports"] = [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}]
         if workers > 1:
             container["ports"].append({"name": "master", "containerPort": MASTER_PORT, "protocol": "TCP"})
     pod_spec: dict[str, Any] = {

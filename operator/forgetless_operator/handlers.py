@@ -5,6 +5,9 @@ Triggers (all level-triggered: each one re-reads everything and reconciles the o
 - every watch event of a FineTuneJob (`@kopf.on.event`; DELETED drops the job's metric series),
 - every watch event of a batch/v1 Job or Pod labelled `forgetless.dev/job` (server-side label
   selector, so the operator never lists unrelated pods),
+- one operator-wide progress loop (`progress_loop`): every `--progress-seconds` (15) it reads each
+  running stage's progress from its rank-0 pod's /metrics into `status.trainerStatus`
+  (Runtime.progress_pass; a PATCH only when it changed),
 - one operator-wide resync loop (`resync_loop`): every `--resync-seconds` it lists the FineTuneJobs
   and reconciles each one that still has time-based work (deadlines, TTL, retries after API errors,
   a pending hand-off).
@@ -130,6 +133,7 @@ class Options:
     metrics_host: str = "0.0.0.0"
     peering: str | None = None  # None: standalone
     resync_seconds: float = 30.0
+    progress_seconds: float = 15.0  # 0: no progress reading (status.trainerStatus stays as reconciles set it)
     config: OperatorConfig = field(default_factory=OperatorConfig)
     instance: str = "forgetless-operator"
 
@@ -144,16 +148,35 @@ async def resync_loop(runtime: Runtime, options: Options, settings: kopf.Operato
     while True:
         await asyncio.sleep(options.resync_seconds)
         try:
-            if options.peering is not None:
-                where = None if options.all_namespaces else namespaces[0]
-                kind = "ClusterKopfPeering" if options.all_namespaces else "KopfPeering"
-                peering = await runtime.kube.get(PEERING_API, kind, where, options.peering)
-                if not peering_allows(peering, identity, settings.peering.priority, runtime.clock()):
-                    continue
+            if options.peering is not None and not await _peering_allows(runtime, options, settings, identity):
+                continue
             await runtime.resync_pass(namespaces)
         except Exception as exc:  # noqa: BLE001 - the loop must outlive API errors
             runtime.metrics.error("")
             log.warning("resync pass failed: %s", exc)
+
+
+async def progress_loop(runtime: Runtime, options: Options, settings: kopf.OperatorSettings, identity: str,
+                        ready: asyncio.Event) -> None:
+    """Every `options.progress_seconds`: read the running stages' progress into status.trainerStatus
+    (Runtime.progress_pass), skipped while kopf peering pauses this replica."""
+    await ready.wait()
+    while True:
+        await asyncio.sleep(options.progress_seconds)
+        try:
+            if options.peering is not None and not await _peering_allows(runtime, options, settings, identity):
+                continue
+            await runtime.progress_pass()
+        except Exception as exc:  # noqa: BLE001 - the loop must outlive API errors
+            runtime.metrics.error("")
+            log.warning("progress pass failed: %s", exc)
+
+
+async def _peering_allows(runtime: Runtime, options: Options, settings: kopf.OperatorSettings, identity: str) -> bool:
+    where = None if options.all_namespaces else options.namespaces[0]
+    kind = "ClusterKopfPeering" if options.all_namespaces else "KopfPeering"
+    peering = await runtime.kube.get(PEERING_API, kind, where, options.peering)
+    return peering_allows(peering, identity, settings.peering.priority, runtime.clock())
 
 
 async def run_operator(options: Options, stop_flag: Optional[asyncio.Event] = None) -> None:
@@ -166,6 +189,7 @@ async def run_operator(options: Options, stop_flag: Optional[asyncio.Event] = No
     ready = asyncio.Event()
     operator_task: Optional[asyncio.Task] = None
     resync_task: Optional[asyncio.Task] = None
+    progress_task: Optional[asyncio.Task] = None
     app = make_app(
         runtime.metrics,
         ready=ready.is_set,
@@ -185,10 +209,13 @@ async def run_operator(options: Options, stop_flag: Optional[asyncio.Event] = No
             identity=identity,  # type: ignore[arg-type]  # kopf.Identity is a NewType of str
         ))
         resync_task = asyncio.create_task(resync_loop(runtime, options, settings, identity, ready))
+        if options.progress_seconds > 0:
+            progress_task = asyncio.create_task(progress_loop(runtime, options, settings, identity, ready))
         await operator_task
     finally:
-        if resync_task is not None:
-            resync_task.cancel()
-            await asyncio.gather(resync_task, return_exceptions=True)
+        for task in (resync_task, progress_task):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         await server.cleanup()
-        await runtime.kube.close()
+        await runtime.close()

@@ -43,6 +43,7 @@ class OperatorMetrics:
                 start, end = parse_time(record.get("startTime")), parse_time(record.get("completionTime"))
                 if start and end and end >= start:
                     m.stage_duration.labels(namespace, stage).observe((end - start).total_seconds())
+        self.metrics.record_progress(namespace, name, new.get("trainerStatus"))
         baseline = dict(new.get("baselineScores") or {})
         final = dict(new.get("finalScores") or {})
         gate = new.get("gate") or {}
@@ -54,6 +55,10 @@ class OperatorMetrics:
                 m.record_verdict(namespace, name, gate["verdict"])
             else:
                 m.gate_passed.labels(namespace, name).set(1 if gate["verdict"] in PROMOTING_VERDICTS else 0)
+
+    def progress(self, namespace: str, name: str, trainer_status: Mapping[str, Any] | None) -> None:
+        """The running stage's progress, after the progress pass wrote it."""
+        self.metrics.record_progress(namespace, name, trainer_status)
 
     def forget(self, namespace: str, name: str) -> None:
         self.metrics.forget_job(namespace, name)

@@ -62,6 +62,7 @@ from forgetless_operator.children import OperatorConfig
 from forgetless_operator.decision import (
     Action, CreateObject, Decision, DeleteObject, Event, Observed, PatchObject, RecordBaselineCache,
 )
+from forgetless_operator.progress import settle as settle_trainer_status
 from forgetless_operator.observation import (
     alive, job_attempt, job_condition, observe_stage, owned_by,
     pod_job_name, pods_of, short,
@@ -167,6 +168,7 @@ class _Run:
             self.expire()
         else:
             self.progress()
+        settle_trainer_status(self.status, self.now_s)
         self.finish_conditions()
         return Decision(self.actions, self.status, self.events)
 

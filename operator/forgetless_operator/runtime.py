@@ -1,7 +1,10 @@
 """The operator's runtime: for one FineTuneJob, read what `reconcile` needs (`observe`), call it, apply
 its Decision and patch the status (`reconcile_once`); plus the small parts that keep that cheap
 under load: `Coalescer` (one reconcile per job at a time), `EchoFilter` (skip the watch events of
-the operator's own creates), `SharedReads` (one GET for a burst of jobs reading the same object).
+the operator's own creates), `SharedReads` (one GET for a burst of jobs reading the same object);
+and `progress_pass`: the running stage's progress read from its rank-0 pod's /metrics into
+`status.trainerStatus` (progress.py decides what; one optimistic-locked status PATCH per job per pass,
+only when something changed).
 kopf is not imported here: handlers.py wires watch events and the resync loop to this.
 """
 
@@ -33,6 +36,7 @@ from forgetless_operator.decision import (
 from forgetless_operator.kube import ApiError, KubeClient
 from forgetless_operator.metrics import OperatorMetrics
 from forgetless_operator.observation import index_jobs, owned_by
+from forgetless_operator.progress import same_progress, scrape_target, trainer_status
 from forgetless.timefmt import fmt_time
 from forgetless_operator.reconcile import permission_denied_status, reconcile
 from forgetless_operator.sweep_reconcile import LABEL_SWEEP, reconcile_sweep
@@ -141,6 +145,28 @@ class SharedReads:
 
 
 @dataclass
+class LiveTarget:
+    """A job with a running stage whose progress can be read: where, and the object version it was seen at."""
+
+    stage: str
+    url: str
+    resource_version: str
+    trainer_status: Optional[dict]
+
+
+async def http_scrape(session_holder: dict, url: str, timeout: float) -> str:
+    """GET a pod's /metrics text with a plain session (never the API server's credentials)."""
+    import aiohttp
+
+    session = session_holder.get("session")
+    if session is None or session.closed:
+        session = session_holder["session"] = aiohttp.ClientSession()
+    async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout)) as response:
+        response.raise_for_status()
+        return await response.text()
+
+
+@dataclass
 class Runtime:
     """Operator-wide state: the API client, settings and metrics (one per process or per test)."""
 
@@ -156,6 +182,10 @@ class Runtime:
     _fingerprints: dict[tuple[str, str], str] = field(default_factory=dict)
     _tasks: set[asyncio.Future] = field(default_factory=set)
     _shared: "SharedReads | None" = None
+    scrape: Optional[Callable[[str], Awaitable[str]]] = None  # a pod's /metrics text (tests inject one)
+    scrape_timeout: float = 3.0
+    _live: dict[tuple[str, str], LiveTarget] = field(default_factory=dict)
+    _scrape_session: dict = field(default_factory=dict)
 
     async def shared_get(self, kind: str, namespace: str, name: str) -> dict | None:
         """A GET of an object many jobs read, shared for `shared_ttl` seconds (see SharedReads)."""
@@ -208,6 +238,7 @@ class Runtime:
     def forget(self, namespace: str, name: str) -> None:
         self.metrics.forget(namespace, name)
         self._fingerprints.pop((namespace, name), None)
+        self._live.pop((namespace, name), None)
         self._coalescer.forget((namespace, name))
 
     # ------------------------------------------------------------------ FineTuneSweeps
@@ -392,6 +423,7 @@ class Runtime:
                 deleted_itself = True  # deleted meanwhile (by a user): its events still tell what happened
         if not deleted_itself:
             self._fingerprints[(namespace, name)] = fingerprint(written)
+            self._track_progress(namespace, name, written, observed)
         now = fmt_time(self.clock())
         await asyncio.gather(*(self._post(ftj, event, now) for event in decision.events))
         if deleted_itself:
@@ -399,6 +431,69 @@ class Runtime:
         else:
             self.metrics.observe(namespace, name, old, decision.status)
         return decision
+
+    # ------------------------------------------------------------------ live progress
+
+    def _track_progress(self, namespace: str, name: str, written: dict, observed: Observed) -> None:
+        """Remember where the running stage's progress can be read (or forget it: no stage running)."""
+        status = written.get("status") or {}
+        target = scrape_target(status, observed.pods)
+        version = (written.get("metadata") or {}).get("resourceVersion")
+        if target is None or not version:
+            self._live.pop((namespace, name), None)
+            return
+        self._live[(namespace, name)] = LiveTarget(target[0], target[1], version, status.get("trainerStatus"))
+
+    async def _scrape(self, url: str) -> str:
+        if self.scrape is not None:
+            return await self.scrape(url)
+        return await http_scrape(self._scrape_session, url, self.scrape_timeout)
+
+    async def progress_pass(self, concurrency: int = 32) -> int:
+        """Read each running stage's progress and write the changed ones to status.trainerStatus (the
+        PATCH carries the resourceVersion the job was seen at: a reconcile that wrote meanwhile wins, and
+        the next one re-tracks). A pod that does not answer is skipped; returns how many were written."""
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(key: tuple[str, str], target: LiveTarget) -> bool:
+            async with gate:
+                try:
+                    text = await self._scrape(target.url)
+                except Exception as exc:  # noqa: BLE001 - a pod still loading, or gone: next pass
+                    log.debug("progress of %s/%s: %s unreachable: %s", *key, target.url, exc)
+                    return False
+            new = trainer_status(target.stage, text, fmt_time(self.clock()), job=key[1])
+            if new is None or same_progress(new, target.trainer_status) or self._live.get(key) is not target:
+                return False
+            patch = {"metadata": {"resourceVersion": target.resource_version},
+                     "status": {"trainerStatus": merge_patch(target.trainer_status or {}, new)}}
+            try:
+                written = await self.kube.patch(API_VERSION, KIND, key[0], key[1], patch, subresource="status")
+            except ApiError as exc:
+                if exc.status in (404, 409):  # deleted, or written meanwhile: the next reconcile re-tracks
+                    if self._live.get(key) is target:
+                        self._live.pop(key, None)
+                    return False
+                raise
+            self._fingerprints[key] = fingerprint(written)
+            if self._live.get(key) is target:
+                target.resource_version = (written.get("metadata") or {}).get("resourceVersion", "")
+                target.trainer_status = (written.get("status") or {}).get("trainerStatus")
+            self.metrics.progress(key[0], key[1], (written.get("status") or {}).get("trainerStatus"))
+            return True
+
+        results = await asyncio.gather(*(one(k, t) for k, t in list(self._live.items())), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                self.metrics.error("")
+                log.warning("progress update failed: %s", result)
+        return sum(1 for r in results if r is True)
+
+    async def close(self) -> None:
+        session = self._scrape_session.pop("session", None)
+        if session is not None:
+            await session.close()
+        await self.kube.close()
 
     async def _permission_denied(self, ftj: dict, denied: list[tuple[str, str, str, str]]) -> None:
         meta = ftj["metadata"]

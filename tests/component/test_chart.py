@@ -288,7 +288,8 @@ def test_deployment_defaults(helm: str) -> None:
     assert container["image"] == f"ghcr.io/forgetless/operator:{APP_VERSION}"
     assert env_of(container)["FORGETLESS_TRAINER_IMAGE"] == f"ghcr.io/forgetless/trainer:{APP_VERSION}"
     assert container["command"] == ["forgetless"]
-    assert container["args"] == ["operator", "--all-namespaces", "--metrics-port", "8080", "--standalone"]
+    assert container["args"] == ["operator", "--all-namespaces", "--metrics-port", "8080", "--progress-seconds", "15",
+                                 "--standalone"]
     assert deployment["spec"]["replicas"] == 1
     assert deployment["spec"]["strategy"] == {"type": "Recreate"}  # a standalone operator never overlaps itself
     assert container["ports"] == [{"name": "metrics", "containerPort": 8080, "protocol": "TCP"}]

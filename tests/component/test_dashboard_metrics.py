@@ -176,7 +176,8 @@ def test_dashboard_covers_the_issue_panels() -> None:
     text = DASHBOARD.read_text()
     for name in ("forgetless_baseline_score_ratio", "forgetless_final_score_ratio", "forgetless_forgetting_ratio",
                  "forgetless_gate_verdicts_total", "forgetless_finetunejobs", "forgetless_stage_duration_seconds",
-                 "forgetless_train_loss", "forgetless_train_tokens_per_second", "forgetless_probe_score_ratio"):
+                 "forgetless_train_loss", "forgetless_train_tokens_per_second", "forgetless_probe_score_ratio",
+                 "forgetless_job_progress_ratio", "forgetless_job_remaining_seconds"):
         assert name in text, f"the dashboard has no panel for {name}"
     dashboard = json.loads(text)
     variables = {v["name"]: v for v in dashboard["templating"]["list"]}

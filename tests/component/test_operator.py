@@ -65,8 +65,9 @@ async def until(check: Callable[[], Any], timeout: float = 15.0, what: str = "co
 class Operator:
     """`run_operator` in its own thread and event loop (kopf cancels tasks it did not start when it stops)."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, progress_seconds: float = 0.0) -> None:
         self.port = port
+        self.progress_seconds = progress_seconds
         self.loop: asyncio.AbstractEventLoop | None = None
         self.stop_flag: asyncio.Event | None = None
         self.thread: threading.Thread | None = None
@@ -77,6 +78,7 @@ class Operator:
             self.loop = asyncio.get_running_loop()
             self.stop_flag = asyncio.Event()
             options = Options(namespaces=[NS], metrics_port=self.port, metrics_host="127.0.0.1", resync_seconds=2.0,
+                              progress_seconds=self.progress_seconds,
                               config=OperatorConfig(trainer_image="ghcr.io/forgetless/trainer:test"))
             await run_operator(options, stop_flag=self.stop_flag)
 
@@ -418,3 +420,105 @@ async def test_first_reconcile_uses_the_watch_body(api: FakeApi, operator: Opera
     finish_stage(api, "ft-baseline", SUMMARIES["baseline"])
     await until(lambda: status(api).get("phase") == "Training", what="training")
     assert any(r.method == "GET" and r.path.endswith("/finetunejobs/ft") for r in api.requests[first_post:])
+
+
+class StagePodMetrics:
+    """A stage pod's /metrics (what forgetless_trainer.live_metrics serves), with text the test sets."""
+
+    def __init__(self) -> None:
+        self.text = ""
+        self.port = free_port()
+        self.scrapes = 0
+
+    async def __aenter__(self) -> "StagePodMetrics":
+        from aiohttp import web
+
+        async def metrics(_: web.Request) -> web.Response:
+            self.scrapes += 1
+            return web.Response(text=self.text, content_type="text/plain")
+
+        app = web.Application()
+        app.router.add_get("/metrics", metrics)
+        self.runner = web.AppRunner(app, access_log=None)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.runner.cleanup()
+
+    def progress(self, stage: str, done: int, total: int, remaining: float, **train: float) -> None:
+        lines = [f'forgetless_stage_done_units{{finetunejob="ft",namespace="default",stage="{stage}"}} {done}',
+                 f'forgetless_stage_total_units{{finetunejob="ft",namespace="default",stage="{stage}"}} {total}',
+                 f'forgetless_stage_progress_ratio{{finetunejob="ft",namespace="default",stage="{stage}"}} {done / total}',
+                 f'forgetless_stage_remaining_seconds{{finetunejob="ft",namespace="default",stage="{stage}"}} {remaining}']
+        lines += [f'{name}{{finetunejob="ft",namespace="default"}} {value}' for name, value in train.items()]
+        self.text = "\n".join(lines) + "\n"
+
+
+def running_pod(api: FakeApi, job_name: str, port: int) -> dict:
+    """What kubelet reports for a started stage pod: Running, with an IP, serving /metrics on `port`."""
+    job = api.get("batch/v1", "Job", NS, job_name)
+    template = job["spec"]["template"]
+    container = {**template["spec"]["containers"][0], "ports": [{"name": "metrics", "containerPort": port}]}
+    return api.create({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": f"{job_name}-run", "namespace": NS,
+                     "labels": {**template["metadata"]["labels"], "batch.kubernetes.io/job-name": job_name,
+                                "job-name": job_name},
+                     "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": job_name,
+                                          "uid": job["metadata"]["uid"], "controller": True}]},
+        "spec": {**template["spec"], "containers": [container]},
+        "status": {"phase": "Running", "podIP": "127.0.0.1"},
+    })
+
+
+async def test_a_running_stage_progress_is_read_into_trainer_status_only_when_it_changes(api: FakeApi):
+    trainer_status = lambda: status(api).get("trainerStatus") or {}  # noqa: E731
+    operator = Operator(free_port(), progress_seconds=0.2)
+    await operator.start()
+    try:
+        async with StagePodMetrics() as pod_metrics:
+            submit(api)
+            await until(lambda: api.get("batch/v1", "Job", NS, "ft-baseline"), what="Job ft-baseline")
+            await until(lambda: trainer_status().get("stage") == "baseline", what="baseline progress at 0")
+            assert trainer_status()["progressPercentage"] == 0
+            pod_metrics.progress("baseline", 20, 80, 12.4)
+            running_pod(api, "ft-baseline", pod_metrics.port)
+            await until(lambda: trainer_status().get("progressPercentage") == 25, what="25 % read from the pod")
+            now = trainer_status()
+            assert now["estimatedRemainingSeconds"] == 12 and now["estimatedRemaining"] == "12s"
+            assert {m["name"]: m["value"] for m in now["metrics"]} == {"answers": "20", "totalAnswers": "80"}
+            FineTuneJobStatus.model_validate(status(api))
+            pod_metrics.progress("baseline", 60, 80, 3.0)
+            await until(lambda: trainer_status().get("progressPercentage") == 75, what="75 %")
+            assert trainer_status()["estimatedRemaining"] == "3s"
+            await metrics_with(operator, 'forgetless_job_progress_ratio{finetunejob="ft",namespace="default"} 0.75',
+                               'forgetless_job_remaining_seconds{finetunejob="ft",namespace="default"} 3.0')
+            # Unchanged progress is read again and again but never written again.
+            progress_patches = lambda: [r for r in api.requests_for("PATCH", "/finetunejobs/ft/status")  # noqa: E731
+                                        if "trainerStatus" in (r.body.get("status") or {}) and "metadata" in r.body]
+            written, scrapes = len(progress_patches()), pod_metrics.scrapes
+            await until(lambda: pod_metrics.scrapes >= scrapes + 4, what="four more reads")
+            assert len(progress_patches()) == written
+            # Each write carries the version it was computed from (a reconcile that wrote meanwhile wins).
+            assert all(r.body["metadata"].get("resourceVersion") for r in progress_patches())
+
+            api.delete("v1", "Pod", NS, "ft-baseline-run")
+            finish_stage(api, "ft-baseline", SUMMARIES["baseline"])
+            await until(lambda: trainer_status().get("stage") == "train", what="the train stage's progress")
+            assert trainer_status()["progressPercentage"] == 0 and "estimatedRemainingSeconds" not in trainer_status()
+            pod_metrics.progress("train", 30, 120, 45.0, forgetless_train_loss=0.25)
+            running_pod(api, "ft-train", pod_metrics.port)
+            await until(lambda: trainer_status().get("progressPercentage") == 25, what="train at 25 %")
+            metrics = {m["name"]: m["value"] for m in trainer_status()["metrics"]}
+            assert metrics == {"step": "30", "totalSteps": "120", "loss": "0.25"}
+            api.delete("v1", "Pod", NS, "ft-train-run")
+            finish_stage(api, "ft-train", SUMMARIES["train"])
+            await until(lambda: api.get("batch/v1", "Job", NS, "ft-evaluate"), what="Job ft-evaluate")
+            finish_stage(api, "ft-evaluate", SUMMARIES["evaluate"])
+            await until(lambda: status(api).get("phase") == "Succeeded", what="Succeeded")
+            final = trainer_status()
+            assert (final["stage"], final["progressPercentage"], final["estimatedRemainingSeconds"]) == ("evaluate", 100, 0)
+    finally:
+        await operator.stop()

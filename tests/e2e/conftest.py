@@ -157,6 +157,7 @@ class OperatorProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "forgetless_cli", "operator", "--namespace", self.namespace, "--standalone",
              "--metrics-port", str(self.port), "--metrics-host", "127.0.0.1", "--resync-seconds", "5",
+             "--progress-seconds", "1",
              "--trainer-image", UNPULLABLE_IMAGE],
             env=env, stdout=log, stderr=subprocess.STDOUT,
         )
@@ -241,9 +242,11 @@ def extensions_cache(tmp_path_factory) -> Path:
 def node(kube, namespace: str, tmp_path: Path, extensions_cache: Path) -> Iterator[Any]:
     """A stand-in node running the namespace's stage pods as `python -m forgetless ...` processes.
 
-    All pods share 127.0.0.1, so the env hook does what cluster networking would: each pod gets its
-    own metrics port, each multi-worker Job one master port, and the master's DNS name resolves to
-    127.0.0.1. The in-pod roots of PVCs and ConfigMaps point into the pod's emulated rootfs.
+    Each pod has its own loopback IP (the stand-in's `status.podIP`), and the env hook does what cluster
+    networking would: the trainer's /metrics binds that IP on the port the pod spec names (so the
+    operator reads progress where it would in a cluster), each multi-worker Job gets one master port,
+    and the master's DNS name resolves to 127.0.0.1. The in-pod roots of PVCs and ConfigMaps point
+    into the pod's emulated rootfs.
     """
     from tests.e2e.standin_node import StandInNode
 
@@ -255,7 +258,7 @@ def node(kube, namespace: str, tmp_path: Path, extensions_cache: Path) -> Iterat
         overrides = {
             "FORGETLESS_PVC_ROOT": str(rootfs / "mnt" / "pvc"),
             "FORGETLESS_CONFIGMAP_ROOT": str(rootfs / "etc" / "forgetless" / "configmaps"),
-            "FORGETLESS_METRICS_PORT": str(_free_port()),
+            "FORGETLESS_METRICS_ADDRESS": pod["status"]["podIP"],
             "FORGETLESS_RENDEZVOUS_TIMEOUT_SECONDS": "60",
             "TORCH_EXTENSIONS_DIR": str(extensions_cache),
             "OMP_NUM_THREADS": "1",

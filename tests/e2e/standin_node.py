@@ -19,6 +19,9 @@ would, with one process per pod instead of one container:
 * env comes from the pod spec (value, $(VAR) expansion, fieldRef, configMapKeyRef, secretKeyRef,
   envFrom) over a minimal base env; a missing non-optional reference keeps the pod waiting with
   reason CreateContainerConfigError, retried on each poll, as kubelet does;
+* each pod gets its own loopback address as its IP (127.1.x.y: the whole of 127.0.0.0/8 reaches this
+  host), reported in `status.podIP` and the downward API, so a process that binds its pod IP can be
+  reached there by whoever reads the pod, as on a pod network;
 * status is written to the status subresource: Running when started, Succeeded/Failed with a
   terminated state (exit code, reason, termination message) when the process exits;
 * a pod deleted while running gets SIGTERM on its process group, then SIGKILL after the grace;
@@ -29,13 +32,14 @@ Layout under `root`: `node.log` (one line per start, exit, kill, problem), `pvc/
 
 Nothing here knows about any particular operator: callers adapt the processes through
 `entrypoint` (the image ENTRYPOINT, used when a container has no `command`) and `env_hook`
-(all "pods" share 127.0.0.1, so ports and DNS names are the caller's business).
+(all "pods" share one host: which address a process binds, and DNS names, are the caller's business).
 """
 
 from __future__ import annotations
 
 import base64
 import dataclasses
+import itertools
 import json
 import logging
 import os
@@ -51,7 +55,14 @@ from typing import Any, Callable
 log = logging.getLogger(__name__)
 
 NODE_NAME = "standin-node"
-POD_IP = "127.0.0.1"
+HOST_IP = "127.0.0.1"
+_pod_ips = itertools.count(1)  # process-wide: two nodes of one test session never hand out the same IP
+
+
+def next_pod_ip() -> str:
+    """127.1.0.1, 127.1.0.2, ... 127.1.255.254, then round again (older pods are long gone by then)."""
+    n = next(_pod_ips) % (256 * 254)
+    return f"127.1.{n // 254}.{n % 254 + 1}"
 DEFAULT_TERMINATION_PATH = "/dev/termination-log"
 MAX_MESSAGE_BYTES = 4096
 FALLBACK_LINES, FALLBACK_BYTES = 80, 2048
@@ -282,6 +293,7 @@ class StandInNode:
             self._set_waiting(pod, container, "StandInNodeUnsupported",
                               "init containers are not run by the stand-in node")
             return
+        pod = {**pod, "status": {**(pod.get("status") or {}), "podIP": next_pod_ip()}}  # the downward API sees it
         try:
             fetch = self._fetcher(meta["namespace"])
             pod_env = self._resolve_env(pod, container, fetch)
@@ -316,8 +328,8 @@ class StandInNode:
             self._log(f"start {self._key(record)} pid={record.pid} cmd={cmd}"
                       + (f" (its {extra} other containers do not run)" if extra else ""))
             run.pending_status = {
-                "phase": "Running", "podIP": POD_IP, "podIPs": [{"ip": POD_IP}], "hostIP": POD_IP,
-                "hostIPs": [{"ip": POD_IP}], "startTime": record.started_at, "conditions": self._conditions(True),
+                "phase": "Running", "podIP": pod["status"]["podIP"], "podIPs": [{"ip": pod["status"]["podIP"]}],
+                "hostIP": HOST_IP, "hostIPs": [{"ip": HOST_IP}], "startTime": record.started_at, "conditions": self._conditions(True),
                 "containerStatuses": [self._container_status(pod, True, {"running": {"startedAt": record.started_at}})]}
         self._flush_status(run)
 
@@ -569,9 +581,10 @@ def expand(value: str, env: dict[str, str]) -> str:
 def field_value(pod: dict, path: str) -> str:
     """The downward API: the value a fieldRef names."""
     meta, spec = pod["metadata"], pod.get("spec", {})
+    pod_ip = (pod.get("status") or {}).get("podIP") or HOST_IP
     simple = {"metadata.name": meta["name"], "metadata.namespace": meta["namespace"], "metadata.uid": meta["uid"],
               "spec.nodeName": NODE_NAME, "spec.serviceAccountName": spec.get("serviceAccountName", ""),
-              "status.podIP": POD_IP, "status.hostIP": POD_IP, "status.podIPs": POD_IP, "status.hostIPs": POD_IP}
+              "status.podIP": pod_ip, "status.hostIP": HOST_IP, "status.podIPs": pod_ip, "status.hostIPs": HOST_IP}
     if path in simple:
         return simple[path]
     match = re.fullmatch(r"metadata\.(labels|annotations)\['(.*)'\]", path)

@@ -205,6 +205,54 @@ def test_lora_job_succeeds_and_the_promoted_model_is_on_the_volume(cluster: Clus
     assert {"BaselineStarted", "TrainStarted", "EvaluateStarted", "GatePassed", "Promoted"} <= reasons
 
 
+def printed_columns(cluster: Cluster, name: str) -> dict[str, Any]:
+    """What `kubectl get ftj NAME` prints: the API server's Table rendering of the CRD's printer columns."""
+    client = cluster.custom.api_client
+    request = client.param_serialize("GET", f"/apis/{GROUP}/{VERSION}/namespaces/{cluster.namespace}/{PLURAL}/{name}",
+                                     header_params={"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io"},
+                                     auth_settings=["BearerToken"])
+    response = client.call_api(*request)
+    response.read()
+    table = json.loads(response.data)
+    names = [c["name"] for c in table["columnDefinitions"]]
+    return dict(zip(names, table["rows"][0]["cells"]))
+
+
+def test_kubectl_get_shows_the_training_progress_rising_and_its_eta_falling(cluster: Cluster):
+    name = cluster.apply(manifest("e2e-progress", LORA, {"training": {"maxSteps": 60, "checkpointIntervalSteps": 30}}))
+    seen: list[tuple[int, int | None, dict]] = []  # (percent, seconds left, printed columns) while training
+    suite_progress: set[str] = set()  # the stages read while answering the suite (baseline, evaluate)
+
+    def watch_training() -> bool:
+        status = cluster.status(name)
+        progress = status.get("trainerStatus") or {}
+        if progress.get("stage") in ("baseline", "evaluate") and progress.get("progressPercentage"):
+            if {"answers", "totalAnswers"} <= {m["name"] for m in progress.get("metrics", [])}:
+                suite_progress.add(progress["stage"])
+        if progress.get("stage") == "train" and status["stages"]["train"].get("phase") == "Running":
+            point = (progress.get("progressPercentage"), progress.get("estimatedRemainingSeconds"))
+            if not seen or point != seen[-1][:2]:
+                seen.append((*point, printed_columns(cluster, name)))
+        return status.get("phase") in ("Succeeded", "Blocked", "Failed")
+
+    wait(watch_training, "the job to finish, its progress watched", timeout=JOB_TIMEOUT, period=0.5)
+    status = cluster.finish(name)
+    expect_succeeded(cluster, name, status)
+    percents = [p for p, _, _ in seen if p]
+    assert len(set(percents)) >= 3, f"too few progress readings while training: {seen}{cluster.diagnostics()}"
+    assert percents == sorted(percents), seen  # it only rises
+    etas = [e for _, e, _ in seen if e is not None]
+    assert len(etas) >= 2 and etas[-1] < etas[0], seen  # and the time left falls
+    columns = next(c for p, e, c in reversed(seen) if p and e is not None)
+    assert columns["Phase"] == "Training"
+    assert isinstance(columns["Progress"], int) and 0 < columns["Progress"] <= 100
+    assert columns["ETA"] and columns["ETA"][-1] in "smh", columns  # e.g. 12s, 1m05s
+    assert suite_progress, "no baseline or evaluate progress through the suite was read"
+    final = status["trainerStatus"]
+    assert (final["stage"], final["progressPercentage"], final["estimatedRemainingSeconds"]) == ("evaluate", 100, 0)
+    assert printed_columns(cluster, name)["Progress"] == 100
+
+
 def test_naive_job_is_blocked_and_nothing_is_promoted(cluster: Cluster, inference_service_crd):
     serving(cluster)
     name = cluster.apply(manifest("e2e-naive", NAIVE, HAND_OFF))

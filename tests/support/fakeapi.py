@@ -2,7 +2,8 @@
 
 Serves what kopf and `forgetless_operator.kube` call: discovery (/api, /apis, group versions),
 list + watch (chunked JSON lines, label selectors, resourceVersion resume), get, create (409
-AlreadyExists, generateName), JSON merge patch and JSON patch (with `test`), the status
+AlreadyExists, generateName), JSON merge patch and JSON patch (with `test`; a merge patch that
+carries metadata.resourceVersion is refused with 409 Conflict when the object moved on), the status
 subresource (status changes through the main resource are ignored, as for CRDs with a status
 subresource), delete (finalizers hold an object with deletionTimestamp) and owner-reference
 cascading (foreground-less: dependents go right after the owner). Every request is recorded in
@@ -268,6 +269,10 @@ class FakeApi:
         current = self.objects.get(key)
         if current is None:
             raise _Status(404, "NotFound", f'{kind.plural} "{name}" not found')
+        wanted = ((patch.get("metadata") or {}).get("resourceVersion") if isinstance(patch, dict) else None)
+        if wanted is not None and str(wanted) != current["metadata"].get("resourceVersion"):
+            raise _Status(409, "Conflict", f'Operation cannot be fulfilled on {kind.plural} "{name}": the object has '
+                          "been modified; please apply your changes to the latest version and try again")
         try:
             if content_type.startswith("application/json-patch+json"):
                 new = json_patch(current, patch)

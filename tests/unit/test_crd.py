@@ -72,7 +72,7 @@ def test_status_subresource_and_printer_columns():
     version = render_crd()["spec"]["versions"][0]
     assert version["subresources"] == {"status": {}}
     columns = [c["name"] for c in version["additionalPrinterColumns"]]
-    assert columns == ["Phase", "Method", "Gate", "Forgetting", "Age"]
+    assert columns == ["Phase", "Progress", "ETA", "Method", "Gate", "Forgetting", "Age"]
     status = version["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
     assert status["kopf"]["x-kubernetes-preserve-unknown-fields"] is True
     assert {"phase", "conditions", "observedGeneration", "gate", "stages", "forgetting"} <= status.keys()

@@ -5,9 +5,12 @@ process-global default) so tests can read them with `REGISTRY.get_sample_value(.
 runs in one process do not collide. Labels: namespace / finetunejob from env `FORGETLESS_NAMESPACE`
 / `FORGETLESS_JOB` (the job's name when unset), plus `category` on the probe score.
 
-`serve()` starts the HTTP endpoint on env `FORGETLESS_METRICS_PORT` (unset: no server); with
-several ranks on one machine only local rank 0 serves. What the user watches on the console is
-`forgetless_trainer.progress`.
+`serve()` starts the HTTP endpoint on env `FORGETLESS_METRICS_PORT` (unset: no server; bound to
+`FORGETLESS_METRICS_ADDRESS` when set, else all interfaces); with several ranks on one machine only
+local rank 0 serves. Every stage serves (`forgetless_trainer.stages.run_stage`): the `forgetless_stage_*`
+gauges carry a stage's progress through its loop (training steps, suite answers), set by the
+progress display (`forgetless_trainer.progress`, what the user watches on the console), and the
+operator reads them into `status.trainerStatus`.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
 from forgetless.metrics import LOCAL_NAMESPACE
-from forgetless.contract import JOB_ENV, METRICS_PORT_ENV, NAMESPACE_ENV
+from forgetless.contract import JOB_ENV, METRICS_ADDRESS_ENV, METRICS_PORT_ENV, NAMESPACE_ENV
 
 LABELS = ("namespace", "finetunejob")
 
@@ -59,7 +62,32 @@ PROBE_SCORE = Gauge(
     registry=REGISTRY,
 )
 
+STAGE_LABELS = LABELS + ("stage",)
+STAGE_PROGRESS = Gauge(
+    "forgetless_stage_progress_ratio", "Share of the running stage's work done (training steps, suite answers).",
+    STAGE_LABELS, registry=REGISTRY,
+)
+STAGE_DONE = Gauge("forgetless_stage_done_units", "Units of the stage's work done (steps, answers).", STAGE_LABELS,
+                   registry=REGISTRY)
+STAGE_TOTAL = Gauge("forgetless_stage_total_units", "Units of the stage's work in all (steps, answers).", STAGE_LABELS,
+                    registry=REGISTRY)
+STAGE_REMAINING = Gauge(
+    "forgetless_stage_remaining_seconds",
+    "Estimated seconds left in the stage's loop, from its rate so far (absent until a unit is done).",
+    STAGE_LABELS, registry=REGISTRY,
+)
+
 _server_started: dict[int, Any] = {}
+
+
+def stage_progress(stage: str, done: int, total: int, remaining_seconds: float | None) -> None:
+    """Publish a stage's progress (called by the progress display on every update)."""
+    where = {**labels(), "stage": stage}
+    STAGE_DONE.labels(**where).set(done)
+    STAGE_TOTAL.labels(**where).set(total)
+    STAGE_PROGRESS.labels(**where).set(min(1.0, done / total) if total > 0 else 1.0)
+    if remaining_seconds is not None:
+        STAGE_REMAINING.labels(**where).set(max(0.0, remaining_seconds))
 
 
 def labels(job_name: str | None = None, namespace: str | None = None) -> dict[str, str]:
@@ -82,7 +110,8 @@ def serve(local_rank: int = 0) -> int | None:
         return None
     if port not in _server_started:
         try:
-            _server_started[port] = start_http_server(port, registry=REGISTRY)
+            _server_started[port] = start_http_server(port, addr=os.environ.get(METRICS_ADDRESS_ENV) or "0.0.0.0",
+                                                      registry=REGISTRY)
         except OSError as exc:  # metrics are an aid: a taken port must never cost a training run
             print(f"warning: cannot serve live metrics on port {port} ({exc}); training goes on without them",
                   file=sys.stderr)

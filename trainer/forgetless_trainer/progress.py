@@ -8,7 +8,9 @@ validation, a probe) as its own line:
     [train] step 161/1608 (10 %) · 1.9 step/s · 12m41s left · loss=0.53 lr=0.001
     [train] step 200: validation loss 0.3114 (best 0.3114 at step 200)
 
-Only rank 0 draws (`enabled`); other ranks keep silent.
+Only rank 0 draws (`enabled`); other ranks keep silent. Every update is also published as the
+`forgetless_stage_*` gauges (forgetless_trainer.live_metrics: done, total, share, time left), which the
+operator reads into `status.trainerStatus` while a stage pod runs.
 """
 
 from __future__ import annotations
@@ -18,15 +20,9 @@ import sys
 import time
 from typing import Any, TextIO
 
+from forgetless.timefmt import format_duration  # noqa: F401 - re-exported (the progress line's durations)
 
-def format_duration(seconds: float) -> str:
-    """`12m41s`, `45s`, `1h02m`: short enough for a progress line."""
-    seconds = max(0, int(round(seconds)))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
 
 
 def _values_text(values: dict[str, float | None]) -> str:
@@ -72,11 +68,13 @@ class StageProgress:
             self.bar = tqdm(total=self.total, initial=initial, file=self.stream, desc=stage, unit=unit,
                             dynamic_ncols=width > 0, ncols=None if width > 0 else 80,
                             nrows=None if width > 0 else 24, leave=True)
+        self.publish()
 
     def start_at(self, done: int) -> None:
         """A resumed run starts at `done`: the bar jumps there, the rate counts from there."""
         self.done = self._start_done = self._last_printed = done
         self._started = self.clock()
+        self.publish()
         if self.bar is not None:
             self.bar.update(done - self.bar.n)
 
@@ -93,13 +91,26 @@ class StageProgress:
         if rate is not None:
             parts.append(f"{rate:.3g} {self.unit}/s")
             if self.done < self.total:
-                parts.append(f"{format_duration((self.total - self.done) / rate)} left")
+                parts.append(f"{format_duration(self.remaining_seconds())} left")
         text = _values_text(values)
         return " · ".join(parts) + (f" · {text}" if text else "")
+
+    def remaining_seconds(self) -> float | None:
+        """Time left at the rate so far; None before the first unit (no rate yet)."""
+        rate = self.rate()
+        if self.done >= self.total:
+            return 0.0
+        return (self.total - self.done) / rate if rate else None
+
+    def publish(self) -> None:
+        from forgetless_trainer import live_metrics
+
+        live_metrics.stage_progress(self.stage, self.done, self.total, self.remaining_seconds())
 
     def update(self, done: int, **values: float | None) -> None:
         """Move to `done` units; `values` (loss, lr, …) go on the bar or the line."""
         self.done = done
+        self.publish()
         if not self.enabled:
             return
         if self.bar is not None:

@@ -33,6 +33,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="default trainer image for stage pods (env FORGETLESS_TRAINER_IMAGE)")
     parser.add_argument("--resync-seconds", type=float, default=30.0,
                         help="re-check every job this often (deadlines, TTL, missed events); default 30")
+    parser.add_argument("--progress-seconds", type=float, default=15.0,
+                        help="read running stages' progress into status.trainerStatus this often (0: never); "
+                             "default 15")
     parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
 
 
@@ -43,6 +46,10 @@ def main(args: argparse.Namespace) -> int:
             print("forgetless operator: choose --namespace NS (repeatable) or --all-namespaces", file=sys.stderr)
             return exit_codes.USAGE
         args.namespace = [namespace]
+    if args.progress_seconds < 0:
+        print(f"--progress-seconds {args.progress_seconds:g}: use 0 (off) or a positive number of seconds",
+              file=sys.stderr)
+        return exit_codes.USAGE
     if not 0 < args.metrics_port < 65536:
         print(f"--metrics-port {args.metrics_port}: use a port between 1 and 65535", file=sys.stderr)
         return exit_codes.USAGE
@@ -62,6 +69,7 @@ def main(args: argparse.Namespace) -> int:
         metrics_host=args.metrics_host,
         peering=args.peering,
         resync_seconds=args.resync_seconds,
+        progress_seconds=args.progress_seconds,
         config=config,
         instance=os.environ.get("POD_NAME") or socket.gethostname(),
     )

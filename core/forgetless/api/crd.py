@@ -183,6 +183,18 @@ def _mark_immutable_model(root: dict[str, Any]) -> None:
 
 FINETUNEJOB_PRINTER_COLUMNS = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+    {
+        "name": "Progress",
+        "type": "integer",
+        "description": "Percent done of the running stage (status.trainerStatus.stage)",
+        "jsonPath": ".status.trainerStatus.progressPercentage",
+    },
+    {
+        "name": "ETA",
+        "type": "string",
+        "description": "Time left in the running stage, at its rate so far",
+        "jsonPath": ".status.trainerStatus.estimatedRemaining",
+    },
     {"name": "Method", "type": "string", "jsonPath": ".spec.method.type"},
     {"name": "Gate", "type": "string", "jsonPath": ".status.gate.verdict"},
     {

@@ -775,6 +775,36 @@ class ProgressStatus(ApiModel):
 
 
 
+class TrainerMetric(ApiModel):
+    name: Annotated[str, Field(min_length=1)]
+    value: Annotated[str, Field(min_length=1, description="The value as a string (as in Kubeflow Trainer).")]
+
+
+class TrainerStatus(ApiModel):
+    """Live progress of the running stage, in the shape of Kubeflow Trainer's `TrainJob.status.trainerStatus`
+    (KEP-2779) plus `stage` and a readable `estimatedRemaining`. The operator reads it from the stage pod's
+    /metrics (rank 0) at most every `--progress-seconds` (15 s); stage transitions reset it, a finished
+    job shows 100."""
+
+    stage: Optional[Literal[STAGES]] = Field(  # type: ignore[valid-type]
+        default=None, description="The stage the progress is of (baseline, train, evaluate)."
+    )
+    progress_percentage: Optional[Annotated[int, Field(ge=0, le=100)]] = Field(
+        default=None, description="How much of the stage's loop is done (training steps, suite answers), 0-100."
+    )
+    estimated_remaining_seconds: Optional[Annotated[int, Field(ge=0)]] = Field(
+        default=None, description="Seconds left in the stage's loop at its rate so far; absent until known."
+    )
+    estimated_remaining: Optional[str] = Field(
+        default=None, description="estimatedRemainingSeconds for people (`12m41s`), the ETA column."
+    )
+    metrics: list[TrainerMetric] = Field(
+        default_factory=list, description="The latest values: step, totalSteps, loss, learningRate, "
+        "tokensPerSecond, generalKL, probeMeanScore (train); answers, totalAnswers (baseline, evaluate).",
+    )
+    last_updated_time: Optional[str] = Field(default=None, description="When these values were read.")
+
+
 class FineTuneJobStatus(ApiModel):
     model_config = ConfigDict(extra="allow")
 
@@ -788,6 +818,9 @@ class FineTuneJobStatus(ApiModel):
     forgetting: dict[str, float] = Field(default_factory=dict, description="Drop per category (baseline − final).")
     gate: Optional[GateStatus] = None
     progress: Optional[ProgressStatus] = None
+    trainer_status: Optional[TrainerStatus] = Field(
+        default=None, description="Live progress of the running stage (Kubeflow Trainer's trainerStatus shape)."
+    )
     promoted: Optional[bool] = None
     promoted_model: Optional[PromotedModelStatus] = None
     hand_off: Optional[HandOffStatus] = Field(default=None, description="What was told about the promoted model.")

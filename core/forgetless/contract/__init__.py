@@ -60,7 +60,11 @@ TERMINATION_MESSAGE_LIMIT = 4096
 TERMINATION_MESSAGE_PATH_ENV = "FORGETLESS_TERMINATION_MESSAGE_PATH"
 """Where a stage writes its wire summary (unset locally: none written)."""
 METRICS_PORT_ENV = "FORGETLESS_METRICS_PORT"
-"""The trainer's /metrics port (unset: no server)."""
+"""The trainer's /metrics port (unset: no server). Every stage serves it: the operator reads a running
+stage's progress there (status.trainerStatus)."""
+METRICS_ADDRESS_ENV = "FORGETLESS_METRICS_ADDRESS"
+"""The address the trainer's /metrics binds (unset: all interfaces, as in a pod; a node emulation that
+runs several pods on one host gives each pod its own)."""
 NAMESPACE_ENV = "FORGETLESS_NAMESPACE"
 """The FineTuneJob's namespace (metric label); the operator's own namespace in the operator pod."""
 JOB_ENV = "FORGETLESS_JOB"

@@ -65,9 +65,10 @@ def run_stage(name: str, job, workdir: Path) -> dict[str, Any]:
     """Run stage `name` for `job` (a FineTuneJob) in `workdir`; returns its summary."""
     if name not in STAGES:
         raise StageError(f"unknown stage {name!r} (choose one of {', '.join(STAGES)})")
-    from forgetless_trainer import quiet
+    from forgetless_trainer import live_metrics, quiet
 
     quiet.silence()
+    live_metrics.serve(0 if os.environ.get("LOCAL_RANK", "0") in ("", "0") else 1)  # env-driven: pods serve progress
     stage = registry.build(REGISTRY, name, job)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
