@@ -21,12 +21,15 @@ def test_everything_on_in_run_order(manifest):
     })).spec
     built = mitigations.build(spec, probe=lambda model, tok: {"format": 1.0})
     assert [m.name for m in built] == ["replay", "ewc", "early_stopping", "forgetting_budget"]
+    mixed = parse_job(manifest(spec={"mitigation": {"selfDistillation": {}, "ewc": {}}})).spec
+    assert [m.name for m in mitigations.build(mixed)] == ["data_mixing", "ewc", "self_distillation"]
     assert all(isinstance(m, Mitigation) for m in built)
     assert built[-1].probe is not None and built[2].patience == 3
 
 
 def test_every_registry_entry_builds_its_named_mitigation(manifest):
-    spec = parse_job(manifest(spec={"mitigation": {"replay": {}, "ewc": {}, "earlyStopping": {}, "forgettingBudget": {}}})).spec
+    spec = parse_job(manifest(spec={"mitigation": {"replay": {}, "ewc": {}, "earlyStopping": {}, "forgettingBudget": {},
+                                                   "selfDistillation": {}}})).spec
     assert set(mitigations.REGISTRY) == set(type(spec.mitigation).model_fields)  # one entry per spec block
     for name in mitigations.REGISTRY:
         assert registry.build(mitigations.REGISTRY, name, spec, {"probe": None, "factory": None}).name == name

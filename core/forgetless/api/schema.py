@@ -343,12 +343,25 @@ class ForgettingBudgetSpec(ApiModel):
     )
 
 
+class SelfDistillationSpec(ApiModel):
+    weight: Annotated[float, Field(gt=0.0, le=1000.0)] = Field(
+        default=1.0,
+        description="β: every micro-batch's loss gains β × the mean per-token KL(base || model) on the answers of "
+        "its general-data rows (the base from the adapter disabled with LoRA, from a frozen copy with full "
+        "fine-tuning).",
+    )
+
+
 class MitigationSpec(ApiModel):
     RULES = (
         Rule("(has(self.dataMixing) ? self.dataMixing.generalFraction : 0.2)"
              " + (has(self.replay) ? self.replay.fraction : 0.0) < 1.0",
              lambda m: m.data_mixing.general_fraction + (m.replay.fraction if m.replay else 0.0) < 1.0,
              "dataMixing.generalFraction + replay.fraction must be below 1 so some task data remains"),
+        Rule("!has(self.selfDistillation) || (has(self.dataMixing) ? self.dataMixing.generalFraction : 0.2) > 0.0",
+             lambda m: m.self_distillation is None or m.data_mixing.general_fraction > 0,
+             "selfDistillation distils on the general rows that data mixing brings: set dataMixing.generalFraction "
+             "above 0 (e.g. 0.2)", ".selfDistillation"),
     )
 
     data_mixing: DataMixingSpec = Field(default_factory=DataMixingSpec, description="General-data mixing.")
@@ -357,6 +370,10 @@ class MitigationSpec(ApiModel):
     early_stopping: Optional[EarlyStoppingSpec] = Field(default=None, description="Early stopping on validation loss.")
     forgetting_budget: Optional[ForgettingBudgetSpec] = Field(
         default=None, description="Stop and roll back when a probe shows more forgetting than allowed."
+    )
+    self_distillation: Optional[SelfDistillationSpec] = Field(
+        default=None, description="Keep the base model's answers on the general data: a KL(base || model) term on "
+        "the general rows of every batch.",
     )
 
     def turned_on(self) -> frozenset[str]:
@@ -604,6 +621,10 @@ class FineTuneJobSpec(ApiModel):
              " || !has(self.output.promote) || self.output.promote",
              lambda m: not (m.output.hand_off and m.output.hand_off.inference_service) or m.output.promote,
              "output.handOff.inferenceService needs output.promote: true (nothing is handed off otherwise)"),
+        Rule("!has(self.mitigation) || !has(self.mitigation.selfDistillation) || !has(self.training)"
+             " || !has(self.training.packing) || !self.training.packing",
+             lambda m: m.mitigation.self_distillation is None or not m.training.packing,
+             "mitigation.selfDistillation needs training.packing: false (a packed row mixes task and general examples)"),
         Rule("!has(self.mitigation) || !has(self.mitigation.earlyStopping) || !has(self.dataset.validationFraction)"
              " || self.dataset.validationFraction > 0.0",
              lambda m: m.mitigation.early_stopping is None or m.dataset.validation_fraction > 0,

@@ -21,6 +21,7 @@ REGISTRY: dict[str, str] = {
     "data_mixing": f"{_HERE}.data_mixing:DataMixing",
     "replay": f"{_HERE}.replay:Replay",
     "ewc": f"{_HERE}.ewc:Ewc",
+    "self_distillation": f"{_HERE}.self_distillation:SelfDistillation",
     "early_stopping": f"{_HERE}.early_stopping:EarlyStopping",
     "forgetting_budget": f"{_HERE}.forgetting_budget:ForgettingBudget",
 }

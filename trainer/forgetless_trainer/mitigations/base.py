@@ -7,6 +7,8 @@ A mitigation overrides only the hooks it needs (all default to doing nothing):
   estimates its Fisher here, on those).
 - `mix_parts(ctx) -> [MixPart]`           extra data in each epoch (data_mixing, replay).
 - `loss_term(model) -> Tensor | None`     added to the task loss every micro-step (EWC).
+- `batch_loss_term(model, batch, logits) -> Tensor | None`  the same, from the micro-batch and its logits
+  (self-distillation); `batch["general"]` marks the general-data rows when `wants_sources` is set.
 - `on_train_start(trainer)`               after the engine exists (forgetting budget: probe at step 0).
 - `on_step_end(step, trainer) -> Stop | None`  after each optimizer step (early stopping, budget).
 - `on_train_end(trainer)`                 after the last step (replay buffer, EWC state).
@@ -133,6 +135,12 @@ class Mitigation:
         return []
 
     def loss_term(self, model: Any) -> Any:
+        return None
+
+    wants_sources: bool = False
+    """Whether `batch_loss_term` needs `batch["general"]` (a bool per row: the example came from dataset.general)."""
+
+    def batch_loss_term(self, model: Any, batch: dict[str, Any], logits: Any) -> Any:
         return None
 
     def on_train_start(self, trainer: TrainerView) -> None:

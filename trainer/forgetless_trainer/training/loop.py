@@ -256,6 +256,7 @@ class Trainer:
 
             factory = lambda: suite_probe(self.job, budget.probe_items, self.base_dir)  # noqa: E731
         self.mitigations = mitigations.build(spec, probe=self.probe, probe_factory=factory)
+        self.wants_sources = any(m.wants_sources for m in self.mitigations)
         try:
             max_length = getattr(model.config, "max_position_embeddings", None)
             self.kl = general_kl.for_job(self.job, tokenizer, base_dir=self.base_dir, max_length=max_length)
@@ -383,6 +384,10 @@ class Trainer:
             if term is not None:
                 extra = term if extra is None else extra + term
         total = loss if extra is None else loss + extra
+        for mitigation in self.mitigations:  # terms of the batch itself (self-distillation): not the EWC penalty
+            term = mitigation.batch_loss_term(self.engine.module, batch, out.logits)
+            if term is not None:
+                total = total + term
         self.engine.backward(total)
         self.engine.step()
         return total.detach(), extra
@@ -489,6 +494,8 @@ class Trainer:
                 losses, extra, step_tokens = [], None, 0
                 for batch_examples in micro[step_in_epoch * accumulation : (step_in_epoch + 1) * accumulation]:
                     batch = self.encoder.train_batch(batch_examples)
+                    if self.wants_sources:
+                        batch["general"] = torch.tensor([e.source == "general" for e in batch_examples])
                     step_tokens += packing.real_tokens(batch)
                     loss, extra = self.micro_step(batch)
                     losses.append(loss)
