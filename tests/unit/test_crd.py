@@ -160,6 +160,8 @@ CROSS_FIELD = [
     "early stopping without validation data",
     "optimizer offload without ZeRO",
     "kl budget without maxKL",
+    "self-distillation without general data",
+    "self-distillation with packing",
 ]
 
 
@@ -187,6 +189,7 @@ def test_cel_accepts_the_valid_edge_of_each_rule(manifest):
         {"spec": {"mitigation": {"earlyStopping": {}}}},
         {"spec": {"mitigation": {"forgettingBudget": {"signal": "kl", "maxKL": 0.5}}}},
         {"spec": {"mitigation": {"forgettingBudget": {"signal": "probe"}}}},
+        {"spec": {"mitigation": {"dataMixing": {"generalFraction": 0.01}, "selfDistillation": {"weight": 0.1}}}},
     ]
     for patch in edges:
         document = _apply(manifest(), patch)
