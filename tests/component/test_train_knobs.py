@@ -150,3 +150,18 @@ def test_bad_knob_values_are_rejected_by_the_schema_and_the_crd(manifest):
     assert training["properties"]["attention"]["enum"] == ["auto", "flash_attention_2", "sdpa", "eager"]
     assert training["properties"]["gradientCheckpointing"]["type"] == "boolean"
     assert training["properties"]["packing"]["type"] == "boolean"
+
+
+def test_self_distillation_runs_through_deepspeed_and_changes_what_is_learned(tmp_path, manifest, tiny_model_dir):
+    spec = {"deepspeed": {"zeroStage": 2}, "training": {"maxSteps": 6, "learningRate": 5e-3},
+            "mitigation": {"dataMixing": {"generalFraction": 0.5}}}
+    plain = train(make_job(manifest, tiny_model_dir, tmp_path / "data", **spec), tmp_path / "plain")
+    spec["mitigation"]["selfDistillation"] = {"weight": 5.0}
+    distilled = train(make_job(manifest, tiny_model_dir, tmp_path / "data", **spec), tmp_path / "distilled")
+    record = distilled.summary["selfDistillation"]
+    assert record["weight"] == 5.0 and record["batches"] >= 6  # every step's batch had general rows
+    assert record["meanKL"] > 0 and record["lastKL"] > 0  # the adapter moved the general answers
+    assert "selfDistillation" not in plain.summary
+    a, b = trainable(plain.model), trainable(distilled.model)
+    assert a.keys() == b.keys()
+    assert any(not torch.allclose(a[n], b[n], atol=1e-6) for n in a if "lora_B" in n)  # the term pulled back
