@@ -1,7 +1,7 @@
 """The operator's runtime: for one FineTuneJob, read what `reconcile` needs (`observe`), call it, apply
 its Decision and patch the status (`reconcile_once`); plus the small parts that keep that cheap
-under load: `Coalescer` (one reconcile per job at a time), `EchoFilter` (skip the watch events of
-the operator's own creates), `SharedReads` (one GET for a burst of jobs reading the same object).
+under load: `Coalescer` (one reconcile per job at a time), `ChildFilter` (skip the watch events of
+children that change nothing a reconcile reads), `SharedReads` (one GET for a burst of jobs reading the same object).
 kopf is not imported here: handlers.py wires watch events and the resync loop to this.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable, Optional
@@ -32,7 +33,7 @@ from forgetless_operator.decision import (
 )
 from forgetless_operator.kube import ApiError, KubeClient
 from forgetless_operator.metrics import OperatorMetrics
-from forgetless_operator.observation import index_jobs, owned_by
+from forgetless_operator.observation import child_signature, index_jobs, owned_by, quiet_pod
 from forgetless.timefmt import fmt_time
 from forgetless_operator.reconcile import permission_denied_status, reconcile
 from forgetless_operator.sweep_reconcile import LABEL_SWEEP, reconcile_sweep
@@ -86,32 +87,50 @@ class Coalescer:
             self._dirty.discard(key)
 
 
-class EchoFilter:
-    """Watch events that only echo the operator's own creates: the ADDED event of a child it just
-    created carries the resourceVersion the create returned, and is skipped once."""
+class ChildFilter:
+    """Watch events of stage Jobs and Pods that cannot change a reconcile's Decision: the
+    `child_signature` (what reconcile reads of a child) is remembered per child, from the create
+    response of a Job the operator made and from every event; an event whose signature is the one
+    already seen is skipped (the Job controller's status updates: active, ready, startTime; a pod
+    going Running), and so is the first sight of a quiet pod (`quiet_pod`: alive, nothing to report,
+    which to reconcile is the same as no pod). DELETED events and everything else trigger.
 
-    LIMIT = 10_000  # echoes whose event never came (a watch relist) are forgotten past this many
+    Skipping is safe: a reconcile already ran (or is queued) after the event that carried the same
+    signature, and it read the children fresh. Memory holds the `LIMIT` most recent children; one
+    forgotten is treated as unseen (a Job then triggers once more). Time-based work and missed
+    transitions are covered by the resync loop, which never skips."""
+
+    LIMIT = 20_000
 
     def __init__(self) -> None:
-        self._expected: set[tuple[str, str, str, str]] = set()
+        self._seen: OrderedDict[tuple[str, str, str], tuple] = OrderedDict()
 
     @staticmethod
-    def _key(kind: str, body: Any) -> tuple[str, str, str, str]:
+    def _key(kind: str, body: Any) -> tuple[str, str, str]:
         meta = body.get("metadata") or {}
-        return kind, meta.get("namespace", ""), meta.get("name", ""), meta.get("resourceVersion", "")
+        return kind, meta.get("namespace", ""), meta.get("name", "")
 
-    def expect(self, kind: str, created: Any) -> None:
-        if (created.get("metadata") or {}).get("resourceVersion"):
-            if len(self._expected) > self.LIMIT:
-                self._expected.clear()
-            self._expected.add(self._key(kind, created))
+    def _remember(self, key: tuple[str, str, str], signature: tuple) -> None:
+        self._seen[key] = signature
+        self._seen.move_to_end(key)
+        while len(self._seen) > self.LIMIT:
+            self._seen.popitem(last=False)
 
-    def is_echo(self, kind: str, body: Any) -> bool:
+    def created(self, kind: str, body: Any) -> None:
+        """The operator created this child (the create's response): its first events echo it."""
+        self._remember(self._key(kind, body), child_signature(kind, body))
+
+    def needs_reconcile(self, kind: str, body: Any, event_type: str | None = None) -> bool:
         key = self._key(kind, body)
-        if key in self._expected:
-            self._expected.discard(key)
+        if event_type == "DELETED":
+            self._seen.pop(key, None)
             return True
-        return False
+        signature = child_signature(kind, body)
+        known = self._seen.get(key)
+        self._remember(key, signature)
+        if known is None:
+            return not (kind == "Pod" and quiet_pod(body))
+        return known != signature
 
 
 class SharedReads:
@@ -152,7 +171,7 @@ class Runtime:
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(timezone.utc))
     shared_ttl: float = 1.0
     _coalescer: "Coalescer" = field(default_factory=lambda: Coalescer())
-    _echoes: "EchoFilter" = field(default_factory=lambda: EchoFilter())
+    _children: "ChildFilter" = field(default_factory=lambda: ChildFilter())
     _fingerprints: dict[tuple[str, str], str] = field(default_factory=dict)
     _tasks: set[asyncio.Future] = field(default_factory=set)
     _shared: "SharedReads | None" = None
@@ -165,7 +184,9 @@ class Runtime:
 
     # Watch events that only echo the operator's own writes are skipped: a FineTuneJob whose
     # generation, labels, deletion mark and status are what the last reconcile wrote (kopf's own
-    # finalizer/annotation edits, our status patch), and the ADDED event of a child just created.
+    # finalizer/annotation edits, our status patch), and child events that change nothing reconcile
+    # reads (ChildFilter: the echo of a child just created, the Job controller's status counts, a new
+    # Pending pod).
     # Time-based work (deadline, TTL) and errors are covered by the resync timer, which never skips.
 
     async def on_finetunejob(self, namespace: str, name: str, body: Any) -> None:
@@ -177,8 +198,8 @@ class Runtime:
         # Every later reconcile re-reads the object.
         await self.trigger(namespace, name, first_sight=body if known is None else None)
 
-    async def on_child(self, kind: str, namespace: str, job: str, body: Any) -> None:
-        if self._echoes.is_echo(kind, body):
+    async def on_child(self, kind: str, namespace: str, job: str, body: Any, event_type: str | None = None) -> None:
+        if not self._children.needs_reconcile(kind, body, event_type):
             return
         await self.trigger(namespace, job)
 
@@ -437,7 +458,7 @@ class Runtime:
         if isinstance(action, CreateObject):
             created = await kube.create(action.obj)
             if created and action.obj["kind"] in ("Job", "Pod"):
-                self._echoes.expect(action.obj["kind"], created)
+                self._children.created(action.obj["kind"], created)
         elif isinstance(action, DeleteObject):
             await kube.delete(action.api_version, action.kind, action.namespace, action.name, action.propagation_policy)
         elif isinstance(action, PatchObject):

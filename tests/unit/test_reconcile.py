@@ -177,6 +177,28 @@ def test_replaying_a_running_stage_creates_nothing_and_emits_nothing():
     assert again.status["conditions"] == first.status["conditions"]  # lastTransitionTime unchanged
 
 
+def test_a_quiet_pod_or_the_job_controllers_counts_change_no_decision():
+    """What runtime.ChildFilter skips (observation.quiet_pod, an unchanged child_signature) must not
+    change reconcile's Decision."""
+    from forgetless_operator.observation import child_signature, quiet_pod
+
+    job = ftj()
+    job = started(job, run(job))
+    fresh = stage_job(job, "baseline")
+    counted = copy.deepcopy(fresh)
+    counted["status"].update(active=1, ready=0, startTime=fmt_time(T0))
+    assert child_signature("Job", fresh) == child_signature("Job", counted)
+    quiet = {"metadata": {"name": "ft-baseline-x", "labels": {children.LABEL_JOB: "ft", children.LABEL_STAGE: "baseline",
+                                                              "batch.kubernetes.io/job-name": "ft-baseline"}},
+             "status": {"phase": "Pending"}}
+    assert quiet_pod(quiet)
+    base = Observed(configmaps={"ft-spec": spec_cm(job)}, jobs={"baseline": fresh})
+    with_pod = Observed(configmaps={"ft-spec": spec_cm(job)}, jobs={"baseline": counted}, pods={"baseline": [quiet]})
+    later = T0 + timedelta(seconds=30)
+    a, b = run(job, base, later), run(job, with_pod, later)
+    assert (a.actions, a.status, a.events) == (b.actions, b.status, b.events)
+
+
 @pytest.mark.parametrize(
     "spec_patch, missing, reason",
     [
