@@ -322,10 +322,7 @@ class Runtime:
         if status.get("phase") in TERMINAL_PHASES:
             if not hand_off_pending(ftj):
                 return Observed()  # only the TTL is left to watch
-            spec_cm, services = await asyncio.gather(
-                self.kube.get("v1", "ConfigMap", namespace, children.spec_configmap_name(name)),
-                self._inference_services(ftj),
-            )
+            spec_cm, services = await asyncio.gather(self._legacy_spec_configmap(ftj), self._inference_services(ftj))
             configmaps = {spec_cm["metadata"]["name"]: spec_cm} if spec_cm is not None else {}
             return Observed(configmaps=configmaps, inference_services=services)
         if not status.get("specHash"):
@@ -342,7 +339,7 @@ class Runtime:
             self.kube.list("batch/v1", "Job", namespace, selector),
             self.kube.list("v1", "Pod", namespace, selector),
             self.kube.list("v1", "Service", namespace, selector),
-            self.kube.get("v1", "ConfigMap", namespace, children.spec_configmap_name(name)),
+            self._legacy_spec_configmap(ftj),
         )
         current, superseded = index_jobs(jobs)
         observed = Observed(jobs=current, superseded_jobs=superseded,
@@ -359,6 +356,14 @@ class Runtime:
             cache = await self.shared_get("ConfigMap", namespace, self.config.baseline_cache_configmap)
             observed.baseline_cache = dict((cache or {}).get("data") or {})
         return observed
+
+    async def _legacy_spec_configmap(self, ftj: dict) -> dict | None:
+        """The `<job>-spec` ConfigMap, read only for a job started by an operator before
+        status.startedSpec (whose reconcile then copies it there)."""
+        if (ftj.get("status") or {}).get("startedSpec"):
+            return None
+        meta = ftj["metadata"]
+        return await self.kube.get("v1", "ConfigMap", meta["namespace"], children.spec_configmap_name(meta["name"]))
 
     async def _inference_services(self, ftj: dict) -> dict:
         target = inference_service_ref(ftj)
