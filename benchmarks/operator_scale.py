@@ -88,17 +88,22 @@ async def wait_ready(port: int, proc: subprocess.Popen, timeout: float = 60.0, p
     raise RuntimeError("the operator did not become ready")
 
 
+OPERATOR_ROOT = ROOT  # --operator-root: the forgetless tree whose operator runs (e.g. an older commit's)
+RESYNC_SECONDS = 60
+
+
 def operator_command(which: str, port: int, namespace: str = NS) -> list[str]:
     if which == "floor":  # benchmarks/floor_operator.py: one Job per FineTuneJob, nothing else
         return [sys.executable, "-m", "kopf", "run", "--standalone", "--namespace", namespace, "--liveness",
                 f"http://127.0.0.1:{port}/healthz", str(ROOT / "benchmarks" / "floor_operator.py")]
     return [sys.executable, "-m", "forgetless_cli", "operator", "--namespace", namespace, "--standalone",
-            "--metrics-port", str(port), "--metrics-host", "127.0.0.1", "--resync-seconds", "60"]
+            "--metrics-port", str(port), "--metrics-host", "127.0.0.1", "--resync-seconds", str(RESYNC_SECONDS)]
 
 
 def start_operator(which: str, namespace: str, config: Path, log: Path) -> tuple[subprocess.Popen, int]:
     port = free_port()
-    env = {**os.environ, "KUBECONFIG": str(config), "PYTHONPATH": f"{ROOT / 'core'}:{ROOT / 'operator'}:{ROOT / 'cli'}"}
+    root = OPERATOR_ROOT
+    env = {**os.environ, "KUBECONFIG": str(config), "PYTHONPATH": f"{root / 'core'}:{root / 'operator'}:{root / 'cli'}"}
     proc = subprocess.Popen(operator_command(which, port, namespace), env=env, stdout=subprocess.DEVNULL,
                             stderr=open(log, "w"))
     return proc, port
@@ -267,7 +272,7 @@ def ftj_body(name: str, namespace: str) -> dict:
                      "output": {"pvc": {"claimName": "outputs", "readOnly": False}}}}
 
 
-def run_cluster(n: int, which: str, config: Path, threads: int, workdir: Path, tag: str) -> dict:
+def run_cluster(n: int, which: str, config: Path, threads: int, workdir: Path, tag: str, keep: bool = False) -> dict:
     """One burst of `n` FineTuneJobs against the real API server of `config`, `which` operator running."""
     import threading
     import uuid
@@ -386,7 +391,8 @@ def run_cluster(n: int, which: str, config: Path, threads: int, workdir: Path, t
     finally:
         stopping.set()
         stop(proc)
-        delete_namespace(kubernetes, namespace)
+        if not keep:
+            delete_namespace(kubernetes, namespace)
 
 
 def compare(n: int, floor: dict, ours: dict) -> str:
@@ -417,7 +423,24 @@ def main() -> int:
     parser.add_argument("--kubeconfig", type=Path, help="a real API server (admin credentials: it reads /metrics)")
     parser.add_argument("--threads", type=int, default=16, help="client threads creating the burst (real server)")
     parser.add_argument("--repeat", type=int, default=1, help="run each pair this many times, back to back")
+    parser.add_argument("--keep-namespace", action="store_true",
+                        help="real server: leave each run's namespace (e.g. the control plane is thrown away after)")
+    parser.add_argument("--operator-root", type=Path, help="the forgetless tree whose operator runs (default: this one)")
+    parser.add_argument("--resync-seconds", type=float,
+                        help="forgetless's resync period (default 60 on the fake API; 3600 on a real server, so that "
+                             "the burst's requests are counted without a resync pass: each pass costs a GET and three "
+                             "LISTs per running job)")
+    parser.add_argument("--compare", type=Path, nargs=2, metavar=("FLOOR_JSON", "FORGETLESS_JSON"),
+                        help="print the comparison of two earlier --json results (e.g. runs on fresh control planes)")
     args = parser.parse_args()
+    global OPERATOR_ROOT, RESYNC_SECONDS
+    OPERATOR_ROOT = (args.operator_root or ROOT).resolve()
+    RESYNC_SECONDS = args.resync_seconds or (3600 if args.kubeconfig else 60)
+    if args.compare:
+        floor, ours = (json.loads(path.read_text()) for path in args.compare)
+        for f, o in zip(floor, ours):
+            print(compare(f["jobs"], f, o))
+        return 0
     results = []
     with tempfile.TemporaryDirectory(prefix="operator-scale-") as tmp:
         for n in args.jobs:
@@ -425,7 +448,8 @@ def main() -> int:
                 pair = {}
                 for which in args.operators.split(","):
                     if args.kubeconfig:
-                        result = run_cluster(n, which, args.kubeconfig, args.threads, Path(tmp), str(round_))
+                        result = run_cluster(n, which, args.kubeconfig, args.threads, Path(tmp), str(round_),
+                                             args.keep_namespace)
                     else:
                         result = asyncio.run(run_once(n, args.rate, Path(tmp), which))
                     print(json.dumps(result), flush=True)

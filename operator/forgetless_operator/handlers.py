@@ -191,5 +191,6 @@ async def run_operator(options: Options, stop_flag: Optional[asyncio.Event] = No
         if resync_task is not None:
             resync_task.cancel()
             await asyncio.gather(resync_task, return_exceptions=True)
+        await runtime.drain_events()  # what the last reconciles decided, before the client closes
         await server.cleanup()
         await runtime.kube.close()

@@ -73,7 +73,7 @@ class KubeClient:
     bound a burst of 500 new jobs opened a TLS connection per concurrent request: 540 MB of RSS
     against a real API server (benchmarks/operator_scale.py --kubeconfig), and no faster."""
 
-    CONNECTIONS = 32
+    CONNECTIONS = int(os.environ.get("FORGETLESS_KUBE_CONNECTIONS", "32"))  # 0: no bound
 
     def __init__(self, connect: Callable[[], Any]) -> None:
         self._connect = connect

@@ -1,7 +1,8 @@
 """The operator's runtime: for one FineTuneJob, read what `reconcile` needs (`observe`), call it, apply
 its Decision and patch the status (`reconcile_once`); plus the small parts that keep that cheap
 under load: `Coalescer` (one reconcile per job at a time), `ChildFilter` (skip the watch events of
-children that change nothing a reconcile reads), `SharedReads` (one GET for a burst of jobs reading the same object).
+children that change nothing a reconcile reads), `EventQueue` (events posted in the background, after
+the status patch), `SharedReads` (one GET for a burst of jobs reading the same object).
 kopf is not imported here: handlers.py wires watch events and the resync loop to this.
 """
 
@@ -62,29 +63,41 @@ _MISSING = object()
 class Coalescer:
     """One run at a time per key: a trigger while a run is in progress marks the key dirty, and the
     run repeats once afterwards (however many triggers came). A run that returns False (it failed)
-    is not repeated; the resync loop retries it."""
+    is not repeated; the resync loop retries it.
+
+    A trigger may say `needed`: a check made only once the run in progress is over, whether it
+    still calls for a repeat (a watch event that raced the run's own writes: the echo of its status
+    patch, or of the Job it created, arriving before the response did). The run repeats when any
+    trigger without a check came or any check says yes."""
 
     def __init__(self) -> None:
         self._running: set[Any] = set()
-        self._dirty: set[Any] = set()
+        self._dirty: dict[Any, list[Optional[Callable[[], bool]]]] = {}
 
-    async def run(self, key: Any, once: Callable[[], Awaitable[bool]]) -> None:
+    def running(self, key: Any) -> bool:
+        return key in self._running
+
+    async def run(self, key: Any, once: Callable[[], Awaitable[bool]],
+                  needed: Optional[Callable[[], bool]] = None) -> None:
         if key in self._running:
-            self._dirty.add(key)
+            self._dirty.setdefault(key, []).append(needed)
             return
         self._running.add(key)
         try:
             while True:
-                self._dirty.discard(key)
-                if not await once() or key not in self._dirty:
+                self._dirty.pop(key, None)
+                if not await once():
+                    return
+                checks = self._dirty.pop(key, None)
+                if checks is None or not any(check is None or check() for check in checks):
                     return
         finally:
             self._running.discard(key)
-            self._dirty.discard(key)
+            self._dirty.pop(key, None)
 
     def forget(self, key: Any) -> None:
         if key not in self._running:
-            self._dirty.discard(key)
+            self._dirty.pop(key, None)
 
 
 class ChildFilter:
@@ -159,6 +172,48 @@ class SharedReads:
             raise
 
 
+class EventQueue:
+    """Events posted in the background by `workers` tasks, oldest first: a reconcile is done once its
+    status is patched, and in a burst of new jobs their Job creates and status patches are not
+    queued behind each other's events at the API server. Bounded: past `limit` waiting events
+    `put` waits (the reconciles slow down, none is dropped). `drain` at shutdown posts what is
+    left (for at most its timeout). An event still waiting when the process is killed is lost, as
+    one whose POST failed always was (events are the record for humans; the status is the state)."""
+
+    def __init__(self, post: Callable[..., Awaitable[None]], workers: int = 4, limit: int = 2000) -> None:
+        self._post, self._workers, self._limit = post, workers, limit
+        self._queue: asyncio.Queue | None = None
+        self._tasks: list[asyncio.Task] = []
+
+    async def put(self, *args: Any) -> None:
+        if self._queue is None:
+            self._queue = asyncio.Queue(self._limit)
+            self._tasks = [asyncio.ensure_future(self._work()) for _ in range(self._workers)]
+        await self._queue.put(args)
+
+    async def _work(self) -> None:
+        assert self._queue is not None
+        while True:
+            args = await self._queue.get()
+            try:
+                await self._post(*args)
+            except Exception as exc:  # noqa: BLE001 - _post logs API errors; anything else must not end the worker
+                log.warning("posting an event failed: %s", exc)
+            finally:
+                self._queue.task_done()
+
+    async def drain(self, timeout: float = 5.0) -> None:
+        if self._queue is not None:
+            try:
+                await asyncio.wait_for(self._queue.join(), timeout)
+            except asyncio.TimeoutError:
+                log.warning("%d events not posted before shutdown", self._queue.qsize())
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._queue, self._tasks = None, []
+
+
 @dataclass
 class Runtime:
     """Operator-wide state: the API client, settings and metrics (one per process or per test)."""
@@ -175,6 +230,19 @@ class Runtime:
     _fingerprints: dict[tuple[str, str], str] = field(default_factory=dict)
     _tasks: set[asyncio.Future] = field(default_factory=set)
     _shared: "SharedReads | None" = None
+    _events: "EventQueue | None" = None
+
+    async def post_events(self, obj: dict, events: list) -> None:
+        """Queue the Decision's events (EventQueue: posted in the background, in order)."""
+        if self._events is None:
+            self._events = EventQueue(self._post)
+        now = fmt_time(self.clock())
+        for event in events:
+            await self._events.put(obj, event, now)
+
+    async def drain_events(self, timeout: float = 5.0) -> None:
+        if self._events is not None:
+            await self._events.drain(timeout)
 
     async def shared_get(self, kind: str, namespace: str, name: str) -> dict | None:
         """A GET of an object many jobs read, shared for `shared_ttl` seconds (see SharedReads)."""
@@ -190,27 +258,35 @@ class Runtime:
     # Time-based work (deadline, TTL) and errors are covered by the resync timer, which never skips.
 
     async def on_finetunejob(self, namespace: str, name: str, body: Any) -> None:
-        known = self._fingerprints.get((namespace, name))
-        if known == fingerprint(body):
+        key = (namespace, name)
+        known, seen = self._fingerprints.get(key), fingerprint(body)
+        if known == seen:
             return
         # First sight of a job (created, or listed at start-up): its watch body is as fresh as a GET
         # and cannot predate a write of ours, so the first reconcile uses it and saves that GET.
-        # Every later reconcile re-reads the object.
-        await self.trigger(namespace, name, first_sight=body if known is None else None)
+        # Every later reconcile re-reads the object. An event during a reconcile of the job is
+        # judged after it: the echo of its status patch can come before the patch's response.
+        await self.trigger(namespace, name, first_sight=body if known is None else None,
+                           needed=lambda: self._fingerprints.get(key) != seen)
 
     async def on_child(self, kind: str, namespace: str, job: str, body: Any, event_type: str | None = None) -> None:
+        if self._coalescer.running((namespace, job)):  # judged after it: it may be creating this child
+            await self.trigger(namespace, job, needed=lambda: self._children.needs_reconcile(kind, body, event_type))
+            return
         if not self._children.needs_reconcile(kind, body, event_type):
             return
         await self.trigger(namespace, job)
 
-    async def trigger(self, namespace: str, name: str, first_sight: Optional[dict] = None) -> None:
-        """Reconcile the job now, or once more after the reconcile that is running (Coalescer)."""
+    async def trigger(self, namespace: str, name: str, first_sight: Optional[dict] = None,
+                      needed: Optional[Callable[[], bool]] = None) -> None:
+        """Reconcile the job now, or once more after the reconcile that is running (Coalescer; with
+        `needed`, only if it says so then)."""
         bodies = [first_sight]  # only the first run of this trigger may use the watch body
 
         async def once() -> bool:
             return await self._reconcile_logged(namespace, name, bodies.pop() if bodies else None)
 
-        await self._coalescer.run((namespace, name), once)
+        await self._coalescer.run((namespace, name), once, needed)
 
     async def _reconcile_logged(self, namespace: str, name: str, body: Optional[dict] = None) -> bool:
         try:
@@ -276,8 +352,7 @@ class Runtime:
             written = await self.kube.patch(SWEEP_API_VERSION, SWEEP_KIND, namespace, name, {"status": patch},
                                             subresource="status")
         self._fingerprints[("sweep", namespace, name)] = fingerprint(written)
-        now = fmt_time(self.clock())
-        await asyncio.gather(*(self._post(sweep, event, now) for event in decision.events))
+        await self.post_events(sweep, decision.events)
         self.metrics.observe_sweep(namespace, name, decision.status)
         return decision
 
@@ -418,8 +493,7 @@ class Runtime:
                 deleted_itself = True  # deleted meanwhile (by a user): its events still tell what happened
         if not deleted_itself:
             self._fingerprints[(namespace, name)] = fingerprint(written)
-        now = fmt_time(self.clock())
-        await asyncio.gather(*(self._post(ftj, event, now) for event in decision.events))
+        await self.post_events(ftj, decision.events)
         if deleted_itself:
             self.forget(namespace, name)
         else:

@@ -141,3 +141,75 @@ def test_child_filter_forgets_the_oldest_past_its_limit():
         seen.created("Job", _child("Job", name))
     assert seen.needs_reconcile("Job", _child("Job", "a"))  # forgotten: unseen, so it triggers
     assert not seen.needs_reconcile("Job", _child("Job", "c"))
+
+
+async def test_event_queue_posts_in_order_in_the_background_and_drains_at_shutdown():
+    import asyncio
+
+    from forgetless_operator.runtime import EventQueue
+
+    posted, gate = [], asyncio.Event()
+
+    async def post(obj, event, now):
+        await gate.wait()
+        posted.append(event)
+
+    queue = EventQueue(post, workers=1, limit=2)
+    for i in range(2):
+        await queue.put({}, i, "t")  # returns at once: the reconcile does not wait for the POST
+    await asyncio.sleep(0.01)  # the worker takes the first and waits on its POST
+    assert posted == []
+    await queue.put({}, 2, "t")
+    fourth = asyncio.ensure_future(queue.put({}, 3, "t"))  # the queue is full: put waits (backpressure)
+    await asyncio.sleep(0.01)
+    assert not fourth.done()
+    gate.set()
+    await fourth
+    await queue.drain(timeout=1)
+    assert posted == [0, 1, 2, 3]
+
+
+async def test_event_queue_survives_a_failing_post():
+    from forgetless_operator.runtime import EventQueue
+
+    posted = []
+
+    async def post(obj, event, now):
+        if event == "bad":
+            raise RuntimeError("boom")
+        posted.append(event)
+
+    queue = EventQueue(post, workers=2)
+    for event in ("a", "bad", "b"):
+        await queue.put({}, event, "t")
+    await queue.drain(timeout=1)
+    assert sorted(posted) == ["a", "b"]
+
+
+async def test_coalescer_skips_the_repeat_when_the_racing_triggers_checks_say_no():
+    import asyncio
+
+    from forgetless_operator.runtime import Coalescer
+
+    coalescer, runs, release = Coalescer(), [], asyncio.Event()
+
+    async def once() -> bool:
+        runs.append(1)
+        await release.wait()
+        return True
+
+    first = asyncio.ensure_future(coalescer.run("job", once))
+    await asyncio.sleep(0)
+    checked = []
+    await coalescer.run("job", once, needed=lambda: checked.append(1) or False)  # e.g. the echo of our patch
+    release.set()
+    await first
+    assert runs == [1] and checked == [1]  # judged after the run, and not repeated
+    release.clear()
+    first = asyncio.ensure_future(coalescer.run("job", once))
+    await asyncio.sleep(0)
+    await coalescer.run("job", once, needed=lambda: False)
+    await coalescer.run("job", once, needed=lambda: True)  # a real change came too
+    release.set()
+    await first
+    assert runs == [1, 1, 1]
