@@ -70,10 +70,11 @@ class KubeClient:
     """`connect()` returns a kopf.ConnectionInfo (or None); called at first use and after a 401.
 
     At most CONNECTIONS requests are in flight; more wait for a free connection (in order). Without a
-    bound a burst of 500 new jobs opened a TLS connection per concurrent request: 540 MB of RSS
-    against a real API server (benchmarks/operator_scale.py --kubeconfig), and no faster."""
+    bound every concurrent reconcile opens a TLS connection of its own: a burst of 500 new jobs took
+    the operator to 540 MB RSS against a real API server (benchmarks/operator_scale.py --kubeconfig,
+    before child events were filtered), and a resync pass triggers every running job at once."""
 
-    CONNECTIONS = int(os.environ.get("FORGETLESS_KUBE_CONNECTIONS", "32"))  # 0: no bound
+    CONNECTIONS = 32
 
     def __init__(self, connect: Callable[[], Any]) -> None:
         self._connect = connect
