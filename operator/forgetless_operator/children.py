@@ -1,9 +1,11 @@
 """Builders for the Kubernetes objects a FineTuneJob owns (pure: dicts in, dicts out).
 
-Names are deterministic (docs/contracts.md "Children in the cluster"): ConfigMap `<job>-spec`,
-Jobs `<job>-baseline`, `<job>-train` (one worker) or `<job>-train-workers` (Indexed Job + headless
+Names are deterministic (docs/contracts.md "Children in the cluster"): Jobs `<job>-baseline`, `<job>-train` (one worker) or `<job>-train-workers` (Indexed Job + headless
 Service of the same name; a restarted group's attempt N is `<job>-train-workers-g<N>`, label
-`forgetless.dev/attempt`), `<job>-evaluate`. Every child carries the labels `forgetless.dev/job`,
+`forgetless.dev/attempt`), `<job>-evaluate`. The frozen spec travels in the stage pod template's
+annotation `forgetless.dev/spec`, which a downwardAPI volume projects to the file the stage reads
+(JOB_SPEC_MOUNT/SPEC_KEY); no spec ConfigMap is made (operators before 0.2 made `<job>-spec`, still
+read for the jobs they started). Every child carries the labels `forgetless.dev/job`,
 `forgetless.dev/stage` and a controller owner reference to the FineTuneJob, so deleting the
 FineTuneJob garbage-collects all of them.
 
@@ -35,6 +37,10 @@ PROMOTED_BY_ANNOTATION = "forgetless.dev/promoted-by"
 """On an InferenceService the operator pointed at a promoted model: `<namespace>/<FineTuneJob>`."""
 PREVIOUS_URI_ANNOTATION = "forgetless.dev/previous-storage-uri"
 PROMOTED_DIGEST_ANNOTATION = "forgetless.dev/promoted-digest"
+SPEC_ANNOTATION = "forgetless.dev/spec"
+"""On a stage pod template: the job document (`job_document`) the stage reads, projected to a file."""
+ANNOTATIONS_LIMIT = 256 * 1024
+"""Kubernetes' limit on all of an object's annotations together (keys and values, bytes)."""
 
 SPEC_KEY = contract.JOB_FILE
 CONTAINER = "stage"
@@ -62,6 +68,7 @@ class OperatorConfig:
 
 
 def spec_configmap_name(job: str) -> str:
+    """The spec ConfigMap of jobs started by operators before the spec annotation (read, never made)."""
     return f"{job}-spec"
 
 
@@ -113,7 +120,7 @@ def child_metadata(ftj: dict[str, Any], name: str, stage: str | None = None) -> 
     }
 
 
-# --------------------------------------------------------------------------- spec ConfigMap
+# --------------------------------------------------------------------------- the frozen spec
 
 
 def job_document(ftj: dict[str, Any], spec: FineTuneJobSpec) -> dict[str, Any]:
@@ -127,7 +134,44 @@ def job_document(ftj: dict[str, Any], spec: FineTuneJobSpec) -> dict[str, Any]:
     }
 
 
+def spec_document_text(ftj: dict[str, Any], spec: FineTuneJobSpec) -> str:
+    """The job document as the stage pods read it (compact JSON: it counts against the annotation limit)."""
+    return json.dumps(job_document(ftj, spec), sort_keys=True, separators=(",", ":"))
+
+
+class SpecTooLarge(ValueError):
+    """The spec does not fit in the stage pod's annotation."""
+
+
+def check_spec_size(ftj: dict[str, Any], spec: FineTuneJobSpec) -> None:
+    """Raise SpecTooLarge (naming the largest fields) when the job document does not fit in the stage
+    pod template's annotations (ANNOTATIONS_LIMIT, keys included, with room for the other annotations)."""
+    size = len(SPEC_ANNOTATION) + len(spec_document_text(ftj, spec).encode())
+    room = ANNOTATIONS_LIMIT - 4096  # for annotations others add to the pod (the Job controller's, Kueue's)
+    if size <= room:
+        return
+    wire = spec.to_wire()
+    fields: list[tuple[int, str]] = []
+    for key, value in wire.items():
+        fields.append((len(json.dumps(value, separators=(",", ":")).encode()), f"spec.{key}"))
+        if isinstance(value, dict):
+            fields += [(len(json.dumps(v, separators=(",", ":")).encode()), f"spec.{key}.{k}") for k, v in value.items()]
+    largest = sorted(fields, reverse=True)
+    leaf = [f for f in largest if f[1].count(".") == 2][:1] or largest[:1]
+    raise SpecTooLarge(
+        f"the spec is {size} bytes as JSON, over the {room} bytes a stage pod can carry in its annotation "
+        f"{SPEC_ANNOTATION} (Kubernetes allows {ANNOTATIONS_LIMIT} bytes of annotations per object); the largest "
+        f"field is {leaf[0][1]} ({leaf[0][0]} bytes): move large inline data to a ConfigMap or volume "
+        f"(e.g. dataset.task.configMap or .pvc)")
+
+
+def spec_from_document(document: Any) -> FineTuneJobSpec:
+    """The spec of `status.startedSpec` (an object) or a job document's `spec`."""
+    return FineTuneJobSpec.model_validate(document)
+
+
 def spec_configmap(ftj: dict[str, Any], spec: FineTuneJobSpec) -> dict[str, Any]:
+    """The spec ConfigMap operators before the spec annotation made (kept for tests of the fallback)."""
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -179,9 +223,9 @@ def configmaps(spec: FineTuneJobSpec) -> list[str]:
 
 
 def _volumes(ftj: dict[str, Any], spec: FineTuneJobSpec, stage: str) -> tuple[list[dict], list[dict]]:
-    name = ftj["metadata"]["name"]
+    spec_file = {"path": SPEC_KEY, "fieldRef": {"fieldPath": f"metadata.annotations['{SPEC_ANNOTATION}']"}}
     volumes: list[dict[str, Any]] = [
-        {"name": "job-spec", "configMap": {"name": spec_configmap_name(name)}},
+        {"name": "job-spec", "downwardAPI": {"items": [spec_file]}},
         {"name": "tmp", "emptyDir": {}},
         {"name": "home", "emptyDir": {}},
     ]
@@ -282,6 +326,8 @@ def stage_job(
 ) -> dict[str, Any]:
     """The batch/v1 Job running `forgetless stage <stage>` (an Indexed Job for multi-worker training).
 
+    The spec reaches the pod as its template's annotation SPEC_ANNOTATION (see `_volumes`); raises
+    SpecTooLarge when it does not fit (reconcile checks before the job starts).
     Multi-worker: backoffLimit 0, so one failed rank fails the Job and the operator restarts the whole
     group as attempt N+1 (a retried index alone would wait for peers that are gone)."""
     if stage not in STAGES:
@@ -323,10 +369,13 @@ def stage_job(
     if resources.priority_class_name:
         pod_spec["priorityClassName"] = resources.priority_class_name
     pod_labels = child_labels(ftj, stage, queue=False)
+    check_spec_size(ftj, spec)
     job_spec: dict[str, Any] = {
         "suspend": False,
         "backoffLimit": spec.backoff_limit,
-        "template": {"metadata": {"labels": pod_labels}, "spec": pod_spec},
+        "template": {"metadata": {"labels": pod_labels,
+                                  "annotations": {SPEC_ANNOTATION: spec_document_text(ftj, spec)}},
+                     "spec": pod_spec},
     }
     metadata = child_metadata(ftj, job_name, stage)
     if workers > 1:

@@ -4,7 +4,8 @@
 Triggers (all level-triggered: each one re-reads everything and reconciles the owning job):
 - every watch event of a FineTuneJob (`@kopf.on.event`; DELETED drops the job's metric series),
 - every watch event of a batch/v1 Job or Pod labelled `forgetless.dev/job` (server-side label
-  selector, so the operator never lists unrelated pods),
+  selector, so the operator never lists unrelated pods) that changes what a reconcile reads of it
+  (runtime.ChildFilter: not the Job controller's counts, not a new Pending pod),
 - one operator-wide progress loop (`progress_loop`): every `--progress-seconds` (15) it reads each
   running stage's progress from its rank-0 pod's /metrics into `status.trainerStatus`
   (Runtime.progress_pass; a PATCH only when it changed),
@@ -99,11 +100,11 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
 
     @kopf.on.event("batch", "v1", "jobs", labels=child, registry=registry)
     async def stage_job_event(event: dict, namespace: str, labels: dict, **_: Any) -> None:
-        await runtime.on_child("Job", namespace, labels[LABEL_JOB], event.get("object") or {})
+        await runtime.on_child("Job", namespace, labels[LABEL_JOB], event.get("object") or {}, event.get("type"))
 
     @kopf.on.event("v1", "pods", labels=child, registry=registry)
     async def stage_pod_event(event: dict, namespace: str, labels: dict, **_: Any) -> None:
-        await runtime.on_child("Pod", namespace, labels[LABEL_JOB], event.get("object") or {})
+        await runtime.on_child("Pod", namespace, labels[LABEL_JOB], event.get("object") or {}, event.get("type"))
 
     return registry
 
@@ -217,5 +218,6 @@ async def run_operator(options: Options, stop_flag: Optional[asyncio.Event] = No
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
+        await runtime.drain_events()  # what the last reconciles decided, before the client closes
         await server.cleanup()
         await runtime.close()

@@ -10,6 +10,7 @@ from typing import Any, Mapping
 
 from forgetless_operator import children
 from forgetless_operator.children import CONTAINER
+from forgetless_operator.progress import metrics_url
 
 WAITING_PROBLEMS = {
     "ErrImagePull",
@@ -221,3 +222,43 @@ def observe_stage(stage: str, job: Mapping[str, Any], pods: list[dict], workers:
     if bad and message is None:
         message = short(f"retrying after a failed pod: {failure_text(bad[-1][2], bad[-1][3])}")
     return StageObservation("Running", message=message, failed_pods=failed_pods)
+
+
+# --------------------------------------------------------------------------- what a child event can change
+
+
+def child_signature(kind: str, child: Mapping[str, Any]) -> tuple:
+    """The part of a stage Job or Pod that `reconcile` reads (through index_jobs, observe_stage, alive,
+    job_condition, owned_by, ...): two bodies with the same signature lead to the same Decision, so a
+    watch event that leaves it unchanged needs no reconcile (runtime.ChildFilter). Whatever reconcile
+    starts reading from a child must be added here."""
+    meta = child.get("metadata") or {}
+    status = child.get("status") or {}
+    common = (meta.get("uid"), meta.get("deletionTimestamp"), json.dumps(meta.get("labels") or {}, sort_keys=True),
+              tuple(sorted(ref.get("uid") or "" for ref in meta.get("ownerReferences") or [])))
+    if kind == "Job":
+        conditions = tuple(sorted((c.get("type"), c.get("reason"), c.get("message"))
+                                  for c in status.get("conditions") or [] if c.get("status") == "True"))
+        annotations = meta.get("annotations") or {}
+        return common + (meta.get("creationTimestamp"), annotations.get(children.SUSPENDED_BY_OPERATOR),
+                         bool((child.get("spec") or {}).get("suspend")), conditions, int(status.get("failed") or 0),
+                         status.get("completionTime"))
+    state = _container_state(child)
+    terminated = json.dumps(state.get("terminated"), sort_keys=True) if state.get("terminated") else None
+    waiting = state.get("waiting") or {}
+    problem = (waiting.get("reason"), waiting.get("message")) if waiting.get("reason") in WAITING_PROBLEMS else None
+    unschedulable = tuple(sorted((c.get("reason"), c.get("message")) for c in status.get("conditions") or []
+                                 if c.get("type") == "PodScheduled" and c.get("status") == "False" and c.get("reason")))
+    rank = (meta.get("annotations") or {}).get(children.COMPLETION_INDEX_ANNOTATION)
+    # where its progress can be read (progress.scrape_target): a pod going Running with an IP is news
+    return common + (rank, metrics_url(child), alive(child), terminated, problem, unschedulable)
+
+
+def quiet_pod(child: Mapping[str, Any]) -> bool:
+    """A pod that is alive and has nothing to report yet (no terminated container, no waiting or
+    scheduling problem): to `reconcile` the same as no pod at all (it neither finishes nor fails a
+    stage; an alive pod of another attempt can only make a start wait), so its first sight needs no
+    reconcile."""
+    signature = child_signature("Pod", child)
+    return (not child.get("metadata", {}).get("deletionTimestamp") and signature[-4:] == (True, None, None, ())
+            and signature[-5] is None)  # a running pod with an IP has progress to read

@@ -17,9 +17,12 @@ verdict and the promoted model the stage reports.
 
 Decisions where the spec is silent (see docs in docker/README.md and the report):
 - The spec is frozen at start: `status.specHash` (sha256 of the spec without the run controls
-  suspend, activeDeadlineSeconds, ttlSecondsAfterFinished) and the `<job>-spec` ConfigMap hold the
-  started spec; later stages are built from the ConfigMap, so an edited spec is never applied
-  half-way (condition SpecChanged=True instead).
+  suspend, activeDeadlineSeconds, ttlSecondsAfterFinished) and `status.startedSpec` (written with
+  the status patch of the first stage's start) hold the started spec; later stages are built from
+  it, so an edited spec is never applied half-way (condition SpecChanged=True instead). Each stage
+  pod gets it in its template annotation `forgetless.dev/spec` (children.stage_job). Jobs started
+  by operators before startedSpec existed keep their `<job>-spec` ConfigMap as the source (read,
+  then copied into startedSpec).
 - The deadline counts from `status.startTime`, suspended time included.
 - Suspending a started job suspends its running stage Job (annotated as suspended by the operator);
   resuming un-suspends only those, never a Job that Kueue holds for admission.
@@ -251,6 +254,10 @@ class _Run:
                 return
             if raw_spec.get("suspend"):
                 return self.suspend(started=False)
+            try:
+                children.check_spec_size(self.job, current)
+            except children.SpecTooLarge as exc:
+                return self.reject("SpecTooLarge", str(exc))
             self.status["specHash"] = digest
             self.status["startTime"] = self.now_s  # the first stage's event marks the start
             spec = current
@@ -258,9 +265,8 @@ class _Run:
             spec = self.started_spec(current, digest, problem)
             if spec is None:
                 return
-        cm_name = children.spec_configmap_name(self.name)
-        if cm_name not in self.observed.configmaps:
-            self.actions.append(CreateObject(children.spec_configmap(self.job, spec)))
+        if not self.status.get("startedSpec"):
+            self.status["startedSpec"] = spec.to_wire()  # at start, or once for a job of an older operator
         if self.deadline():
             return
         if raw_spec.get("suspend"):
@@ -270,9 +276,12 @@ class _Run:
         self.stages(spec)
 
     def finished_spec(self) -> FineTuneJobSpec | None:
-        """The spec a finished job ran (its `<job>-spec` ConfigMap, else the current spec)."""
+        """The spec a finished job ran (status.startedSpec, or an older operator's `<job>-spec`
+        ConfigMap, else the current spec)."""
         configmap = self.observed.configmaps.get(children.spec_configmap_name(self.name))
         try:
+            if self.status.get("startedSpec"):
+                return children.spec_from_document(self.status["startedSpec"])
             if configmap is not None and owned_by(configmap, self.uid):
                 return children.spec_from_configmap(configmap)
             return FineTuneJobSpec.model_validate(self.job.get("spec") or {})
@@ -299,7 +308,8 @@ class _Run:
         return True
 
     def started_spec(self, current: FineTuneJobSpec | None, digest: str, problem: str) -> FineTuneJobSpec | None:
-        """The spec the job started with (from the `<job>-spec` ConfigMap); flags an edited spec."""
+        """The spec the job started with (status.startedSpec, or the `<job>-spec` ConfigMap of an
+        older operator); flags an edited spec."""
         changed = digest != self.status["specHash"]
         previous = self.condition("SpecChanged")
         if changed:
@@ -314,6 +324,12 @@ class _Run:
             self.set_condition("SpecChanged", "True", "SpecChangedAfterStart", message)
         elif previous is not None and previous["status"] == "True":
             self.set_condition("SpecChanged", "False", "SpecRestored", "the spec matches the one the job started with")
+        if self.status.get("startedSpec"):
+            try:
+                return children.spec_from_document(self.status["startedSpec"])
+            except ValueError as exc:
+                self.fail("SpecLost", f"status.startedSpec is unreadable: {str(exc).splitlines()[0]}")
+                return None
         configmap = self.observed.configmaps.get(children.spec_configmap_name(self.name))
         if configmap is not None and owned_by(configmap, self.uid):
             try:
@@ -322,8 +338,9 @@ class _Run:
                 self.fail("SpecLost", f"the {configmap['metadata']['name']} ConfigMap is unreadable: {exc}")
                 return None
         if not changed and current is not None:
-            return current  # the ConfigMap is re-created from the unchanged spec
-        self.fail("SpecLost", "the started spec's ConfigMap is gone and the spec has changed since the start")
+            return current  # recorded as startedSpec from now on
+        self.fail("SpecLost", "the started spec is gone (no status.startedSpec, no spec ConfigMap of an older "
+                  "operator) and the spec has changed since the start")
         return None
 
     def deadline(self) -> bool:
@@ -478,8 +495,14 @@ class _Run:
             self.status["message"] = (f"{stage}: waiting for the pods of the previous attempt to stop before starting "
                                       f"attempt {attempt} ({', '.join(sorted(lingering)[:4])})")
             return False
+        try:
+            job = children.stage_job(self.job, spec, stage, self.config, attempt)
+        except children.SpecTooLarge as exc:  # a job of an older operator whose spec lived in a ConfigMap
+            record.update(phase="Failed", message=str(exc), completionTime=self.now_s)
+            self.fail("SpecTooLarge", str(exc))
+            return False
         record["phase"] = "Running"
-        self.actions.append(CreateObject(children.stage_job(self.job, spec, stage, self.config, attempt)))
+        self.actions.append(CreateObject(job))
         if workers > 1:
             self.actions.append(CreateObject(children.workers_service(self.job)))
         if not self.old_stage_running(stage, job_name):

@@ -1,8 +1,9 @@
 """The operator's runtime: for one FineTuneJob, read what `reconcile` needs (`observe`), call it, apply
 its Decision and patch the status (`reconcile_once`); plus the small parts that keep that cheap
-under load: `Coalescer` (one reconcile per job at a time), `EchoFilter` (skip the watch events of
-the operator's own creates), `SharedReads` (one GET for a burst of jobs reading the same object);
-and `progress_pass`: the running stage's progress read from its rank-0 pod's /metrics into
+under load: `Coalescer` (one reconcile per job at a time), `ChildFilter` (skip the watch events of
+children that change nothing a reconcile reads), `EventQueue` (events posted in the background, after
+the status patch), `SharedReads` (one GET for a burst of jobs reading the same object); and
+`progress_pass`: the running stage's progress read from its rank-0 pod's /metrics into
 `status.trainerStatus` (progress.py decides what; one optimistic-locked status PATCH per job per pass,
 only when something changed).
 kopf is not imported here: handlers.py wires watch events and the resync loop to this.
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable, Optional
@@ -35,7 +37,7 @@ from forgetless_operator.decision import (
 )
 from forgetless_operator.kube import ApiError, KubeClient
 from forgetless_operator.metrics import OperatorMetrics
-from forgetless_operator.observation import index_jobs, owned_by
+from forgetless_operator.observation import child_signature, index_jobs, owned_by, quiet_pod
 from forgetless_operator.progress import same_progress, scrape_target, trainer_status
 from forgetless.timefmt import fmt_time
 from forgetless_operator.reconcile import permission_denied_status, reconcile
@@ -65,57 +67,87 @@ _MISSING = object()
 class Coalescer:
     """One run at a time per key: a trigger while a run is in progress marks the key dirty, and the
     run repeats once afterwards (however many triggers came). A run that returns False (it failed)
-    is not repeated; the resync loop retries it."""
+    is not repeated; the resync loop retries it.
+
+    A trigger may say `needed`: a check made only once the run in progress is over, whether it
+    still calls for a repeat (a watch event that raced the run's own writes: the echo of its status
+    patch, or of the Job it created, arriving before the response did). The run repeats when any
+    trigger without a check came or any check says yes."""
 
     def __init__(self) -> None:
         self._running: set[Any] = set()
-        self._dirty: set[Any] = set()
+        self._dirty: dict[Any, list[Optional[Callable[[], bool]]]] = {}
 
-    async def run(self, key: Any, once: Callable[[], Awaitable[bool]]) -> None:
+    def running(self, key: Any) -> bool:
+        return key in self._running
+
+    async def run(self, key: Any, once: Callable[[], Awaitable[bool]],
+                  needed: Optional[Callable[[], bool]] = None) -> None:
         if key in self._running:
-            self._dirty.add(key)
+            self._dirty.setdefault(key, []).append(needed)
             return
         self._running.add(key)
         try:
             while True:
-                self._dirty.discard(key)
-                if not await once() or key not in self._dirty:
+                self._dirty.pop(key, None)
+                if not await once():
+                    return
+                checks = self._dirty.pop(key, None)
+                if checks is None or not any(check is None or check() for check in checks):
                     return
         finally:
             self._running.discard(key)
-            self._dirty.discard(key)
+            self._dirty.pop(key, None)
 
     def forget(self, key: Any) -> None:
         if key not in self._running:
-            self._dirty.discard(key)
+            self._dirty.pop(key, None)
 
 
-class EchoFilter:
-    """Watch events that only echo the operator's own creates: the ADDED event of a child it just
-    created carries the resourceVersion the create returned, and is skipped once."""
+class ChildFilter:
+    """Watch events of stage Jobs and Pods that cannot change a reconcile's Decision: the
+    `child_signature` (what reconcile reads of a child) is remembered per child, from the create
+    response of a Job the operator made and from every event; an event whose signature is the one
+    already seen is skipped (the Job controller's status updates: active, ready, startTime; a pod
+    going Running), and so is the first sight of a quiet pod (`quiet_pod`: alive, nothing to report,
+    which to reconcile is the same as no pod). DELETED events and everything else trigger.
 
-    LIMIT = 10_000  # echoes whose event never came (a watch relist) are forgotten past this many
+    Skipping is safe: a reconcile already ran (or is queued) after the event that carried the same
+    signature, and it read the children fresh. Memory holds the `LIMIT` most recent children; one
+    forgotten is treated as unseen (a Job then triggers once more). Time-based work and missed
+    transitions are covered by the resync loop, which never skips."""
+
+    LIMIT = 20_000
 
     def __init__(self) -> None:
-        self._expected: set[tuple[str, str, str, str]] = set()
+        self._seen: OrderedDict[tuple[str, str, str], tuple] = OrderedDict()
 
     @staticmethod
-    def _key(kind: str, body: Any) -> tuple[str, str, str, str]:
+    def _key(kind: str, body: Any) -> tuple[str, str, str]:
         meta = body.get("metadata") or {}
-        return kind, meta.get("namespace", ""), meta.get("name", ""), meta.get("resourceVersion", "")
+        return kind, meta.get("namespace", ""), meta.get("name", "")
 
-    def expect(self, kind: str, created: Any) -> None:
-        if (created.get("metadata") or {}).get("resourceVersion"):
-            if len(self._expected) > self.LIMIT:
-                self._expected.clear()
-            self._expected.add(self._key(kind, created))
+    def _remember(self, key: tuple[str, str, str], signature: tuple) -> None:
+        self._seen[key] = signature
+        self._seen.move_to_end(key)
+        while len(self._seen) > self.LIMIT:
+            self._seen.popitem(last=False)
 
-    def is_echo(self, kind: str, body: Any) -> bool:
+    def created(self, kind: str, body: Any) -> None:
+        """The operator created this child (the create's response): its first events echo it."""
+        self._remember(self._key(kind, body), child_signature(kind, body))
+
+    def needs_reconcile(self, kind: str, body: Any, event_type: str | None = None) -> bool:
         key = self._key(kind, body)
-        if key in self._expected:
-            self._expected.discard(key)
+        if event_type == "DELETED":
+            self._seen.pop(key, None)
             return True
-        return False
+        signature = child_signature(kind, body)
+        known = self._seen.get(key)
+        self._remember(key, signature)
+        if known is None:
+            return not (kind == "Pod" and quiet_pod(body))
+        return known != signature
 
 
 class SharedReads:
@@ -142,6 +174,48 @@ class SharedReads:
         except Exception:
             self._reads.pop(key, None)
             raise
+
+
+class EventQueue:
+    """Events posted in the background by `workers` tasks, oldest first: a reconcile is done once its
+    status is patched, and in a burst of new jobs their Job creates and status patches are not
+    queued behind each other's events at the API server. Bounded: past `limit` waiting events
+    `put` waits (the reconciles slow down, none is dropped). `drain` at shutdown posts what is
+    left (for at most its timeout). An event still waiting when the process is killed is lost, as
+    one whose POST failed always was (events are the record for humans; the status is the state)."""
+
+    def __init__(self, post: Callable[..., Awaitable[None]], workers: int = 4, limit: int = 2000) -> None:
+        self._post, self._workers, self._limit = post, workers, limit
+        self._queue: asyncio.Queue | None = None
+        self._tasks: list[asyncio.Task] = []
+
+    async def put(self, *args: Any) -> None:
+        if self._queue is None:
+            self._queue = asyncio.Queue(self._limit)
+            self._tasks = [asyncio.ensure_future(self._work()) for _ in range(self._workers)]
+        await self._queue.put(args)
+
+    async def _work(self) -> None:
+        assert self._queue is not None
+        while True:
+            args = await self._queue.get()
+            try:
+                await self._post(*args)
+            except Exception as exc:  # noqa: BLE001 - _post logs API errors; anything else must not end the worker
+                log.warning("posting an event failed: %s", exc)
+            finally:
+                self._queue.task_done()
+
+    async def drain(self, timeout: float = 5.0) -> None:
+        if self._queue is not None:
+            try:
+                await asyncio.wait_for(self._queue.join(), timeout)
+            except asyncio.TimeoutError:
+                log.warning("%d events not posted before shutdown", self._queue.qsize())
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._queue, self._tasks = None, []
 
 
 @dataclass
@@ -178,7 +252,7 @@ class Runtime:
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(timezone.utc))
     shared_ttl: float = 1.0
     _coalescer: "Coalescer" = field(default_factory=lambda: Coalescer())
-    _echoes: "EchoFilter" = field(default_factory=lambda: EchoFilter())
+    _children: "ChildFilter" = field(default_factory=lambda: ChildFilter())
     _fingerprints: dict[tuple[str, str], str] = field(default_factory=dict)
     _tasks: set[asyncio.Future] = field(default_factory=set)
     _shared: "SharedReads | None" = None
@@ -186,6 +260,19 @@ class Runtime:
     scrape_timeout: float = 3.0
     _live: dict[tuple[str, str], LiveTarget] = field(default_factory=dict)
     _scrape_session: dict = field(default_factory=dict)
+    _events: "EventQueue | None" = None
+
+    async def post_events(self, obj: dict, events: list) -> None:
+        """Queue the Decision's events (EventQueue: posted in the background, in order)."""
+        if self._events is None:
+            self._events = EventQueue(self._post)
+        now = fmt_time(self.clock())
+        for event in events:
+            await self._events.put(obj, event, now)
+
+    async def drain_events(self, timeout: float = 5.0) -> None:
+        if self._events is not None:
+            await self._events.drain(timeout)
 
     async def shared_get(self, kind: str, namespace: str, name: str) -> dict | None:
         """A GET of an object many jobs read, shared for `shared_ttl` seconds (see SharedReads)."""
@@ -195,31 +282,41 @@ class Runtime:
 
     # Watch events that only echo the operator's own writes are skipped: a FineTuneJob whose
     # generation, labels, deletion mark and status are what the last reconcile wrote (kopf's own
-    # finalizer/annotation edits, our status patch), and the ADDED event of a child just created.
+    # finalizer/annotation edits, our status patch), and child events that change nothing reconcile
+    # reads (ChildFilter: the echo of a child just created, the Job controller's status counts, a new
+    # Pending pod).
     # Time-based work (deadline, TTL) and errors are covered by the resync timer, which never skips.
 
     async def on_finetunejob(self, namespace: str, name: str, body: Any) -> None:
-        known = self._fingerprints.get((namespace, name))
-        if known == fingerprint(body):
+        key = (namespace, name)
+        known, seen = self._fingerprints.get(key), fingerprint(body)
+        if known == seen:
             return
         # First sight of a job (created, or listed at start-up): its watch body is as fresh as a GET
         # and cannot predate a write of ours, so the first reconcile uses it and saves that GET.
-        # Every later reconcile re-reads the object.
-        await self.trigger(namespace, name, first_sight=body if known is None else None)
+        # Every later reconcile re-reads the object. An event during a reconcile of the job is
+        # judged after it: the echo of its status patch can come before the patch's response.
+        await self.trigger(namespace, name, first_sight=body if known is None else None,
+                           needed=lambda: self._fingerprints.get(key) != seen)
 
-    async def on_child(self, kind: str, namespace: str, job: str, body: Any) -> None:
-        if self._echoes.is_echo(kind, body):
+    async def on_child(self, kind: str, namespace: str, job: str, body: Any, event_type: str | None = None) -> None:
+        if self._coalescer.running((namespace, job)):  # judged after it: it may be creating this child
+            await self.trigger(namespace, job, needed=lambda: self._children.needs_reconcile(kind, body, event_type))
+            return
+        if not self._children.needs_reconcile(kind, body, event_type):
             return
         await self.trigger(namespace, job)
 
-    async def trigger(self, namespace: str, name: str, first_sight: Optional[dict] = None) -> None:
-        """Reconcile the job now, or once more after the reconcile that is running (Coalescer)."""
+    async def trigger(self, namespace: str, name: str, first_sight: Optional[dict] = None,
+                      needed: Optional[Callable[[], bool]] = None) -> None:
+        """Reconcile the job now, or once more after the reconcile that is running (Coalescer; with
+        `needed`, only if it says so then)."""
         bodies = [first_sight]  # only the first run of this trigger may use the watch body
 
         async def once() -> bool:
             return await self._reconcile_logged(namespace, name, bodies.pop() if bodies else None)
 
-        await self._coalescer.run((namespace, name), once)
+        await self._coalescer.run((namespace, name), once, needed)
 
     async def _reconcile_logged(self, namespace: str, name: str, body: Optional[dict] = None) -> bool:
         try:
@@ -286,8 +383,7 @@ class Runtime:
             written = await self.kube.patch(SWEEP_API_VERSION, SWEEP_KIND, namespace, name, {"status": patch},
                                             subresource="status")
         self._fingerprints[("sweep", namespace, name)] = fingerprint(written)
-        now = fmt_time(self.clock())
-        await asyncio.gather(*(self._post(sweep, event, now) for event in decision.events))
+        await self.post_events(sweep, decision.events)
         self.metrics.observe_sweep(namespace, name, decision.status)
         return decision
 
@@ -332,10 +428,7 @@ class Runtime:
         if status.get("phase") in TERMINAL_PHASES:
             if not hand_off_pending(ftj):
                 return Observed()  # only the TTL is left to watch
-            spec_cm, services = await asyncio.gather(
-                self.kube.get("v1", "ConfigMap", namespace, children.spec_configmap_name(name)),
-                self._inference_services(ftj),
-            )
+            spec_cm, services = await asyncio.gather(self._legacy_spec_configmap(ftj), self._inference_services(ftj))
             configmaps = {spec_cm["metadata"]["name"]: spec_cm} if spec_cm is not None else {}
             return Observed(configmaps=configmaps, inference_services=services)
         if not status.get("specHash"):
@@ -352,7 +445,7 @@ class Runtime:
             self.kube.list("batch/v1", "Job", namespace, selector),
             self.kube.list("v1", "Pod", namespace, selector),
             self.kube.list("v1", "Service", namespace, selector),
-            self.kube.get("v1", "ConfigMap", namespace, children.spec_configmap_name(name)),
+            self._legacy_spec_configmap(ftj),
         )
         current, superseded = index_jobs(jobs)
         observed = Observed(jobs=current, superseded_jobs=superseded,
@@ -369,6 +462,14 @@ class Runtime:
             cache = await self.shared_get("ConfigMap", namespace, self.config.baseline_cache_configmap)
             observed.baseline_cache = dict((cache or {}).get("data") or {})
         return observed
+
+    async def _legacy_spec_configmap(self, ftj: dict) -> dict | None:
+        """The `<job>-spec` ConfigMap, read only for a job started by an operator before
+        status.startedSpec (whose reconcile then copies it there)."""
+        if (ftj.get("status") or {}).get("startedSpec"):
+            return None
+        meta = ftj["metadata"]
+        return await self.kube.get("v1", "ConfigMap", meta["namespace"], children.spec_configmap_name(meta["name"]))
 
     async def _inference_services(self, ftj: dict) -> dict:
         target = inference_service_ref(ftj)
@@ -424,8 +525,7 @@ class Runtime:
         if not deleted_itself:
             self._fingerprints[(namespace, name)] = fingerprint(written)
             self._track_progress(namespace, name, written, observed)
-        now = fmt_time(self.clock())
-        await asyncio.gather(*(self._post(ftj, event, now) for event in decision.events))
+        await self.post_events(ftj, decision.events)
         if deleted_itself:
             self.forget(namespace, name)
         else:
@@ -532,7 +632,7 @@ class Runtime:
         if isinstance(action, CreateObject):
             created = await kube.create(action.obj)
             if created and action.obj["kind"] in ("Job", "Pod"):
-                self._echoes.expect(action.obj["kind"], created)
+                self._children.created(action.obj["kind"], created)
         elif isinstance(action, DeleteObject):
             await kube.delete(action.api_version, action.kind, action.namespace, action.name, action.propagation_policy)
         elif isinstance(action, PatchObject):

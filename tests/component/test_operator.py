@@ -231,6 +231,12 @@ async def test_job_runs_through_all_stages_to_the_gate(api: FakeApi, operator: O
     assert sorted(r.body["metadata"]["name"] for r in posts) == ["ft-baseline", "ft-evaluate", "ft-train"]
     for request in posts + api.requests_for("POST", "/configmaps"):
         kubernetes_validate.validate(request.body, "1.35", strict=True)
+    # The frozen spec: in each stage pod's annotation and in status.startedSpec; no spec ConfigMap read or made.
+    for request in posts:
+        document = json.loads(request.body["spec"]["template"]["metadata"]["annotations"]["forgetless.dev/spec"])
+        assert document["spec"] == final["startedSpec"]
+    made = [r.body["metadata"]["name"] for r in api.requests_for("POST", "/configmaps")]
+    assert made == ["forgetless-baseline-cache"] and not api.requests_for("GET", "/configmaps/ft-spec")
     watches = {r.path.rsplit("/", 1)[-1]: r.query for r in api.requests if r.query.get("watch") == "true"}
     assert watches["jobs"]["labelSelector"] == watches["pods"]["labelSelector"] == LABEL_JOB  # server-side filter
     status_patches = api.requests_for("PATCH", "/finetunejobs/ft/status")
@@ -276,7 +282,8 @@ async def test_replayed_events_and_a_restart_create_no_duplicates(api: FakeApi, 
     await operator.start()  # a restarted operator replays everything from the API
     await asyncio.sleep(0.5)
     assert len(api.requests_for("POST", "/jobs")) == 1
-    assert len(api.requests_for("POST", "/configmaps")) == 1
+    assert not api.requests_for("POST", "/configmaps/ft-spec")  # the spec travels in the pod template
+    assert not [r for r in api.requests_for("POST", "/configmaps") if r.body["metadata"]["name"] == "ft-spec"]
     assert len(event_reasons(api)) == events_before
     # ...and loses no stage result: the baseline finishing while it is down is still picked up.
     await operator.stop()

@@ -12,7 +12,8 @@ would, with one process per pod instead of one container:
 * the container's filesystem is a per-pod folder `rootfs/` in which every volume mount is a
   symlink to a host folder: one shared folder per PersistentVolumeClaim under `root/pvc/` (what a
   ReadWriteMany volume is), per-pod folders for emptyDir, configMap and secret volumes (their keys
-  as files, read at pod start); other volume types (the service account's projected volume
+  as files, read at pod start) and downwardAPI volumes (their fieldRef items as files: metadata
+  name, namespace, uid, labels['...'], annotations['...']); other volume types (the service account's projected volume
   included) are empty folders. Since a process cannot be given its own mount namespace, every
   command, arg and env value that *is* a mount path (or lies under one) is rewritten to the rootfs
   path; so is the termination message path, realised as a per-pod file. Mounts are not read-only;
@@ -297,7 +298,7 @@ class StandInNode:
         try:
             fetch = self._fetcher(meta["namespace"])
             pod_env = self._resolve_env(pod, container, fetch)
-            volumes = {v["name"]: self._resolve_volume(v, fetch) for v in spec.get("volumes", [])}
+            volumes = {v["name"]: self._resolve_volume(v, fetch, pod) for v in spec.get("volumes", [])}
         except ConfigError as exc:
             self._set_waiting(pod, container, "CreateContainerConfigError", str(exc))
             return
@@ -452,10 +453,18 @@ class StandInNode:
                 env[var["name"]] = value
         return env
 
-    def _resolve_volume(self, volume: dict, fetch) -> tuple[str, Any]:
+    def _resolve_volume(self, volume: dict, fetch, pod: dict | None = None) -> tuple[str, Any]:
         """('pvc', claim name) or ('files' | 'other', {relative path: bytes}): a per-pod folder with files."""
         if "persistentVolumeClaim" in volume:
             return "pvc", volume["persistentVolumeClaim"]["claimName"]
+        if "downwardAPI" in volume:
+            files = {}
+            for item in volume["downwardAPI"].get("items") or []:
+                if "fieldRef" not in item:
+                    raise ConfigError(f"downwardAPI item {item.get('path')!r} of volume {volume['name']}: only "
+                                      "fieldRef is emulated by the stand-in node")
+                files[item["path"]] = field_value(pod or {}, item["fieldRef"]["fieldPath"]).encode()
+            return "files", files
         if "configMap" not in volume and "secret" not in volume:  # emptyDir, or a type not emulated
             return ("files" if "emptyDir" in volume or "projected" in volume else "other"), {}
         kind, source = ("configmap", volume["configMap"]) if "configMap" in volume else ("secret", volume["secret"])

@@ -162,12 +162,14 @@ def expect_succeeded(cluster: Cluster, name: str, status: dict) -> None:
 
 
 def expect_each_stage_once(cluster: Cluster, name: str, status: dict) -> None:
-    """No duplicate children and no lost result: one Job, one pod and a result per stage, one spec ConfigMap."""
+    """No duplicate children and no lost result: one Job, one pod and a result per stage, no spec ConfigMap
+    (the stage pods carry the spec in their annotation; status.startedSpec keeps it)."""
     selector = f"forgetless.dev/job={name}"
     jobs = sorted(j.metadata.name for j in cluster.batch.list_namespaced_job(cluster.namespace, label_selector=selector).items)
     assert jobs == [f"{name}-baseline", f"{name}-evaluate", f"{name}-train"]
     configmaps = [c.metadata.name for c in cluster.core.list_namespaced_config_map(cluster.namespace, label_selector=selector).items]
-    assert configmaps == [f"{name}-spec"]
+    assert configmaps == []
+    assert status["startedSpec"]["model"]
     for stage in ("baseline", "train", "evaluate"):
         assert status["stages"][stage]["phase"] == "Succeeded" and status["stages"][stage]["result"]
         assert len(cluster.stage_pods(name, stage)) == 1  # each stage ran once

@@ -64,7 +64,7 @@ def test_volumes_env_and_termination_message(core, namespace: str, node: StandIn
         "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}}})
     script = """
 import json, os, pathlib, sys
-config, out, scratch, sub = sys.argv[1:5]
+config, out, scratch, sub, projected, me = sys.argv[1:7]
 pathlib.Path(out).parent.mkdir(parents=True, exist_ok=True)
 pathlib.Path(out).write_text("written by " + os.environ["POD_NAME"])
 pathlib.Path(scratch, "tmp.txt").write_text("scratch")
@@ -72,11 +72,13 @@ pathlib.Path(sub, "in-subpath.txt").write_text("sub")
 result = {"config": json.loads(pathlib.Path(config).read_text()), "greeting": os.environ["GREETING_LINE"],
           "namespace": os.environ["POD_NAMESPACE"], "index": os.environ["INDEX"],
           "tmpdir": os.environ.get("TMPDIR"), "leaked": "KUBECONFIG" in os.environ, "cwd": os.getcwd(),
-          "hooked": os.environ["HOOKED"]}
+          "hooked": os.environ["HOOKED"], "projected": pathlib.Path(projected).read_text(),
+          "me": pathlib.Path(me).read_text()}
 pathlib.Path(os.environ["RESULT_PATH"]).write_text(json.dumps(result))
 """
     body = pod_body("volumes", [PY, "-c", script],
-                    args=["/etc/app/settings.json", "/data/out/result.txt", "/scratch", "/sub"],
+                    args=["/etc/app/settings.json", "/data/out/result.txt", "/scratch", "/sub", "/etc/meta/spec.json",
+                          "/etc/meta/name"],
                     env=[{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
                          {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
                          {"name": "INDEX", "valueFrom": {"fieldRef": {"fieldPath": "metadata.annotations['index']"}}},
@@ -86,15 +88,19 @@ pathlib.Path(os.environ["RESULT_PATH"]).write_text(json.dumps(result))
                          {"name": "GREETING_LINE", "value": "$(GREETING), $(POD_NAME) $(ABSENT)"},
                          {"name": "RESULT_PATH", "value": "/dev/termination-log"}],
                     volumeMounts=[{"name": "config", "mountPath": "/etc/app"},
+                                  {"name": "meta", "mountPath": "/etc/meta"},
                                   {"name": "scratch", "mountPath": "/scratch"},
                                   {"name": "tmp", "mountPath": "/tmp"},
                                   {"name": "data", "mountPath": "/data"},
                                   {"name": "data", "mountPath": "/sub", "subPath": "nested"}],
                     volumes=[{"name": "config", "configMap": {"name": "app", "items": [
                                  {"key": "settings.json", "path": "settings.json"}]}},
+                             {"name": "meta", "downwardAPI": {"items": [
+                                 {"path": "spec.json", "fieldRef": {"fieldPath": "metadata.annotations['example.com/spec']"}},
+                                 {"path": "name", "fieldRef": {"fieldPath": "metadata.name"}}]}},
                              {"name": "scratch", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}},
                              {"name": "data", "persistentVolumeClaim": {"claimName": "shared"}}])
-    body["metadata"]["annotations"] = {"index": "7"}
+    body["metadata"]["annotations"] = {"index": "7", "example.com/spec": '{"lr": 0.2}'}
     core.create_namespaced_pod(namespace, body)
 
     pod = terminal(core, namespace, "volumes")
@@ -105,7 +111,8 @@ pathlib.Path(os.environ["RESULT_PATH"]).write_text(json.dumps(result))
     result = json.loads(state.message)
     assert result == {"config": {"lr": 0.1}, "greeting": "hello, volumes $(ABSENT)", "namespace": namespace,
                       "index": "7", "tmpdir": str(record.rootfs / "tmp"), "leaked": False,
-                      "cwd": str(record.rootfs), "hooked": f"volumes in {namespace}"}
+                      "cwd": str(record.rootfs), "hooked": f"volumes in {namespace}",
+                      "projected": '{"lr": 0.2}', "me": "volumes"}
     pvc = node.root / "pvc" / "shared"
     assert (pvc / "out" / "result.txt").read_text() == "written by volumes"
     assert (pvc / "nested" / "in-subpath.txt").read_text() == "sub"

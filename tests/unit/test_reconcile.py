@@ -150,10 +150,10 @@ def through(stage_done: str, verdict: str = "Passed", spec: dict | None = None):
 # --------------------------------------------------------------------------- start and preflight
 
 
-def test_new_job_creates_spec_configmap_and_baseline_job():
+def test_new_job_creates_the_baseline_job_carrying_the_frozen_spec():
     decision = run(ftj())
     objs = created(decision)
-    assert set(objs) == {"ft-spec", "ft-baseline"}
+    assert set(objs) == {"ft-baseline"}  # no spec ConfigMap: the pod template carries the spec
     assert decision.status["phase"] == "Baseline"
     assert decision.status["specHash"] == spec_hash(FineTuneJobSpec.model_validate(SPEC).to_wire())
     assert decision.status["startTime"] == fmt_time(T0)
@@ -163,8 +163,57 @@ def test_new_job_creates_spec_configmap_and_baseline_job():
         "type": "Progressing", "status": "True", "reason": "Baseline", "message": "baseline running (Job ft-baseline)",
         "lastTransitionTime": fmt_time(T0), "observedGeneration": 1,
     }
-    document = json.loads(objs["ft-spec"]["data"]["job.json"])
+    template = objs["ft-baseline"]["spec"]["template"]
+    document = json.loads(template["metadata"]["annotations"][children.SPEC_ANNOTATION])
     assert document["kind"] == "FineTuneJob" and document["spec"]["output"]["pvc"]["claimName"] == "outputs"
+    assert decision.status["startedSpec"] == document["spec"]  # written with the status patch of the start
+    volume = next(v for v in template["spec"]["volumes"] if v["name"] == "job-spec")
+    assert volume == {"downwardAPI": {"items": [{"path": "job.json", "fieldRef": {
+        "fieldPath": f"metadata.annotations['{children.SPEC_ANNOTATION}']"}}]}, "name": "job-spec"}
+    container = template["spec"]["containers"][0]
+    assert container["args"][3] == "/etc/forgetless/job/job.json"  # the file the stage reads, as before
+
+
+def test_a_started_job_builds_its_next_stage_from_status_started_spec_not_the_edited_spec():
+    job = ftj()
+    job = started(job, run(job))
+    job["spec"]["resources"] = {"trainerImage": "evil:latest"}  # edited after the start
+    observed = Observed(jobs={"baseline": stage_job(job, "baseline", complete=True)},
+                        pods={"baseline": [pod("baseline", message=json.dumps(BASELINE))]})
+    train = created(run(job, observed, T0 + timedelta(minutes=5)))["ft-train"]
+    assert train["spec"]["template"]["spec"]["containers"][0]["image"] == CONFIG.trainer_image
+    document = json.loads(train["spec"]["template"]["metadata"]["annotations"][children.SPEC_ANNOTATION])
+    assert "trainerImage" not in document["spec"].get("resources", {})
+
+
+def test_a_job_of_an_older_operator_reads_its_spec_configmap_and_copies_it_to_status():
+    job = ftj()
+    job = started(job, run(job))
+    legacy = spec_cm(job)
+    job["status"].pop("startedSpec")  # started by an operator that kept the spec in `<job>-spec`
+    job["spec"]["resources"] = {"trainerImage": "evil:latest"}
+    observed = Observed(configmaps={"ft-spec": legacy}, jobs={"baseline": stage_job(job, "baseline", complete=True)},
+                        pods={"baseline": [pod("baseline", message=json.dumps(BASELINE))]})
+    decision = run(job, observed, T0 + timedelta(minutes=5))
+    train = created(decision)["ft-train"]
+    assert train["spec"]["template"]["spec"]["containers"][0]["image"] == CONFIG.trainer_image
+    assert decision.status["startedSpec"] == json.loads(legacy["data"]["job.json"])["spec"]
+    assert "ft-spec" not in created(decision)
+    # with neither startedSpec nor the ConfigMap and an edited spec, the started spec is lost
+    lost = run(job, Observed(jobs=observed.jobs, pods=observed.pods), T0 + timedelta(minutes=5))
+    assert lost.status["phase"] == "Failed" and cond(lost.status, "Failed")["reason"] == "SpecLost"
+
+
+def test_a_spec_too_large_for_the_pod_annotation_is_refused_naming_the_field():
+    big = copy.deepcopy(SPEC)
+    big["resources"] = {"nodeSelector": {f"example.com/label-{i:05d}-{'x' * 200}": "y" * 60 for i in range(1200)}}
+    decision = run(ftj(big))
+    assert created(decision) == {} and decision.status["phase"] == "Pending"
+    assert "specHash" not in decision.status
+    ready = cond(decision.status, "Ready")
+    assert ready["reason"] == "SpecTooLarge"
+    assert "spec.resources.nodeSelector" in ready["message"] and "forgetless.dev/spec" in ready["message"]
+    assert reasons(decision) == ["SpecTooLarge"]
 
 
 def test_replaying_a_running_stage_creates_nothing_and_emits_nothing():
@@ -175,6 +224,28 @@ def test_replaying_a_running_stage_creates_nothing_and_emits_nothing():
     again = run(job, observed, T0 + timedelta(seconds=30))
     assert again.actions == [] and again.events == []
     assert again.status["conditions"] == first.status["conditions"]  # lastTransitionTime unchanged
+
+
+def test_a_quiet_pod_or_the_job_controllers_counts_change_no_decision():
+    """What runtime.ChildFilter skips (observation.quiet_pod, an unchanged child_signature) must not
+    change reconcile's Decision."""
+    from forgetless_operator.observation import child_signature, quiet_pod
+
+    job = ftj()
+    job = started(job, run(job))
+    fresh = stage_job(job, "baseline")
+    counted = copy.deepcopy(fresh)
+    counted["status"].update(active=1, ready=0, startTime=fmt_time(T0))
+    assert child_signature("Job", fresh) == child_signature("Job", counted)
+    quiet = {"metadata": {"name": "ft-baseline-x", "labels": {children.LABEL_JOB: "ft", children.LABEL_STAGE: "baseline",
+                                                              "batch.kubernetes.io/job-name": "ft-baseline"}},
+             "status": {"phase": "Pending"}}
+    assert quiet_pod(quiet)
+    base = Observed(configmaps={"ft-spec": spec_cm(job)}, jobs={"baseline": fresh})
+    with_pod = Observed(configmaps={"ft-spec": spec_cm(job)}, jobs={"baseline": counted}, pods={"baseline": [quiet]})
+    later = T0 + timedelta(seconds=30)
+    a, b = run(job, base, later), run(job, with_pod, later)
+    assert (a.actions, a.status, a.events) == (b.actions, b.status, b.events)
 
 
 @pytest.mark.parametrize(
@@ -332,7 +403,7 @@ def test_baseline_cache_hit_skips_the_baseline():
     baseline = decision.status["stages"]["baseline"]
     assert baseline["phase"] == "Skipped" and baseline["result"]["cached"] is True
     assert decision.status["baselineScores"] == BASELINE["scores"]
-    assert set(created(decision)) == {"ft-spec", "ft-train"}
+    assert set(created(decision)) == {"ft-train"}
     assert reasons(decision) == ["BaselineCacheHit", "TrainStarted"]
 
 

@@ -833,6 +833,9 @@ class FineTuneJobStatus(ApiModel):
     conditions: list[Condition] = Field(default_factory=list)
     observed_generation: Optional[int] = None
     spec_hash: Optional[str] = Field(default=None, description="Hash of the spec the job started with.")
+    started_spec: Optional[dict[str, Any]] = Field(
+        default=None, description="The spec the job started with (frozen at start; later stages are built from it)."
+    )
     stages: dict[Literal[STAGES], StageStatus] = Field(default_factory=dict)  # type: ignore[valid-type]
     baseline_scores: dict[str, float] = Field(default_factory=dict)
     final_scores: dict[str, float] = Field(default_factory=dict)
