@@ -143,13 +143,15 @@ class SpecTooLarge(ValueError):
     """The spec does not fit in the stage pod's annotation."""
 
 
-def check_spec_size(ftj: dict[str, Any], spec: FineTuneJobSpec) -> None:
-    """Raise SpecTooLarge (naming the largest fields) when the job document does not fit in the stage
-    pod template's annotations (ANNOTATIONS_LIMIT, keys included, with room for the other annotations)."""
-    size = len(SPEC_ANNOTATION) + len(spec_document_text(ftj, spec).encode())
+def spec_annotation_text(ftj: dict[str, Any], spec: FineTuneJobSpec) -> str:
+    """The SPEC_ANNOTATION value of a stage pod template; raises SpecTooLarge (naming the largest field)
+    when it does not fit in the pod's annotations (ANNOTATIONS_LIMIT, keys included, with room for the
+    other annotations)."""
+    text = spec_document_text(ftj, spec)
+    size = len(SPEC_ANNOTATION) + len(text.encode())
     room = ANNOTATIONS_LIMIT - 4096  # for annotations others add to the pod (the Job controller's, Kueue's)
     if size <= room:
-        return
+        return text
     wire = spec.to_wire()
     fields: list[tuple[int, str]] = []
     for key, value in wire.items():
@@ -369,12 +371,11 @@ def stage_job(
     if resources.priority_class_name:
         pod_spec["priorityClassName"] = resources.priority_class_name
     pod_labels = child_labels(ftj, stage, queue=False)
-    check_spec_size(ftj, spec)
     job_spec: dict[str, Any] = {
         "suspend": False,
         "backoffLimit": spec.backoff_limit,
         "template": {"metadata": {"labels": pod_labels,
-                                  "annotations": {SPEC_ANNOTATION: spec_document_text(ftj, spec)}},
+                                  "annotations": {SPEC_ANNOTATION: spec_annotation_text(ftj, spec)}},
                      "spec": pod_spec},
     }
     metadata = child_metadata(ftj, job_name, stage)

@@ -243,22 +243,31 @@ def child_signature(kind: str, child: Mapping[str, Any]) -> tuple:
         return common + (meta.get("creationTimestamp"), annotations.get(children.SUSPENDED_BY_OPERATOR),
                          bool((child.get("spec") or {}).get("suspend")), conditions, int(status.get("failed") or 0),
                          status.get("completionTime"))
-    state = _container_state(child)
+    rank = (meta.get("annotations") or {}).get(children.COMPLETION_INDEX_ANNOTATION)
+    return common + (rank,) + _pod_news(child)
+
+
+QUIET = (None, True, None, None, ())
+"""`_pod_news` of a pod with nothing to report."""
+
+
+def _pod_news(pod: Mapping[str, Any]) -> tuple:
+    """What a pod can tell reconcile: where its progress can be read (progress.scrape_target: a pod
+    going Running with an IP is news), whether it is alive, its terminated state, a waiting problem,
+    why it cannot be scheduled."""
+    status = pod.get("status") or {}
+    state = _container_state(pod)
     terminated = json.dumps(state.get("terminated"), sort_keys=True) if state.get("terminated") else None
     waiting = state.get("waiting") or {}
     problem = (waiting.get("reason"), waiting.get("message")) if waiting.get("reason") in WAITING_PROBLEMS else None
     unschedulable = tuple(sorted((c.get("reason"), c.get("message")) for c in status.get("conditions") or []
                                  if c.get("type") == "PodScheduled" and c.get("status") == "False" and c.get("reason")))
-    rank = (meta.get("annotations") or {}).get(children.COMPLETION_INDEX_ANNOTATION)
-    # where its progress can be read (progress.scrape_target): a pod going Running with an IP is news
-    return common + (rank, metrics_url(child), alive(child), terminated, problem, unschedulable)
+    return metrics_url(pod), alive(pod), terminated, problem, unschedulable
 
 
 def quiet_pod(child: Mapping[str, Any]) -> bool:
-    """A pod that is alive and has nothing to report yet (no terminated container, no waiting or
-    scheduling problem): to `reconcile` the same as no pod at all (it neither finishes nor fails a
-    stage; an alive pod of another attempt can only make a start wait), so its first sight needs no
-    reconcile."""
-    signature = child_signature("Pod", child)
-    return (not child.get("metadata", {}).get("deletionTimestamp") and signature[-4:] == (True, None, None, ())
-            and signature[-5] is None)  # a running pod with an IP has progress to read
+    """A pod that is alive and has nothing to report yet (no progress to read, no terminated container,
+    no waiting or scheduling problem): to `reconcile` the same as no pod at all (it neither finishes nor
+    fails a stage; an alive pod of another attempt can only make a start wait), so its first sight
+    needs no reconcile."""
+    return not child.get("metadata", {}).get("deletionTimestamp") and _pod_news(child) == QUIET

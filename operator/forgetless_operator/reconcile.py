@@ -255,7 +255,7 @@ class _Run:
             if raw_spec.get("suspend"):
                 return self.suspend(started=False)
             try:
-                children.check_spec_size(self.job, current)
+                children.spec_annotation_text(self.job, current)  # fits in a stage pod's annotation?
             except children.SpecTooLarge as exc:
                 return self.reject("SpecTooLarge", str(exc))
             self.status["specHash"] = digest

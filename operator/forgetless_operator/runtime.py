@@ -228,18 +228,6 @@ class LiveTarget:
     trainer_status: Optional[dict]
 
 
-async def http_scrape(session_holder: dict, url: str, timeout: float) -> str:
-    """GET a pod's /metrics text with a plain session (never the API server's credentials)."""
-    import aiohttp
-
-    session = session_holder.get("session")
-    if session is None or session.closed:
-        session = session_holder["session"] = aiohttp.ClientSession()
-    async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout)) as response:
-        response.raise_for_status()
-        return await response.text()
-
-
 @dataclass
 class Runtime:
     """Operator-wide state: the API client, settings and metrics (one per process or per test)."""
@@ -259,7 +247,7 @@ class Runtime:
     scrape: Optional[Callable[[str], Awaitable[str]]] = None  # a pod's /metrics text (tests inject one)
     scrape_timeout: float = 3.0
     _live: dict[tuple[str, str], LiveTarget] = field(default_factory=dict)
-    _scrape_session: dict = field(default_factory=dict)
+    _scrape_session: Any = None  # aiohttp.ClientSession of the progress reads (no API credentials)
     _events: "EventQueue | None" = None
 
     async def post_events(self, obj: dict, events: list) -> None:
@@ -545,9 +533,16 @@ class Runtime:
         self._live[(namespace, name)] = LiveTarget(target[0], target[1], version, status.get("trainerStatus"))
 
     async def _scrape(self, url: str) -> str:
+        """A pod's /metrics text, GET with a plain session (never the API server's credentials)."""
         if self.scrape is not None:
             return await self.scrape(url)
-        return await http_scrape(self._scrape_session, url, self.scrape_timeout)
+        import aiohttp
+
+        if self._scrape_session is None or self._scrape_session.closed:
+            self._scrape_session = aiohttp.ClientSession()
+        async with self._scrape_session.get(url, timeout=aiohttp.ClientTimeout(total=self.scrape_timeout)) as response:
+            response.raise_for_status()
+            return await response.text()
 
     async def progress_pass(self, concurrency: int = 32) -> int:
         """Read each running stage's progress and write the changed ones to status.trainerStatus (the
@@ -590,9 +585,9 @@ class Runtime:
         return sum(1 for r in results if r is True)
 
     async def close(self) -> None:
-        session = self._scrape_session.pop("session", None)
-        if session is not None:
-            await session.close()
+        if self._scrape_session is not None:
+            await self._scrape_session.close()
+            self._scrape_session = None
         await self.kube.close()
 
     async def _permission_denied(self, ftj: dict, denied: list[tuple[str, str, str, str]]) -> None:

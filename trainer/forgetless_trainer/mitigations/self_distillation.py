@@ -21,7 +21,7 @@ from typing import Any
 
 from forgetless_trainer.data import IGNORE_INDEX
 from forgetless_trainer.mitigations.base import Mitigation, TrainContext
-from forgetless_trainer.training.general_kl import has_adapter
+from forgetless_trainer.training.general_kl import has_adapter, token_kl
 
 
 def answer_kl(base_logits: Any, logits: Any, labels: Any) -> Any:
@@ -31,8 +31,7 @@ def answer_kl(base_logits: Any, logits: Any, labels: Any) -> Any:
     positions = labels[:, 1:] != IGNORE_INDEX
     lp0 = torch.log_softmax(base_logits[:, :-1].float(), dim=-1)
     lp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-    per_token = (lp0.exp() * (lp0 - lp)).sum(-1)
-    return (per_token * positions).sum() / positions.sum().clamp(min=1)
+    return (token_kl(lp0, lp) * positions).sum() / positions.sum().clamp(min=1)
 
 
 class SelfDistillation(Mitigation):

@@ -222,13 +222,13 @@ class GeneralKL:
                     with model.disable_adapter():
                         base = self._logprobs(model, index)
                 for lp, lp0 in zip(current, base):
-                    total += float(_token_kl(lp0, lp).sum())
+                    total += float(token_kl(lp0, lp).sum())
                     count += lp.shape[0]
         return max(total / max(count, 1), 0.0)
 
 
-def _token_kl(base: Any, current: Any) -> Any:
-    """KL(π₀‖π) at each position: base is a (T, V) log-prob tensor or a _TopK, current (T, V) log-probs."""
+def token_kl(base: Any, current: Any) -> Any:
+    """KL(π₀‖π) at each position: base is a (…, V) log-prob tensor or a _TopK, current (…, V) log-probs."""
     import torch
 
     if isinstance(base, _TopK):
