@@ -4,12 +4,14 @@ The baseline (the base model's item-level results on the regression suite) depen
 (model weights, suite content, evaluator version, limit). Two keys address the same entry:
 
 - the **weights key** `w-…` = sha256 of (model id, model version, suite digest, evaluator
-  version, limit), where the model version is a content digest of the model directory's files
+  version, limit; and, when the format detector is learned, a digest of the task answers it learns
+  from — the suite digest already covers the job's held-out task items), where the model version is a content digest of the model directory's files
   for local / PVC / bundled models, the resolved commit of a Hugging Face snapshot, or else
   the requested revision. This key is exact: it changes whenever the weights or the items do.
   Computed by the trainer (`weights_cache_key`), which can read the weights.
 - the **spec key** `s-…` = `spec_cache_key(spec)` = sha256 of what the FineTuneJob *names*
-  (model name, revision, pvc; the regression suite reference; limit; evaluator version; and the
+  (model name, revision, pvc; the regression suite reference; limit; evaluator version; the task
+  data reference and how the task and format leaks are scored; and the
   forgetless version for `bundled:` assets, which change with releases). Pure and cheap: the
   operator uses it to decide, before starting any pod, that the baseline stage can be skipped.
 
@@ -42,7 +44,7 @@ from forgetless import atomic
 from forgetless.api.schema import FineTuneJobSpec
 from forgetless.contract import CACHE_DIR_ENV
 
-EVALUATOR_VERSION = "1"
+EVALUATOR_VERSION = "2"
 """Bump when the evaluator's prompts, decoding or scorers change in a way that changes scores."""
 
 DEFAULT_CACHE_DIR = Path("~/.cache/forgetless/baselines")
@@ -74,14 +76,17 @@ def prompt_identity(spec: FineTuneJobSpec) -> dict[str, Any] | None:
 
 def weights_cache_key(
     model_id: str, model_version: str, suite_digest: str, limit: int | None, evaluator_version: str = EVALUATOR_VERSION,
-    prompt: dict[str, Any] | None = None,
+    prompt: dict[str, Any] | None = None, task_digest: str | None = None,
 ) -> str:
     """The exact key: (model id, weights digest or commit, suite digest, evaluator version, limit,
-    prompt format when not the default)."""
+    prompt format when not the default, the digest of the task answers the format detector learned from
+    when it learned)."""
     document: dict[str, Any] = {"model": model_id, "version": model_version, "suite": suite_digest,
                                 "evaluator": evaluator_version, "limit": limit}
     if prompt is not None:
         document["prompt"] = prompt
+    if task_digest is not None:
+        document["taskAnswers"] = task_digest
     return "w-" + _digest(document)
 
 
@@ -98,6 +103,9 @@ def spec_cache_key(spec: FineTuneJobSpec, evaluator_version: str = EVALUATOR_VER
         "suite": suite.to_wire(),
         "limit": spec.regression.limit,
         "evaluator": evaluator_version,
+        # the job's own held-out task is part of what the baseline scores, and its answers train the format detector
+        "task": {"data": spec.dataset.task.to_wire(), "format": spec.dataset.format,
+                 "scoring": spec.regression.task.to_wire(), "formatLeak": spec.regression.format_leak.to_wire()},
     }
     prompt = prompt_identity(spec)
     if prompt is not None:

@@ -128,6 +128,9 @@ class GateResult:
     on_regression: str
     rescue: dict[str, Any] | None = None
     """regression.rescue's account (RescueStatus wire form) when it ran."""
+    notes: list[str] = field(default_factory=list)
+    """What the scores rest on (where the task items came from, how format leaks were found); set by the
+    evaluate stage, which knows the target."""
 
     @property
     def passed(self) -> bool:
@@ -178,6 +181,7 @@ class GateResult:
                     for c in self.categories
                 ],
                 **({"rescue": self.rescue} if self.rescue is not None else {}),
+                **({"notes": list(self.notes)} if self.notes else {}),
             }
         )
         return status.to_wire()
@@ -201,6 +205,7 @@ class GateResult:
             "seed": self.seed,
             "onRegression": self.on_regression,
             **({"rescue": self.rescue} if self.rescue is not None else {}),
+            **({"notes": list(self.notes)} if self.notes else {}),
         }
 
 

@@ -15,8 +15,16 @@ and one JSONL file per task. Categories are the five general ones of
 | multiple_choice   | id, prompt, choices [≥2], target_index        |                                 |
 | format_compliance | id, prompt, pattern (fullmatch regex)         | or `json_schema` (task-level)   |
 | refusal           | id, prompt, should_refuse (bool)              | refusal_pattern (required)      |
-| format_leak       | id, prompt                                    | leak_pattern (required)         |
+| format_leak       | id, prompt                                    | leak_pattern (optional)         |
 | verifiable        | id, prompt, checks [{type, ...}]              |                                 |
+| json_match        | id, prompt, target (JSON text)                |                                 |
+| similarity        | id, prompt, target                            | min_similarity (default 0.5)    |
+
+A `format_leak` task without `leak_pattern` (the open-ended prompts of `bundled:general-en-v2`) is
+scored by the format detector the baseline stage learns from the job's own task answers
+(forgetless_trainer.evaluation.format_detector); `regression.formatLeak.detector: Learned` uses it for
+patterned tasks too (`needs_learned_detector`). Items may also carry `messages` (the turns before the
+answer, for multi-turn chat items) and `system`; the job's own held-out task items do.
 
 `multiple_choice` takes the task option `length_normalized: true` to compare the choices' mean
 log-probability per token instead of the sum (long free-text choices, e.g. hhh_alignment).
@@ -45,7 +53,8 @@ from typing import Any, Mapping
 from forgetless.api.schema import SuiteSpec
 from forgetless.lifecycle import ALL_CATEGORIES, TASK_CATEGORY
 
-GENERATION_SCORERS = ("exact_match", "format_compliance", "refusal", "format_leak", "verifiable")
+GENERATION_SCORERS = ("exact_match", "format_compliance", "refusal", "format_leak", "verifiable", "json_match",
+                      "similarity")
 LOGLIKELIHOOD_SCORERS = ("multiple_choice",)
 SCORERS = GENERATION_SCORERS + LOGLIKELIHOOD_SCORERS
 
@@ -64,7 +73,7 @@ DEFAULT_MAX_NEW_TOKENS = 32
 SUITE_FILE = "suite.json"
 
 _TASK_KEYS = {"name", "category", "path", "scorer", "max_new_tokens"}
-_REQUIRED_OPTIONS = {"refusal": ("refusal_pattern",), "format_leak": ("leak_pattern",)}
+_REQUIRED_OPTIONS = {"refusal": ("refusal_pattern",)}
 _REGEX_OPTIONS = ("refusal_pattern", "leak_pattern")
 
 
@@ -85,6 +94,12 @@ class SuiteTask:
     @property
     def is_generation(self) -> bool:
         return self.scorer in GENERATION_SCORERS
+
+    def needs_learned_detector(self, detector: str = "Auto") -> bool:
+        """A format_leak task scored by the learned detector under `regression.formatLeak.detector`."""
+        if self.scorer != "format_leak" or detector == "Pattern":
+            return False
+        return detector == "Learned" or not self.options.get("leak_pattern")
 
     def canonical(self) -> dict[str, Any]:
         return {
@@ -140,6 +155,10 @@ class Suite:
 
     def canonical(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "tasks": [t.canonical() for t in self.tasks]}
+
+    def with_tasks(self, tasks: tuple[SuiteTask, ...]) -> "Suite":
+        """The same suite holding `tasks` instead (its digest recomputed)."""
+        return Suite(self.name, self.version, tuple(tasks), self.description, self.root, self.limit)
 
 
 def content_digest(suite: Suite) -> str:
@@ -345,8 +364,13 @@ def _item_problem(item: Any, scorer: str, options: Mapping[str, Any]) -> str | N
         return "missing 'id' (a non-empty string unique within the task)"
     if not isinstance(item.get("prompt"), str) or not item["prompt"].strip():
         return f"item {item['id']!r}: missing 'prompt' (a non-empty string)"
-    if scorer == "exact_match" and not isinstance(item.get("target"), str):
-        return f"item {item['id']!r}: exact_match needs 'target' (a string)"
+    if scorer in ("exact_match", "json_match", "similarity") and not isinstance(item.get("target"), str):
+        return f"item {item['id']!r}: {scorer} needs 'target' (a string)"
+    if scorer == "json_match":
+        try:
+            json.loads(item["target"])
+        except ValueError as exc:
+            return f"item {item['id']!r}: json_match needs a 'target' holding JSON ({exc})"
     if scorer == "multiple_choice":
         choices = item.get("choices")
         if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) and c for c in choices):

@@ -42,13 +42,17 @@ def test_spec_key_is_pure_and_tracks_what_the_spec_names():
         spec_cache_key(spec(**{"model.name": "org/other"})),
         spec_cache_key(spec(**{"regression.suite": {"path": "suites/other"}})),
         spec_cache_key(spec(**{"regression.limit": 10})),
-        spec_cache_key(spec(), evaluator_version="2"),
+        spec_cache_key(spec(), evaluator_version="older"),
         spec_cache_key(spec(**{"model.pvc": {"claimName": "models"}})),
         # the prompt format: a chat template in the spec, or chat data (ChatML for a template-less model)
         spec_cache_key(spec(**{"dataset.chatTemplate": "{{ messages }}"})),
         spec_cache_key(spec(**{"dataset.format": "chat"})),
+        # the job's own task: its data is scored (held out) and teaches the format detector
+        spec_cache_key(spec(**{"dataset.task": {"path": "data/other-task.jsonl"}})),
+        spec_cache_key(spec(**{"regression.task": {"scorer": "Similarity"}})),
+        spec_cache_key(spec(**{"regression.formatLeak": {"detector": "Learned"}})),
     }
-    assert base not in changed and len(changed) == 8
+    assert base not in changed and len(changed) == 11
     assert weights_cache_key("m", "v", "d", None) != weights_cache_key("m", "v", "d", None, prompt={"format": "chat"})
     # the mount mode of a volume is not content
     assert spec_cache_key(spec(**{"model.pvc": {"claimName": "models", "readOnly": False}})) == spec_cache_key(

@@ -78,7 +78,9 @@ def forecast(spec: Any, model: Any, tokenizer: Any, base_dir: Path | None = None
     from forgetless_trainer import chat
     from forgetless_trainer import data as D
 
-    task = D.read_source(spec.dataset.task, spec.dataset.format, field_name="dataset.task", base_dir=base_dir)
+    from forgetless_trainer.evaluation.own_task import training_records
+
+    task = training_records(spec, base_dir)
     general = D.read_source(spec.dataset.general, None, field_name="dataset.general", base_dir=base_dir,
                             tag="general")
     template = chat.install_template(tokenizer, spec.dataset, base_dir)

@@ -519,13 +519,61 @@ class RescueSpec(ApiModel):
     )
 
 
+HELD_OUT_MIN_ITEMS = 20
+"""The fewest held-out task records the task score is computed on (and the fewest left to train on)."""
+
+
+class TaskScoringSpec(ApiModel):
+    """How the gate scores the job's own task (the `task` category)."""
+
+    source: Literal["HeldOut", "Suite"] = Field(
+        default="HeldOut",
+        description="`HeldOut` (default): held-out records of the job's own task data — `test.jsonl` beside "
+        "`train.jsonl` in a task directory, else a deterministic share set aside before training and never trained "
+        "on — scored whatever the suite; a suite's own task category is then not scored. `Suite`: the suite's task "
+        "category as its author wrote it (nothing is held out).",
+    )
+    held_out_fraction: Annotated[float, Field(ge=0.01, le=0.5)] = Field(
+        default=0.1,
+        description="Without a test.jsonl: the share of the task records set aside (at least 20, at most maxItems).",
+    )
+    max_items: Annotated[int, Field(ge=HELD_OUT_MIN_ITEMS, le=100_000)] = Field(
+        default=150, description="At most this many held-out records are scored (and set aside).")
+    scorer: Literal["Auto", "ExactMatch", "JsonMatch", "Similarity"] = Field(
+        default="Auto",
+        description="`Auto` chooses from the held-out answers: `JsonMatch` (the answer's JSON equals the target's, "
+        "key order and string case/whitespace ignored) when they are JSON, `ExactMatch` (normalised) when they are "
+        "short single lines, else `Similarity` (token F1 ≥ minSimilarity).",
+    )
+    min_similarity: Annotated[float, Field(gt=0.0, le=1.0)] = Field(
+        default=0.5, description="`Similarity`: the token F1 an answer needs to count as right.")
+
+
+class FormatLeakSpec(ApiModel):
+    """How the format category finds the task's format leaking into unrelated answers."""
+
+    detector: Literal["Auto", "Learned", "Pattern"] = Field(
+        default="Auto",
+        description="`Auto`: a suite task's `leak_pattern` where it has one, else the detector learned at baseline "
+        "from the task's answers against the base model's answers to the suite's open-ended prompts. `Learned`: the "
+        "learned detector for every format_leak task (patterns ignored). `Pattern`: patterns only.",
+    )
+
+
 class RegressionSpec(ApiModel):
     RULES = (Rule("!has(self.rescue) || !has(self.onRegression) || self.onRegression == 'Block'",
                   lambda m: m.rescue is None or m.on_regression == "Block",
                   "rescue searches for a model the gate lets through when it blocks; with onRegression: Warn "
                   "nothing is blocked: set onRegression: Block or remove rescue", ".rescue"),)
 
-    suite: SuiteSpec = Field(default_factory=lambda: SuiteSpec(path="bundled:world-v1"))
+    suite: Optional[SuiteSpec] = Field(
+        default=None,
+        description="The regression suite. Omitted: the default for the model — `bundled:world-v1` for "
+        "`bundled:tiny-world`, `bundled:general-en-v2` (task-agnostic general probes) for any other model.",
+    )
+    task: TaskScoringSpec = Field(default_factory=TaskScoringSpec, description="How the job's own task is scored.")
+    format_leak: FormatLeakSpec = Field(default_factory=FormatLeakSpec,
+                                        description="How format leaks into unrelated answers are found.")
     thresholds: ThresholdsSpec = Field(default_factory=ThresholdsSpec)
     confidence: Annotated[float, Field(ge=0.5, le=0.999)] = Field(
         default=0.95, description="A category fails only when its drop exceeds the threshold at this confidence."
@@ -653,8 +701,25 @@ class FineTuneJobSpec(ApiModel):
         default=None, description="Delete the FineTuneJob this long after it finished."
     )
 
+    @model_validator(mode="after")
+    def _default_suite(self) -> "FineTuneJobSpec":
+        if self.regression.suite is None:
+            self.regression.suite = SuiteSpec(path=default_suite_path(self.model.name))
+        return self
+
     def learning_rate(self) -> float:
         return self.training.learning_rate or DEFAULT_LEARNING_RATE[self.method.type]
+
+
+BUNDLED_WORLD_MODEL = "bundled:tiny-world"
+BUNDLED_WORLD_SUITE = "bundled:world-v1"
+GENERAL_CHAT_SUITE = "bundled:general-en-v2"
+
+
+def default_suite_path(model_name: str) -> str:
+    """The suite a job without regression.suite is gated on: the bundled world's own suite for the bundled
+    world model, the task-agnostic general suite for every other (chat) model."""
+    return BUNDLED_WORLD_SUITE if model_name == BUNDLED_WORLD_MODEL else GENERAL_CHAT_SUITE
 
 
 # --------------------------------------------------------------------------- status
@@ -744,6 +809,11 @@ class GateStatus(ApiModel):
     task_gain: Optional[float] = None
     task_gain_lower: Optional[float] = Field(default=None, description="Lower bound of the task gain's interval.")
     categories: list[CategoryVerdict] = Field(default_factory=list)
+    notes: list[str] = Field(
+        default_factory=list,
+        description="What the scores rest on: where the task items came from and how they are scored, and how "
+        "format leaks were found (or why the format category cannot see them for this task).",
+    )
     rescue: Optional[RescueStatus] = Field(
         default=None, description="regression.rescue's search, when the gate blocked for forgetting and it ran.")
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from forgetless.contract import TERMINATION_MESSAGE_LIMIT
 
-DETAIL_KEYS = ("paired", "tasks", "probeHistory", "validationHistory", "generalKLHistory")
+DETAIL_KEYS = ("paired", "tasks", "probeHistory", "validationHistory", "generalKLHistory", "evidence")
 """Per-task parts of a summary: in summary.json on the volume, never in the termination message
 (they grow with the suite; what the operator needs — scores per category, the gate's verdict,
 the promoted model — does not)."""

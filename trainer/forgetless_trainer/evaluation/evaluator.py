@@ -40,6 +40,17 @@ def generation_input(prompt: str) -> str:
     return f"{prompt}{PROMPT_SUFFIX}"
 
 
+def item_context(fmt: Any, item: dict) -> str:
+    """The text a generation or multiple-choice item is prompted with: through the chat template (its
+    `messages` when it carries the turns before the answer, else its prompt as one user turn after its
+    optional `system`), else the raw `prompt =>` format."""
+    if fmt is None:
+        return generation_input(item["prompt"])
+    if item.get("messages"):
+        return fmt.render(tuple((role, content) for role, content in item["messages"]), add_generation_prompt=True)
+    return fmt.generation_text(item["prompt"], item.get("system"))
+
+
 @dataclass
 class _Request:
     task: SuiteTask
@@ -238,10 +249,16 @@ def evaluate_suite(
     limit: int | None = None,
     batch_size: int = 32,
     progress: Progress | None = None,
+    learned_tasks: Sequence[str] = (),
+    leak_detector: Callable[[Sequence[str]], Sequence[bool]] | None = None,
 ) -> EvaluationResult:
     """Score `model` on `suite` (first `limit` items per task when given); see the module doc.
 
     `progress(done, total)` is called after each generation batch (long evaluations show progress).
+    `learned_tasks`: format_leak tasks scored by `leak_detector(answers) -> task-like flags` (an item
+    passes when its answer is not task-like); without a detector their items keep their answers and
+    the score NaN, for the baseline stage to score once it has learned the detector
+    (forgetless_trainer.evaluation.runner).
     """
     import torch
 
@@ -257,7 +274,7 @@ def evaluate_suite(
     fmt = chat_format(tokenizer)  # an instruct model is prompted through its chat template
     for task in suite.tasks:
         for item in task.items:
-            context = fmt.generation_text(item["prompt"]) if fmt else generation_input(item["prompt"])
+            context = item_context(fmt, item)
             context_ids = tokenizer(context, add_special_tokens=fmt is None)["input_ids"]
             if task.is_generation:
                 generation.append(_Request(task, item, context_ids, task.max_new_tokens))
@@ -275,8 +292,14 @@ def evaluate_suite(
             model.train()
 
     scored: dict[tuple[str, str], ItemResult] = {}
+    learned = set(learned_tasks)
+    learned_answers = [a for r, a in zip(generation, answers) if r.task.name in learned]
+    flags = iter(leak_detector(learned_answers) if leak_detector is not None and learned_answers else ())
     for request, answer in zip(generation, answers):
-        score = scorers.GENERATION[request.task.scorer](request.task.options, request.item, answer)
+        if request.task.name in learned:
+            score = float("nan") if leak_detector is None else float(not next(flags))
+        else:
+            score = scorers.GENERATION[request.task.scorer](request.task.options, request.item, answer)
         scored[(request.task.name, request.item["id"])] = ItemResult(
             request.task.name, request.item["id"], request.task.category, score, answer
         )

@@ -68,6 +68,8 @@ def render_markdown(gate: GateResult, baseline: Mapping[str, float], final: Mapp
         )
     else:
         lines.append("Target task: not in the suite (no task gain measured).")
+    if gate.notes:
+        lines += ["", "What the scores rest on:", ""] + [f"- {note}" for note in gate.notes]
     lines += ["", f"![baseline vs final]({PNG_NAME})", ""]
     return "\n".join(lines)
 
@@ -265,6 +267,7 @@ def render_rescue_png(gate: GateResult, baseline_mean: float | None, path: Path)
 def write_report(
     gate_result: GateResult, baseline_scores: Mapping[str, float], final_scores: Mapping[str, float], out_dir: Path,
     train_summary: Mapping[str, Any] | None = None, unrescued_scores: Mapping[str, float] | None = None,
+    evidence: list[dict[str, Any]] | None = None,
 ) -> dict[str, Path]:
     """The report files; with a train summary that used the forgetting budget, its account and plot too;
     with a rescue (gate_result.rescue), its trials and the curve over α (`unrescued_scores`: the
@@ -274,6 +277,11 @@ def write_report(
     document = report_document(gate_result, baseline_scores, final_scores)
     markdown = render_markdown(gate_result, baseline_scores, final_scores)
     written: dict[str, Path] = {}
+    if evidence:
+        from forgetless_trainer.evaluation.evidence import evidence_markdown
+
+        document["evidence"] = list(evidence)
+        markdown += "\n" + evidence_markdown(evidence)
     if has_budget(train_summary):
         document["forgettingBudget"] = {k: train_summary.get(k) for k in (
             "probeBaseline", "budgetMaxDrop", "probeHistory", "adjustments", "stoppedReason",

@@ -64,6 +64,18 @@ class EvaluationResult:
             "items": len(self.items),
         }
 
+    def rescored(self, scores: Mapping[tuple[str, str], float]) -> "EvaluationResult":
+        """A copy whose items keyed (task, id) in `scores` carry those scores."""
+        items = [ItemResult(i.task, i.id, i.category, scores[(i.task, i.id)], i.answer) if (i.task, i.id) in scores
+                 else i for i in self.items]
+        return EvaluationResult(self.suite, self.digest, dict(self.tasks), items, self.limit, self.seconds, dict(self.meta))
+
+    def without_tasks(self, names: set[str] | frozenset[str], digest: str) -> "EvaluationResult":
+        """A copy without the items of tasks `names`, carrying `digest` (that of the suite without them)."""
+        return EvaluationResult(self.suite, digest, {t: c for t, c in self.tasks.items() if t not in names},
+                                [i for i in self.items if i.task not in names], self.limit, self.seconds,
+                                dict(self.meta))
+
     # ------------------------------------------------------------------ serialisation
 
     def to_dict(self) -> dict[str, Any]:
@@ -101,6 +113,10 @@ class EvaluationResult:
 
     def save(self, path: Path) -> Path:
         """Atomic write (tmp + rename): a crash never leaves half a results file."""
+        unscored = [f"{i.task}/{i.id}" for i in self.items if i.score != i.score]  # NaN: not scored yet
+        if unscored:
+            raise ValueError(f"{len(unscored)} items were never scored (e.g. {unscored[0]}): learned format items "
+                             "need the format detector first")
         return atomic.write_text(Path(path), json.dumps(self.to_dict(), indent=1, sort_keys=True) + "\n")
 
     @classmethod

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,8 @@ _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
 @dataclass(frozen=True)
 class EvalTarget:
-    """A loaded suite, or lm-eval task names; either way a name and a content digest."""
+    """A loaded suite, or lm-eval task names (plus, for a job, a suite holding its own held-out task);
+    either way a name and a content digest."""
 
     name: str
     digest: str
@@ -32,10 +33,40 @@ class EvalTarget:
     lm_eval_tasks: tuple[str, ...] = ()
     lm_eval_limit: int | None = None
     """Documents per lm-eval task when spec.regression.limit is not set (an lm-eval suite's default)."""
+    learned_tasks: tuple[str, ...] = ()
+    """format_leak tasks of `suite` scored by the format detector learned at baseline."""
+    split: Any = field(default=None, compare=False)
+    """The job's HeldOutSplit (forgetless_trainer.evaluation.own_task) when its own task is scored."""
+    notes: tuple[str, ...] = ()
+    """What the scores rest on (the gate's notes): the task's source and scorer, the format detector."""
 
     def result_digest(self, limit: int | None) -> str:
         """The digest an EvaluationResult of this target at `limit` carries (the evaluated subset's)."""
-        return self.suite.subset(limit).digest if self.suite is not None else self.digest
+        if self.suite is None:
+            return self.digest
+        if self.lm_eval_tasks:
+            return combined_digest(self.digest, self.suite.subset(limit).digest)
+        return self.suite.subset(limit).digest
+
+    def accepted_digests(self, limit: int | None) -> tuple[str, ...]:
+        """Digests a stored baseline of this target may carry: the whole target's, or the target without its
+        learned format items (a baseline whose detector was not usable, which left them out)."""
+        digests = (self.result_digest(limit),)
+        return digests + ((self.without_learned().result_digest(limit),) if self.learned_tasks else ())
+
+    def without_learned(self, note: str | None = None) -> "EvalTarget":
+        """This target without its learned format items (the detector cannot tell the task's format apart)."""
+        if not self.learned_tasks or self.suite is None:
+            return self
+        suite = self.suite.with_tasks(tuple(t for t in self.suite.tasks if t.name not in self.learned_tasks))
+        notes = self.notes + ((note,) if note else ())
+        return replace(self, digest=suite.digest, suite=suite, learned_tasks=(), notes=notes)
+
+
+def combined_digest(*digests: str) -> str:
+    import hashlib
+
+    return "sha256:" + hashlib.sha256("\n".join(digests).encode()).hexdigest()
 
 
 def resolve_target(regression: RegressionSpec, base_dir: Path | None = None) -> EvalTarget:
@@ -55,6 +86,86 @@ def resolve_target(regression: RegressionSpec, base_dir: Path | None = None) -> 
         digest = lmeval.tasks_digest(suite.tasks + (f"limit={suite.limit}",))
         return EvalTarget(name=suite.name, digest=digest, lm_eval_tasks=suite.tasks, lm_eval_limit=suite.limit)
     return EvalTarget(name=suite.name, digest=suite.digest, suite=suite)
+
+
+def job_target(spec: FineTuneJobSpec, base_dir: Path | None = None) -> EvalTarget:
+    """The target a FineTuneJob is gated on: its regression suite with the job's own held-out task as the `task`
+    category (forgetless_trainer.evaluation.own_task) and the suite's format_leak tasks that the learned detector
+    scores (regression.formatLeak). Raises StageError (bad suite, too few task records)."""
+    from forgetless.suites import Suite as _Suite
+    from forgetless_trainer.evaluation import own_task
+
+    base = resolve_target(spec.regression, base_dir)
+    if base.lm_eval_tasks:
+        notes = ["format: lm-eval tasks have no open-ended prompts, so format leaks are not looked for"]
+        if not own_task.uses_held_out(spec):
+            return replace(base, notes=tuple(["task: the lm-eval tasks' own task category, if any"] + notes))
+        split = own_task.held_out_split(spec, base_dir)
+        task, why = own_task.own_task(split, spec)
+        own = _Suite("own-task", "1", (task,))
+        return replace(base, suite=own, split=split,
+                       notes=tuple([f"{split.sentence()}; scored by {task.scorer} ({why})"] + notes))
+    composed, split, notes = own_task.compose_suite(base.suite, spec, base_dir)
+    mode = spec.regression.format_leak.detector
+    learned = tuple(t.name for t in composed.tasks if t.needs_learned_detector(mode))
+    unpatterned = [t.name for t in composed.tasks if t.scorer == "format_leak" and not t.options.get("leak_pattern")]
+    if mode == "Pattern" and unpatterned:
+        composed = composed.with_tasks(tuple(t for t in composed.tasks if t.name not in unpatterned))
+        notes.append(f"format: {', '.join(unpatterned)} not scored (regression.formatLeak.detector: Pattern, and "
+                     "they have no leak_pattern)")
+    target = EvalTarget(name=composed.name, digest=composed.digest, suite=composed, learned_tasks=learned,
+                        split=split, notes=tuple(notes))
+    if learned and split is None:
+        return target.without_learned("format: no held-out task answers to calibrate a format detector on "
+                                      "(regression.task.source: Suite): the open-ended format items are not scored")
+    if not learned and not any(t.scorer == "format_leak" for t in composed.tasks):
+        target = replace(target, notes=target.notes + (f"format: the suite {composed.name} has no open-ended prompts, "
+                                                       "so format leaks are not looked for",))
+    return target
+
+
+def learn_format(target: EvalTarget, baseline: EvaluationResult, limit: int | None,
+                 refit_only: bool = False) -> tuple[EvaluationResult, Any, Any]:
+    """The format detector learned from the job's task answers against the base model's answers to the target's
+    learned format items: (the baseline with those items scored by it — or left out when it is not usable —,
+    the detector or None, its Calibration or None). `refit_only`: the baseline is already scored (a cache hit);
+    only the detector is fitted again (deterministic: the same detector)."""
+    from forgetless_trainer.evaluation import format_detector
+
+    if not target.learned_tasks or target.split is None:
+        return baseline, None, None
+    learned = set(target.learned_tasks)
+    items = [i for i in baseline.items if i.task in learned]
+    task_answers = [e.response for e in target.split.train]
+    held_out = [e.response for e in target.split.held_out]
+    if refit_only:
+        recorded = baseline.meta.get("formatDetector")
+        calibration = format_detector.Calibration.from_dict(recorded) if recorded else None
+        if not items:  # a baseline that left them out: the detector was not usable
+            return baseline, None, calibration
+        return baseline, format_detector.refit(task_answers, [i.answer for i in items]), calibration
+    detector, calibration, out_of_fold = format_detector.learn(task_answers, [i.answer for i in items], held_out)
+    if calibration.usable:
+        result = baseline.rescored({(i.task, i.id): float(not flag) for i, flag in zip(items, out_of_fold)})
+    else:
+        reduced = target.without_learned()
+        result = baseline.without_tasks(learned, reduced.result_digest(limit))
+        detector = None
+    result.meta["formatDetector"] = calibration.to_dict()
+    return result, detector, calibration
+
+
+def evaluation_basis(target: EvalTarget, calibration: Any = None) -> dict[str, Any]:
+    """What a stage summary says of what the scores rest on: `notes` (the gate's), `taskHoldout`, `formatDetector`."""
+    notes = list(target.notes)
+    if calibration is not None:
+        notes.append(calibration.sentence())
+    out: dict[str, Any] = {"notes": notes}
+    if target.split is not None:
+        out["taskHoldout"] = target.split.describe()
+    if calibration is not None:
+        out["formatDetector"] = calibration.to_dict()
+    return out
 
 
 def model_identity(model_spec: ModelSpec, base_dir: Path | None = None) -> tuple[str, str]:
@@ -82,23 +193,35 @@ def cache_keys(spec: FineTuneJobSpec, target: EvalTarget, base_dir: Path | None 
     """(weights key, spec key) of the job's baseline."""
     model_id, version = model_identity(spec.model, base_dir)
     prompt = prompt_identity(spec)
-    return (weights_cache_key(model_id, version, target.digest, spec.regression.limit, prompt=prompt),
+    task_digest = None
+    if target.learned_tasks and target.split is not None:
+        task_digest = combined_digest(*(e.response for e in target.split.train))
+    return (weights_cache_key(model_id, version, target.digest, spec.regression.limit, prompt=prompt,
+                              task_digest=task_digest),
             spec_cache_key(spec))
 
 
 def evaluate_model(
     model: Any, tokenizer: Any, target: EvalTarget, *, limit: int | None = None, batch_size: int = 32,
-    stage: str = "evaluate",
+    stage: str = "evaluate", detector: Any = None,
 ) -> EvaluationResult:
-    """`stage` names the progress display (`[baseline] item 96/858 …`)."""
+    """`stage` names the progress display (`[baseline] item 96/858 …`). `detector` (a FormatDetector) scores the
+    target's learned format items; without one they stay unscored (NaN) for `learn_format`."""
+    from forgetless_trainer.evaluation.evaluator import evaluate_suite
+
     if target.lm_eval_tasks:
         from forgetless_trainer.evaluation import lmeval
 
         result = lmeval.evaluate_lm_eval(model, tokenizer, target.lm_eval_tasks, batch_size=batch_size,
                                          limit=limit if limit is not None else target.lm_eval_limit)
         result.limit = limit  # the spec's limit (cache keys and comparisons use it); the suite's default is in the digest
+        if target.suite is not None:  # the job's own held-out task, scored by forgetless's evaluator
+            own = evaluate_suite(model, tokenizer, target.suite, limit=limit, batch_size=batch_size)
+            result.items.extend(own.items)
+            result.tasks.update(own.tasks)
+            result.seconds += own.seconds
+            result.digest = target.result_digest(limit)
         return result
-    from forgetless_trainer.evaluation.evaluator import evaluate_suite
 
     display: StageProgress | None = None
     began = time.monotonic()  # the total is known at the first report, the rate counts from here
@@ -110,7 +233,9 @@ def evaluate_model(
         display.update(done)
 
     try:
-        return evaluate_suite(model, tokenizer, target.suite, limit=limit, batch_size=batch_size, progress=report)
+        return evaluate_suite(model, tokenizer, target.suite, limit=limit, batch_size=batch_size, progress=report,
+                              learned_tasks=target.learned_tasks,
+                              leak_detector=detector.task_like if detector is not None else None)
     finally:
         if display is not None:
             display.close()
@@ -119,7 +244,7 @@ def evaluate_model(
 def load_and_evaluate(
     model_spec: ModelSpec, target: EvalTarget, *, adapter_path: Path | None = None,
     limit: int | None = None, batch_size: int = 32, base_dir: Path | None = None, dataset: Any = None,
-    stage: str = "evaluate",
+    stage: str = "evaluate", detector: Any = None,
 ) -> EvaluationResult:
     """`dataset` (the job's DatasetSpec): its chatTemplate / chat format decide the prompt format, as in
     training (forgetless_trainer.chat.install_template)."""
@@ -128,7 +253,7 @@ def load_and_evaluate(
 
     model, tokenizer = load_model_and_tokenizer(model_spec, adapter_path=adapter_path, base_dir=base_dir)
     install_template(tokenizer, dataset, base_dir)
-    result = evaluate_model(model, tokenizer, target, limit=limit, batch_size=batch_size, stage=stage)
+    result = evaluate_model(model, tokenizer, target, limit=limit, batch_size=batch_size, stage=stage, detector=detector)
     result.meta.update({"model": model_spec.name, "adapter": str(adapter_path) if adapter_path else None})
     return result
 
@@ -144,7 +269,9 @@ def store_baseline(cache: BaselineCache, keys: tuple[str, ...], result: Evaluati
 def cached_baseline(cache: BaselineCache, keys: tuple[str, ...], target: EvalTarget, limit: int | None) -> EvaluationResult | None:
     """The cached baseline under the first key that holds one for exactly this suite content and limit."""
     for key in keys:
-        entry = cache.get(key, suite_digest=target.result_digest(limit))
+        entry = None
+        for digest in target.accepted_digests(limit):
+            entry = entry or cache.get(key, suite_digest=digest)
         if entry is not None and entry.get("limit") != limit:
             continue
         if entry is not None:
@@ -162,6 +289,10 @@ class BaselineLookup:
     """Found in the cache (else evaluated here)."""
     keys: tuple[str, str]
     """(weights key, spec key)."""
+    detector: Any = None
+    """The format detector (FormatDetector) when the target has learned format items and it is usable."""
+    calibration: Any = None
+    """Its Calibration."""
 
 
 def baseline_for(spec: FineTuneJobSpec, target: EvalTarget, *, restore_hit: bool = False) -> BaselineLookup:
@@ -176,6 +307,7 @@ def baseline_for(spec: FineTuneJobSpec, target: EvalTarget, *, restore_hit: bool
     cached = result is not None
     if result is None:
         result = load_and_evaluate(spec.model, target, limit=limit, dataset=spec.dataset, stage="baseline")
+    result, detector, calibration = learn_format(target, result, limit, refit_only=cached)
     if restore_hit or not cached:
         store_baseline(cache, keys, result, spec.model.name)
-    return BaselineLookup(result, cached, keys)
+    return BaselineLookup(result, cached, keys, detector, calibration)

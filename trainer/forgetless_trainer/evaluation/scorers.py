@@ -47,8 +47,61 @@ def refusal(options: Mapping[str, Any], item: Mapping[str, Any], answer: str) ->
 
 
 def format_leak(options: Mapping[str, Any], item: Mapping[str, Any], answer: str) -> float:
-    """1 when the answer does NOT show the narrow task's house format (`leak_pattern`)."""
+    """1 when the answer does NOT show the narrow task's house format (`leak_pattern`). A task without a
+    pattern is scored by the learned format detector instead (forgetless_trainer.evaluation.format_detector)."""
+    if not options.get("leak_pattern"):
+        raise ValueError("format_leak without leak_pattern is scored by the learned format detector")
     return float(re.match(options["leak_pattern"], collapse(answer)) is None)
+
+
+def _json_canonical(value: Any) -> Any:
+    """A JSON value compared structurally: objects by key (order ignored), strings normalised
+    (`normalise`: case, whitespace, trailing punctuation), numbers as floats, lists in order."""
+    if isinstance(value, dict):
+        return {str(k).strip().lower(): _json_canonical(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_canonical(v) for v in value]
+    if isinstance(value, str):
+        return normalise(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def json_match(options: Mapping[str, Any], item: Mapping[str, Any], answer: str) -> float:
+    """Structural match: the answer's JSON (the whole answer, else its first ```json fence, else its outermost
+    {...}) equals the target's JSON, key order, string case and whitespace ignored."""
+    expected = json.loads(item["target"])
+    found = _json_object(answer)
+    return float(found is not None and _json_canonical(found) == _json_canonical(expected))
+
+
+_TOKEN = re.compile(r"[a-z0-9]+")
+
+
+def token_f1(answer: str, target: str) -> float:
+    """SQuAD-style token F1: the harmonic mean of precision and recall of the answer's lowercase
+    alphanumeric tokens against the target's, counted as multisets."""
+    got, want = _TOKEN.findall(answer.lower()), _TOKEN.findall(target.lower())
+    if not got or not want:
+        return float(got == want)
+    common: dict[str, int] = {}
+    for token in want:
+        common[token] = common.get(token, 0) + 1
+    overlap = 0
+    for token in got:
+        if common.get(token, 0) > 0:
+            common[token] -= 1
+            overlap += 1
+    if overlap == 0:
+        return 0.0
+    precision, recall = overlap / len(got), overlap / len(want)
+    return 2 * precision * recall / (precision + recall)
+
+
+def similarity(options: Mapping[str, Any], item: Mapping[str, Any], answer: str) -> float:
+    """1 when the token F1 of the answer against the target reaches `min_similarity` (default 0.5)."""
+    return float(token_f1(answer, item["target"]) >= float(options.get("min_similarity", 0.5)))
 
 
 # --------------------------------------------------------------------------- verifiable instructions
@@ -113,6 +166,8 @@ GENERATION: dict[str, Callable[[Mapping[str, Any], Mapping[str, Any], str], floa
     "refusal": refusal,
     "format_leak": format_leak,
     "verifiable": verifiable,
+    "json_match": json_match,
+    "similarity": similarity,
 }
 LOGLIKELIHOOD: dict[str, Callable[[Mapping[str, Any], Sequence[float]], float]] = {
     "multiple_choice": multiple_choice,

@@ -72,6 +72,8 @@ def suite_probe(job, probe_items: int, base_dir: Path | None = None) -> Probe:
             f"mitigation.forgettingBudget needs the evaluator (forgetless_trainer.evaluation, forgetless.suites): {exc}"
         ) from exc
     suite = load_suite(job.spec.regression.suite, base_dir=base_dir)
+    mode = job.spec.regression.format_leak.detector  # the learned format detector exists only after baseline
+    suite = suite.with_tasks(tuple(t for t in suite.tasks if not t.needs_learned_detector(mode)))
 
     def probe(model: Any, tokenizer: Any) -> Any:
         return evaluate_suite(model, tokenizer, suite, limit=probe_items)

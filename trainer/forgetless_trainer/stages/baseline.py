@@ -1,5 +1,11 @@
 """The baseline stage: the base model's item-level results on the regression suite.
 
+The target is the job's (forgetless_trainer.evaluation.runner.job_target): the regression suite with the
+job's own held-out task records as its task category. When the suite has open-ended format prompts
+without a pattern, the format detector is learned here from the task's answers against the base
+model's answers (forgetless_trainer.evaluation.format_detector) and stored beside the results
+(WORKDIR/baseline/format_detector.pkl), its calibration in the results' meta and the summary.
+
 Looks the baseline up in the cache first (weights key, then spec key; both checked against the
 suite digest, see forgetless.baseline_cache); on a miss evaluates the base model and stores the
 result under both keys. Writes WORKDIR/baseline/results.json (item level) either way.
@@ -19,21 +25,28 @@ from typing import Any
 from forgetless.api.schema import FineTuneJob
 from forgetless_trainer.stages.base import Stage
 from forgetless.contract import BASELINE_RESULTS
-from forgetless_trainer.evaluation.runner import baseline_for, resolve_target
+from forgetless_trainer.evaluation.runner import baseline_for, evaluation_basis, job_target
 
 RESULTS = BASELINE_RESULTS
 
 
 def run(job: FineTuneJob, workdir: Path) -> dict[str, Any]:
     spec = job.spec
-    target = resolve_target(spec.regression)
+    log = lambda text: print(f"[baseline] {text}", file=sys.stderr)  # noqa: E731
+    target = job_target(spec)
     lookup = baseline_for(spec, target, restore_hit=True)  # a hit under one key fills in the other
-    lookup.result.save(Path(workdir) / RESULTS)
+    results = Path(workdir) / RESULTS
+    lookup.result.save(results)
+    if lookup.detector is not None:
+        lookup.detector.save(results.parent)
     summary = lookup.result.summary("baseline")
     summary.update({"cacheKey": lookup.keys[1], "cached": lookup.cached})
+    summary.update(evaluation_basis(target, lookup.calibration))
+    for note in summary["notes"]:
+        log(note)
     from forgetless_trainer.forecast import run_forecast
 
-    forecast = run_forecast(spec, log=lambda text: print(f"[baseline] {text}", file=sys.stderr))
+    forecast = run_forecast(spec, log=log)
     if forecast is not None:
         summary["forecast"] = forecast
     return summary

@@ -214,7 +214,9 @@ class Trainer:
         torch.manual_seed(seed)
         self.progress = None
 
-        task = D.read_source(spec.dataset.task, spec.dataset.format, field_name="dataset.task", base_dir=self.base_dir)
+        from forgetless_trainer.evaluation.own_task import training_records
+
+        task = training_records(spec, self.base_dir)  # the held-out records the gate scores are never trained on
         train, validation = D.split_validation(task, spec.dataset.validation_fraction, seed)
         model, tokenizer = load_model_and_tokenizer(
             spec.model, base_dir=self.base_dir, dtype=knobs.load_dtype(config.resolve_precision(spec.training.precision)),
