@@ -156,6 +156,9 @@ def main() -> int:
     parser.add_argument("--model", choices=sorted(MODELS), default="tiny-world")
     parser.add_argument("--only", help="comma-separated policy names (substring match)")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    parser.add_argument("--format-detector", choices=("Auto", "Learned", "Pattern"),
+                        help="regression.formatLeak.detector for every job (Learned: the detector learned at baseline "
+                        "in place of the suites' hand regexes)")
     args = parser.parse_args()
     os.environ.setdefault("FORGETLESS_CACHE_DIR", str(args.out / "baseline-cache"))
 
@@ -167,6 +170,8 @@ def main() -> int:
         started = time.monotonic()
         chain = []
         for document in documents:
+            if args.format_detector:
+                document["spec"].setdefault("regression", {})["formatLeak"] = {"detector": args.format_detector}
             if chain:  # the pair's second job starts from the first's model and replays its buffer
                 promoted = chain[-1].promoted_model  # written by the first job's evaluate stage
                 if promoted is None:

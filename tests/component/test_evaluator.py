@@ -187,6 +187,9 @@ def test_limit_mode_restore_and_json_round_trip(tiny_model_dir):
 
 
 def make_job(manifest, model_dir: Path, **regression) -> FineTuneJob:
+    # the mini suite's own task category is what these cache tests score (the job's held-out task is
+    # tests/unit/test_own_task.py's and the run-pipeline tests')
+    regression = {"task": {"source": "Suite"}, **regression}
     document = manifest(spec={"model": {"name": str(model_dir)}, "regression": {"suite": {"path": str(MINI)}, **regression}})
     return FineTuneJob.model_validate(document)
 

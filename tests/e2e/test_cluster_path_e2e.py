@@ -456,3 +456,34 @@ def test_a_60_task_suite_goes_through_the_cluster_result_channel(cluster: Cluste
     local = evaluate_gate(summary["paired"], RegressionSpec.model_validate(spec["spec"]["regression"]))
     assert status["gate"] == local.to_status()
     assert status["phase"] == ("Blocked" if local.verdict == "Failed" else "Succeeded")
+
+
+def test_a_job_without_a_suite_is_gated_on_its_own_held_out_task_and_learned_format(cluster: Cluster):
+    """No regression.suite, the team's own task data on the volume (one JSONL file, no test split): the baseline
+    pod sets a share aside, learns the task's format and stores the detector with the baseline; the train pod never
+    trains on the held-out records; the evaluate pod scores them and finds leaks with the stored detector."""
+    data = cluster.volume / "data" / "orders.jsonl"
+    data.parent.mkdir(parents=True, exist_ok=True)
+    source = REPO / "core" / "forgetless" / "bundled" / "data" / "order-requests" / "train.jsonl"
+    data.write_text("".join(source.read_text().splitlines(keepends=True)[:300]))
+    regression = {k: v for k, v in BASE["spec"]["regression"].items() if k != "suite"}
+    own = {"dataset": {"task": {"path": "data/orders.jsonl", "pvc": {"claimName": CLAIM}}, "general": {"path": "bundled:general"}},
+           "regression": {**regression, "formatLeak": {"detector": "Learned"}}}
+    name = cluster.apply(manifest("e2e-own-task", NAIVE, own))
+    status = cluster.finish(name)
+    assert status["phase"] in ("Blocked", "Succeeded"), f"{status.get('message')}{cluster.diagnostics()}"
+    assert "suite" not in (cluster.get(name)["spec"].get("regression") or {})
+    baseline = status["stages"]["baseline"]["result"]
+    assert baseline["taskHoldout"] == {"source": "split", "heldOut": 30, "trainRecords": 270}
+    assert baseline["formatDetector"]["usable"] is True
+    notes = status["gate"]["notes"]
+    assert any("30 of the 300 task records set aside before training" in n for n in notes), notes
+    assert any(n.startswith("format: leaks found by the detector") for n in notes), notes
+    workdir = cluster.workdir(name)
+    assert (workdir / "baseline" / "format_detector.pkl").is_file()
+    train = json.loads((workdir / "train" / "summary.json").read_text())
+    assert train["trainExamples"] + train["validationExamples"] == 270  # the held-out 30 were never trained on
+    evaluate = json.loads((workdir / "evaluate" / "summary.json").read_text())
+    assert "own_task" in evaluate["tasks"] and "support_tickets" not in evaluate["tasks"]
+    assert "format_leak" in evaluate["tasks"]
+    assert (workdir / "report" / "report.md").read_text().count("What the scores rest on") == 1

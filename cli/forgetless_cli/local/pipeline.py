@@ -132,6 +132,12 @@ def run_pipeline(
         return exit_codes.FAILED
 
     print(render_table(result.status, result.baseline, result.final))
+    evidence = result.summaries["evaluate"].get("evidence") or []
+    if evidence:
+        from forgetless_trainer.evaluation.evidence import evidence_lines
+
+        print("items that flipped (all of them in report.md):")
+        print("\n".join(evidence_lines(evidence)))
     report_dir = workdir / REPORT_DIR
     for report in sorted(report_dir.glob("*")) if report_dir.exists() else []:
         print(f"report: {report}")

@@ -62,6 +62,7 @@ def render_table(status: dict[str, Any], baseline: dict[str, float], final: dict
         bound = f" (lower bound {lower:+.3f})" if lower is not None else ""
         rows.append(f"{'task (target)':<22} {baseline['task']:8.3f} {final['task']:7.3f} gain "
                     f"{final['task'] - baseline['task']:+.3f}{bound}")
+    rows += [f"note: {note}" for note in status.get("notes", [])]
     rows.append(f"verdict: {status['verdict']}")
     rows += [f"  - {reason}" for reason in status.get("reasons", [])]
     rescue = status.get("rescue")

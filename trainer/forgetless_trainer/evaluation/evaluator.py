@@ -294,7 +294,9 @@ def evaluate_suite(
     scored: dict[tuple[str, str], ItemResult] = {}
     learned = set(learned_tasks)
     learned_answers = [a for r, a in zip(generation, answers) if r.task.name in learned]
+    detector_began = time.perf_counter()
     flags = iter(leak_detector(learned_answers) if leak_detector is not None and learned_answers else ())
+    detector_seconds = time.perf_counter() - detector_began
     for request, answer in zip(generation, answers):
         if request.task.name in learned:
             score = float("nan") if leak_detector is None else float(not next(flags))
@@ -318,6 +320,7 @@ def evaluate_suite(
         items=items,
         limit=limit,
         seconds=time.perf_counter() - began,
+        meta={"formatDetectorSeconds": round(detector_seconds, 4)} if learned_answers and leak_detector else {},
     )
 
 

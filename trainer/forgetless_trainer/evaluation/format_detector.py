@@ -5,18 +5,19 @@ What it learns. Positives: the task's answers (the training records' responses, 
 MAX_TASK_ANSWERS of them). Negatives: the base model's answers to the suite's open-ended prompts (the
 `format_leak` items without a pattern, e.g. bundled:general-en-v2's TruthfulQA questions). Positives
 are cut to the longest negative's length, since an answer to a format prompt is cut by the same
-generation budget. Every answer also contributes its lines (≥ MIN_LINE characters) with its label,
-and an answer's score is the highest of its whole text and its lines, so a template that appears on
-one line of a longer answer is found.
+generation budget. Every answer also contributes its lines (≥ MIN_LINE characters) and its windows
+of WINDOW words with its label, and an answer's score is the highest of its whole text, its lines
+and its windows, so a template that appears on one line or in a stretch of a longer answer is found.
 
 Model: character 2–4-grams within word boundaries, case kept (`TfidfVectorizer(analyzer="char_wb",
 lowercase=False, sublinear_tf=True)`), and a class-balanced logistic regression. An answer is
 task-like when its probability reaches THRESHOLD (0.5).
 
 Calibration (recorded at baseline; `Calibration`):
-- false positives: the share of the base model's own answers flagged, each predicted by a detector
-  fitted without it (FOLDS-fold cross-fitting) — these out-of-fold flags are also the baseline's item
-  scores, so the baseline is judged as honestly as the fine-tuned model;
+- false positives: the share of the base model's own answers flagged, each predicted by a classifier
+  fitted without it (FOLDS-fold cross-fitting of the logistic regression over one n-gram vocabulary)
+  — these out-of-fold flags are also the baseline's item scores, so the baseline is judged as
+  honestly as the fine-tuned model;
 - detection: the share of the held-out task answers (never seen by the detector) flagged.
 The detector is usable when detection ≥ MIN_DETECTION and false positives ≤ MAX_FALSE_POSITIVES with
 at least MIN_ANSWERS answers on each side. Otherwise the task's answers cannot be told apart from
@@ -36,7 +37,8 @@ from typing import Any, Sequence
 THRESHOLD = 0.5
 FOLDS = 5
 MIN_LINE = 8
-MAX_TASK_ANSWERS = 1000
+WINDOW = 6
+MAX_TASK_ANSWERS = 300
 MIN_ANSWERS = 10
 MIN_DETECTION = 0.8
 MAX_FALSE_POSITIVES = 0.1
@@ -84,8 +86,15 @@ class Calibration:
 
 
 def _segments(answer: str) -> list[str]:
+    """The whole answer, its lines (when it has several) and its windows of WINDOW words (stride WINDOW // 2):
+    a house format shows on one line or in a stretch of a longer answer too."""
     lines = [line.strip() for line in answer.splitlines() if len(line.strip()) >= MIN_LINE]
-    return [answer] + (lines if len(lines) > 1 or (lines and lines[0] != answer.strip()) else [])
+    segments = [answer] + (lines if len(lines) > 1 or (lines and lines[0] != answer.strip()) else [])
+    words = answer.split()
+    if len(words) > WINDOW:
+        step = WINDOW // 2
+        segments += [" ".join(words[i:i + WINDOW]) for i in range(0, len(words) - WINDOW + step, step)]
+    return segments
 
 
 class FormatDetector:
@@ -128,24 +137,65 @@ class FormatDetector:
             return None
 
 
-def _fit(positives: Sequence[str], negatives: Sequence[str], max_chars: int) -> FormatDetector:
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-
+def _labelled_segments(positives: Sequence[str], negatives: Sequence[str], max_chars: int) -> tuple[list[str], list[int], list[int]]:
+    """(segments, labels, owner): every answer's segments with its label; owner = the index of the negative
+    answer a segment came from, -1 for positives."""
     texts: list[str] = []
     labels: list[int] = []
-    for label, answers in ((1, [p[:max_chars] for p in positives]), (0, list(negatives))):
-        for answer in answers:
-            for segment in _segments(answer):
-                texts.append(segment)
-                labels.append(label)
-    pipeline = make_pipeline(
-        TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 4), lowercase=False, sublinear_tf=True, max_features=50_000),
-        LogisticRegression(class_weight="balanced", max_iter=2000, solver="liblinear"),
-    )
+    owner: list[int] = []
+    for answer in positives:
+        for segment in _segments(answer[:max_chars]):
+            texts.append(segment)
+            labels.append(1)
+            owner.append(-1)
+    for index, answer in enumerate(negatives):
+        for segment in _segments(answer):
+            texts.append(segment)
+            labels.append(0)
+            owner.append(index)
+    return texts, labels, owner
+
+
+def _vectorizer() -> Any:
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    return TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 4), lowercase=False, sublinear_tf=True,
+                           max_features=50_000)
+
+
+def _classifier() -> Any:
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(class_weight="balanced", max_iter=2000, solver="liblinear")
+
+
+def _fit(positives: Sequence[str], negatives: Sequence[str], max_chars: int) -> FormatDetector:
+    from sklearn.pipeline import make_pipeline
+
+    texts, labels, _ = _labelled_segments(positives, negatives, max_chars)
+    pipeline = make_pipeline(_vectorizer(), _classifier())
     pipeline.fit(texts, labels)
     return FormatDetector(pipeline, max_chars)
+
+
+def _out_of_fold(positives: Sequence[str], negatives: Sequence[str], max_chars: int, folds: int) -> list[bool]:
+    """Each negative answer's flag from a classifier fitted without it (its fold left out). The n-gram
+    vocabulary and weights are computed once over all segments (no labels are used there); only the
+    logistic regression is fitted per fold."""
+    import numpy as np
+
+    texts, labels, owner = _labelled_segments(positives, negatives, max_chars)
+    features = _vectorizer().fit_transform(texts)
+    labels_array, owner_array = np.asarray(labels), np.asarray(owner)
+    flags = [False] * len(negatives)
+    for fold in range(folds):
+        held = (owner_array >= 0) & (owner_array % folds == fold)
+        classifier = _classifier().fit(features[~held], labels_array[~held])
+        rows = np.flatnonzero(held)
+        for row, p in zip(rows, classifier.predict_proba(features[rows])[:, 1]):
+            if p >= THRESHOLD:
+                flags[int(owner_array[row])] = True
+    return flags
 
 
 def _positives(task_answers: Sequence[str]) -> list[str]:
@@ -176,14 +226,7 @@ def learn(task_answers: Sequence[str], ordinary_answers: Sequence[str], held_out
         return None, Calibration(False, None, None, threshold=THRESHOLD, seconds=time.perf_counter() - began,
                                  reason=reason, **counts), [False] * len(negatives)
     max_chars = max(16, max(len(a) for a in negatives))
-    folds = min(FOLDS, len(negatives))
-    out_of_fold = [False] * len(negatives)
-    for fold in range(folds):
-        keep = [a for i, a in enumerate(negatives) if i % folds != fold]
-        held = [i for i in range(len(negatives)) if i % folds == fold]
-        flags = _fit(positives, keep, max_chars).task_like([negatives[i] for i in held])
-        for i, flag in zip(held, flags):
-            out_of_fold[i] = flag
+    out_of_fold = _out_of_fold(positives, negatives, max_chars, min(FOLDS, len(negatives)))
     detector = _fit(positives, negatives, max_chars)
     detection = sum(detector.task_like([a[:max_chars] for a in held_out_answers])) / len(held_out_answers)
     false_positives = sum(out_of_fold) / len(negatives)
