@@ -62,7 +62,8 @@ def policies() -> dict[str, list[dict[str, Any]]]:
         "full + low LR + early stop": [_variant("low-lr-early-stop", "m-lowlr")],
         "full + EWC": [_variant("ewc", "m-ewc")],
         "LoRA (no mixing)": [
-            _variant("recommended", "m-lora", mitigation__dataMixing={"generalFraction": 0.0}, mitigation__earlyStopping=None)
+            _variant("recommended", "m-lora", mitigation__dataMixing={"generalFraction": 0.0}, mitigation__earlyStopping=None,
+                     mitigation__selfDistillation=None)  # self-distillation needs general rows to distil on
         ],
         "LoRA + 60% mix (recommended)": [_variant("recommended", "m-recommended")],
         "LoRA + mix + replay (pair)": [_variant("replay-1", "m-replay-1"), _variant("replay-2", "m-replay-2")],

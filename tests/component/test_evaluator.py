@@ -190,7 +190,7 @@ def make_job(manifest, model_dir: Path, **regression) -> FineTuneJob:
     # the mini suite's own task category is what these cache tests score (the job's held-out task is
     # tests/unit/test_own_task.py's and the run-pipeline tests')
     regression = {"task": {"source": "Suite"}, **regression}
-    document = manifest(spec={"model": {"name": str(model_dir)}, "regression": {"suite": {"path": str(MINI)}, **regression}})
+    document = manifest(spec={"model": {"name": str(model_dir)}, "regression": {"task": {"source": "Suite"}, "suite": {"path": str(MINI)}, **regression}})
     return FineTuneJob.model_validate(document)
 
 
@@ -240,7 +240,7 @@ def test_suite_edited_in_place_is_a_cache_miss(manifest, taught_model_dir, tmp_p
     suite_dir = tmp_path / "suite"
     shutil.copytree(MINI, suite_dir)
     job = FineTuneJob.model_validate(
-        manifest(spec={"model": {"name": str(taught_model_dir)}, "regression": {"suite": {"path": str(suite_dir)}}})
+        manifest(spec={"model": {"name": str(taught_model_dir)}, "regression": {"task": {"source": "Suite"}, "suite": {"path": str(suite_dir)}}})
     )
     first = baseline.run(job, tmp_path / "a")
     items = suite_dir / "if_copy.jsonl"
@@ -258,7 +258,7 @@ def test_baseline_stage_bad_suite_is_a_stage_error(manifest, taught_model_dir, t
     shutil.copytree(MINI, broken)
     (broken / "tickets.jsonl").write_text('{"id": "t1", "prompt": "x"\n')
     job = FineTuneJob.model_validate(
-        manifest(spec={"model": {"name": str(taught_model_dir)}, "regression": {"suite": {"path": str(broken)}}})
+        manifest(spec={"model": {"name": str(taught_model_dir)}, "regression": {"task": {"source": "Suite"}, "suite": {"path": str(broken)}}})
     )
     with pytest.raises(StageError, match=r"spec.regression.suite: .*tickets.jsonl:1: malformed JSONL line"):
         baseline.run(job, tmp_path / "w")
@@ -279,7 +279,9 @@ def test_evaluate_stage_full_model_regression_fails_the_gate(manifest, taught_mo
     gate = evaluate_gate(summary["paired"], job.spec.regression)  # what the operator does
     assert gate.verdict == "Failed" and not gate.category("knowledge").passed
     report = json.loads((workdir / "report" / "gate.json").read_text())
+    gate.notes = summary["gate"]["notes"]  # what the scores rest on: known to the stage, which knows the target
     assert report["status"] == gate.to_status()
+    assert summary["gate"]["notes"] == ["task: the suite's own task category (regression.task.source: Suite)"]
     assert (workdir / "report" / "report.png").stat().st_size > 1000
     assert (workdir / "evaluate" / "results.json").exists()
 
@@ -302,6 +304,7 @@ def test_evaluate_stage_with_adapter_and_no_baseline_in_workdir(manifest, taught
     assert summary["baselineSource"] == "evaluated"
     assert all(t["n10"] == 0 and t["n01"] == 0 for t in summary["paired"].values())
     gate = evaluate_gate(summary["paired"], job.spec.regression)
+    gate.notes = summary["gate"]["notes"]
     assert summary["gate"] == gate.to_status() and gate.verdict == "NoTaskGain"
     assert all(c["passed"] for c in summary["gate"]["categories"])  # not a forgetting failure
     assert summary["promotedModel"] is None and not (tmp_path / "w" / "promoted").exists()

@@ -209,3 +209,59 @@ def test_a_work_dir_of_another_spec_is_not_overwritten(tmp_path, tiny_model_dir,
     with pytest.raises(PreflightError, match="different spec"):
         prepare_workdir(other, workdir, restart=False)
     prepare_workdir(other, workdir, restart=True)
+
+
+def _own_task_job(tmp_path: Path, records: int, **regression: Any) -> Path:
+    """The bundled world with a team's own task file (order requests, no test split) and no regression.suite."""
+    source = Path(__file__).resolve().parents[2] / "core/forgetless/bundled/data/order-requests/train.jsonl"
+    data = tmp_path / "orders.jsonl"
+    data.write_text("".join(source.read_text().splitlines(keepends=True)[:records]))
+    manifest = {
+        "apiVersion": "forgetless.dev/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": "own-task"},
+        "spec": {
+            "model": {"name": "bundled:tiny-world"},
+            "dataset": {"task": {"path": str(data)}},
+            "method": {"type": "full"},
+            "mitigation": {"dataMixing": {"generalFraction": 0.0}},
+            "training": {"epochs": 1, "maxSteps": 60, "batchSize": 32, "maxSeqLength": 64, "learningRate": 1e-3},
+            "deepspeed": {"zeroStage": 0},
+            "regression": {"limit": 30, "bootstrapSamples": 200, "formatLeak": {"detector": "Learned"}, **regression},
+        },
+    }
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(manifest))
+    return path
+
+
+@pytest.mark.slow
+def test_a_job_without_a_suite_scores_its_own_held_out_task_and_shows_the_flipped_items(tmp_path, capsys):
+    from forgetless_cli.local.pipeline import run_pipeline
+
+    workdir = tmp_path / "work"
+    code = run_pipeline(_own_task_job(tmp_path, 300), workdir=workdir)
+    out = capsys.readouterr().out
+    assert code in (exit_codes.OK, exit_codes.GATE_BLOCKED, exit_codes.NO_TASK_GAIN), out
+    baseline = json.loads((workdir / "baseline" / "summary.json").read_text())
+    assert baseline["taskHoldout"] == {"source": "split", "heldOut": 30, "trainRecords": 270}
+    assert baseline["formatDetector"]["usable"] and baseline["formatDetector"]["detectionRate"] >= 0.8
+    assert (workdir / "baseline" / "format_detector.pkl").is_file()
+    train = json.loads((workdir / "train" / "summary.json").read_text())
+    assert train["trainExamples"] + train["validationExamples"] == 270  # the 30 held out were never trained on
+    evaluate = json.loads((workdir / "evaluate" / "summary.json").read_text())
+    assert set(evaluate["tasks"]) >= {"own_task", "format_leak"} and "support_tickets" not in evaluate["tasks"]
+    # the orders task is learned: its held-out items flip to right, and the report and the output show them
+    assert evaluate["scores"]["task"] > 0.3, evaluate["scores"]
+    assert any(e["category"] == "task" and e["change"] == "learned" for e in evaluate["evidence"])
+    assert "note: task: 30 of the 300 task records set aside before training" in out
+    assert "items that flipped" in out and "fine-tuned:" in out
+    report = (workdir / "report" / "report.md").read_text()
+    assert "## What changed, item by item" in report and "### task" in report
+
+
+def test_too_few_task_records_to_hold_out_is_named_before_anything_runs(tmp_path, capsys):
+    from forgetless_cli.local.pipeline import run_pipeline
+
+    assert run_pipeline(_own_task_job(tmp_path, 30), workdir=tmp_path / "work") == exit_codes.INVALID
+    err = capsys.readouterr().err
+    assert "spec.dataset.task: 30 records are too few" in err and "at least 40 records" in err
+    assert not (tmp_path / "work" / "baseline").exists()

@@ -78,6 +78,11 @@ def main(args: argparse.Namespace) -> int:
 
     try:
         target = resolve_target(RegressionSpec(suite=suite), base_dir=Path.cwd())
+        learned = [t.name for t in (target.suite.tasks if target.suite else ()) if t.needs_learned_detector()]
+        if learned:  # scored by a detector learned from a job's task data: there is none here
+            print(f"note: {', '.join(learned)} not scored: a format_leak task without leak_pattern is scored by the "
+                  "format detector a FineTuneJob learns from its task data (docs/your-own-task.md)", file=sys.stderr)
+            target = target.with_learned(learned).without_learned()
         result = load_and_evaluate(
             model_spec, target, adapter_path=args.adapter, limit=args.limit, batch_size=args.batch_size,
             base_dir=Path.cwd(),

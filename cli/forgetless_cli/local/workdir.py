@@ -76,6 +76,15 @@ def preflight(job: FineTuneJob) -> None:
             problems.append(f"spec.regression.suite: {exc}")
     if spec.resources.workers > 1:
         problems.append("spec.resources.workers: local runs use one process; set workers: 1 or run in a cluster")
+    if not problems:  # the data is readable: enough task records to hold some out for the task score?
+        from forgetless.errors import StageError
+        from forgetless_trainer.evaluation.own_task import held_out_split, uses_held_out
+
+        if uses_held_out(spec):
+            try:
+                held_out_split(spec)
+            except StageError as exc:
+                problems.append(f"spec.{exc}")
     if problems:
         raise PreflightError("\n".join(problems))
 

@@ -54,6 +54,9 @@ class EvalTarget:
         digests = (self.result_digest(limit),)
         return digests + ((self.without_learned().result_digest(limit),) if self.learned_tasks else ())
 
+    def with_learned(self, names: list[str] | tuple[str, ...]) -> "EvalTarget":
+        return replace(self, learned_tasks=tuple(names))
+
     def without_learned(self, note: str | None = None) -> "EvalTarget":
         """This target without its learned format items (the detector cannot tell the task's format apart)."""
         if not self.learned_tasks or self.suite is None:
