@@ -85,13 +85,32 @@ def _names_in(node: ast.AST, constants: dict[str, set[str]]) -> set[str]:
     return set().union(set(), *(_names_in(child, constants) for child in ast.iter_child_nodes(node)))
 
 
+def _vocabulary(tree: ast.Module) -> set[str]:
+    """CamelCase strings assigned to a name (or inside a class) that speaks of reasons, conditions or
+    events, e.g. `REASON_DEADLINE = "DeadlineExceeded"`, `CONDITION_TYPES = ("Ready", ...)`,
+    `class EventReason(str, Enum): ...` (label keys and kinds in the same module are not reasons)."""
+    wanted = re.compile(r"reason|condition|event", re.I)
+    found: set[str] = set()
+    scopes = [("", tree.body)] + [(n.name, n.body) for n in ast.walk(tree) if isinstance(n, ast.ClassDef)]
+    for scope, body in scopes:
+        for node in body:
+            if not isinstance(node, (ast.Assign, ast.AnnAssign)) or node.value is None:
+                continue
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            labels = [scope] + [t.id for t in targets if isinstance(t, ast.Name)]
+            if any(wanted.search(label) for label in labels):
+                found |= {c.value for c in ast.walk(node.value)
+                          if isinstance(c, ast.Constant) and isinstance(c.value, str) and CAMEL.match(c.value)}
+    return found
+
+
 def emitted_names() -> set[str]:
     trees = _sources()
     constants = _constants(trees)
     names: set[str] = set()
     for path, tree in trees:
         if VOCABULARY_FILE.search(path.name):
-            names |= {v for values in _constants([(path, tree)]).values() for v in values if CAMEL.match(v)}
+            names |= _vocabulary(tree)
         for node in ast.walk(tree):
             if not isinstance(node, ast.Call):
                 continue
