@@ -107,3 +107,13 @@ def test_the_index_links_every_page_in_docs():
     unlisted = [p.relative_to(REPO) for p in (REPO / "docs").rglob("*.md")
                 if p.name != "README.md" and p.resolve() not in linked]
     assert index and not unlisted, f"docs/README.md does not link {unlisted}"
+
+
+def test_the_readme_shows_the_two_setup_commands_and_ci_runs_the_same_test_script():
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```bash\n(.*?)```", readme, re.S)
+    assert blocks[:1] == ["./scripts/quickstart.sh\n"] and "./scripts/test.sh\n" in blocks, blocks
+    ci = (REPO / ".ci" / "run").read_text(encoding="utf-8")
+    last = [line for line in ci.splitlines() if line.strip() and not line.lstrip().startswith("#")][-1].strip()
+    assert last in ("bash scripts/test.sh", "./scripts/test.sh", "scripts/test.sh"), last
+    assert len(readme.splitlines()) <= 250, "README.md is a ten-minute read: keep it at most 250 lines"
