@@ -117,3 +117,14 @@ def test_the_readme_shows_the_two_setup_commands_and_ci_runs_the_same_test_scrip
     last = [line for line in ci.splitlines() if line.strip() and not line.lstrip().startswith("#")][-1].strip()
     assert last in ("bash scripts/test.sh", "./scripts/test.sh", "scripts/test.sh"), last
     assert len(readme.splitlines()) <= 250, "README.md is a ten-minute read: keep it at most 250 lines"
+
+
+def test_the_readmes_finetunejob_is_a_valid_manifest():
+    import yaml
+
+    from forgetless.api.manifests import validate_document
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"```yaml\n(.*?)```", readme, re.S).group(1)
+    job = validate_document(yaml.safe_load(block))
+    assert job.spec.mitigation.self_distillation is not None and job.spec.method.type == "lora"
