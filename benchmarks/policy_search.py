@@ -8,7 +8,7 @@ are the recommended candidate, read from the file). The space varies r ∈ {4, 1
 2e-3} and epochs, and always includes the recommended policy itself (`spec.include`), so the grid
 measures it in the same run. `--space full` uses epochs ∈ {4, 8} (16 candidates; ~75 min on a
 2-core CPU for the grid alone); the default `medium` epochs ∈ {2, 4} and `quick` epochs ∈ {0.5, 1},
-each plus the recommended candidate when its epochs are not in the space (the README's figures:
+each plus the recommended candidate when its epochs are not in the space (docs/benchmarks.md's figures:
 the previous recommended policy, 30 % mix, lr 1e-3, 8 epochs; ~45 and ~15 min for the grid). Both strategies run as local sweeps
 (`forgetless sweep`'s code) in their own work dirs under --out, sharing only the baseline cache
 (the adaptive strategy never reuses a grid trial). Re-running resumes both.

@@ -1,4 +1,4 @@
-"""Exit codes of the `forgetless` CLI (documented in README.md)."""
+"""Exit codes of the `forgetless` CLI (each with its cause and fix in docs/troubleshooting.md)."""
 
 OK = 0
 INVALID = 1

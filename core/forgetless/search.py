@@ -21,7 +21,7 @@ min(E, max(minEpochs, E / eta^(K-k))) of its own epochs E, so the last rung trai
 trial of a rung is evaluated, the best ceil(n_k / eta) (ranked by `rank`: a trial that passes the
 gate comes first, then the task score, ties by the share of the general score kept, then cost)
 continue from their checkpoint; the others are pruned. A gate failure at an early rung only ranks a trial lower, it never discards it by
-itself: forgetting happens early and data mixing repairs it later in training (README), so a
+itself: forgetting happens early and data mixing repairs it later in training (docs/benchmarks.md, policy search), so a
 trial failing at 1/9 of its epochs may well pass at the end. The best trial is chosen among every
 evaluated trial (a pruned trial's model, evaluated at its rung, is a real model too).
 """

@@ -15,7 +15,7 @@ or Failed (a stage Job failed after its backoffLimit, deadline exceeded, unreada
 The gate runs in the evaluate stage (one place, as in `forgetless run`); the operator records the
 verdict and the promoted model the stage reports.
 
-Decisions where the spec is silent (see docs in docker/README.md and the report):
+Decisions where the spec is silent (docs/architecture.md, "The operator's design", says more):
 - The spec is frozen at start: `status.specHash` (sha256 of the spec without the run controls
   suspend, activeDeadlineSeconds, ttlSecondsAfterFinished) and `status.startedSpec` (written with
   the status patch of the first stage's start) hold the started spec; later stages are built from

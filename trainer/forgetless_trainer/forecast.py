@@ -11,8 +11,8 @@ the extra surprise the task's answers hold for the model over data it knows. Fin
 move the model by about that much on the task, and the further it moves the more it forgets
 ("RL's Razor": forgetting tracks KL(π₀‖π); a task far from the model needs a large KL to learn).
 
-Bands and what they suggest (calibrated on the bundled world by benchmarks/kl_forecast.py; see the
-README for how well it predicts — with one model and two tasks, the bands are a starting point, not
+Bands and what they suggest (calibrated on the bundled world by benchmarks/kl_forecast.py; see
+docs/benchmarks.md, "KL and the forecast", for how well it predicts — with one model and two tasks, the bands are a starting point, not
 a law):
 
 | band     | distance        | suggestion                                                                 |

@@ -1,5 +1,6 @@
 """`forgetless crd`: render the FineTuneJob CRD from the pydantic models (stdout); `--write` writes it
-and the FineTuneSweep CRD into crds/ and the chart, `--check` reports stale files."""
+and the FineTuneSweep CRD into crds/ and the chart, and the field reference into docs/reference/;
+`--check` reports stale files."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from pathlib import Path
 from forgetless import exit_codes
 
 NAME = "crd"
-HELP = "render the FineTuneJob CRD (to stdout; --write writes it and the FineTuneSweep CRD into crds/ and the chart)"
+HELP = ("render the FineTuneJob CRD (to stdout; --write writes it and the FineTuneSweep CRD into crds/ and the chart, "
+        "and the field reference into docs/reference/)")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -20,10 +22,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
         type=Path,
         nargs="?",
         const=Path("."),
-        help="write crds/ and charts/forgetless/crds/ under REPO_ROOT (default: current directory)",
+        help="write crds/, charts/forgetless/crds/ and docs/reference/ under REPO_ROOT (default: current directory)",
     )
     parser.add_argument("--check", metavar="REPO_ROOT", type=Path, nargs="?", const=Path("."),
-                        help="exit 1 when the committed CRD files differ from the models")
+                        help="exit 1 when the committed CRD files or reference pages differ from the models")
 
 
 def main(args: argparse.Namespace) -> int:
