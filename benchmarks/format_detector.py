@@ -13,8 +13,7 @@ fine-tuned model's (evaluate/results.json), it compares the detector's verdict (
 the baseline's are out-of-fold) with the regex's, and prints per run: answers, agreement, leaks the
 regex finds and how many of them the detector finds too, leaks only the detector finds. Then the
 cost: the detector's fitting and calibration at baseline and its scoring at evaluate, as a share of
-that stage's evaluation time (results' `seconds`), measured in the same run. The import of
-scikit-learn (paid once per process) is timed here separately.
+that stage's evaluation time (results' `seconds`), measured in the same run.
 """
 
 from __future__ import annotations
@@ -22,7 +21,6 @@ from __future__ import annotations
 import json
 import re
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,11 +72,6 @@ def main(argv: list[str]) -> int:
     if not argv:
         print(__doc__)
         return 2
-    began = time.perf_counter()
-    import sklearn.feature_extraction.text  # noqa: F401
-    import sklearn.linear_model  # noqa: F401
-
-    import_seconds = time.perf_counter() - began
     print("| run | regex of | answers | agreement | regex leaks | caught | detector only | detection | false pos. "
           "| fit / baseline eval | scoring / evaluate eval |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -91,7 +84,6 @@ def main(argv: list[str]) -> int:
                  f"{row['score_seconds'] / row['evaluate_eval_seconds']:.2%}") if row["score_seconds"] else "—"
         print(f"| {row['run']} | {row['suite']} | {row['answers']} | {row['agreement']:.1%} | {row['regex_leaks']} | "
               f"{row['caught']} | {row['only_detector']} | {row['detection']} | {row['false_positives']} | {fit} | {score} |")
-    print(f"\nimport of scikit-learn in this process: {import_seconds:.2f} s (once per stage process)")
     return 0
 
 

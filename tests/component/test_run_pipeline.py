@@ -244,7 +244,7 @@ def test_a_job_without_a_suite_scores_its_own_held_out_task_and_shows_the_flippe
     baseline = json.loads((workdir / "baseline" / "summary.json").read_text())
     assert baseline["taskHoldout"] == {"source": "split", "heldOut": 30, "trainRecords": 270}
     assert baseline["formatDetector"]["usable"] and baseline["formatDetector"]["detectionRate"] >= 0.8
-    assert (workdir / "baseline" / "format_detector.pkl").is_file()
+    assert (workdir / "baseline" / "format_detector.json").is_file()
     train = json.loads((workdir / "train" / "summary.json").read_text())
     assert train["trainExamples"] + train["validationExamples"] == 270  # the 30 held out were never trained on
     evaluate = json.loads((workdir / "evaluate" / "summary.json").read_text())

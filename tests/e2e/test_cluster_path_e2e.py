@@ -480,7 +480,7 @@ def test_a_job_without_a_suite_is_gated_on_its_own_held_out_task_and_learned_for
     assert any("30 of the 300 task records set aside before training" in n for n in notes), notes
     assert any(n.startswith("format: leaks found by the detector") for n in notes), notes
     workdir = cluster.workdir(name)
-    assert (workdir / "baseline" / "format_detector.pkl").is_file()
+    assert (workdir / "baseline" / "format_detector.json").is_file()
     train = json.loads((workdir / "train" / "summary.json").read_text())
     assert train["trainExamples"] + train["validationExamples"] == 270  # the held-out 30 were never trained on
     evaluate = json.loads((workdir / "evaluate" / "summary.json").read_text())

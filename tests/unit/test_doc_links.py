@@ -13,7 +13,7 @@ PAGES = sorted({REPO / "README.md", REPO / "CHANGELOG.md", REPO / "docker" / "RE
                 *(REPO / "docs").rglob("*.md")})
 # Pages written in parallel on other branches: a link to one is accepted while it does not exist
 # yet, and checked like any other once it does.
-PENDING = {REPO / "docs" / "your-own-task.md"}
+PENDING: set[Path] = set()
 
 FENCE = re.compile(r"^\s*(```|~~~)")
 LINK = re.compile(r"!?\[(?:[^\[\]]|\[[^\]]*\])*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")

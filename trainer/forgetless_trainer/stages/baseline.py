@@ -4,7 +4,7 @@ The target is the job's (forgetless_trainer.evaluation.runner.job_target): the r
 job's own held-out task records as its task category. When the suite has open-ended format prompts
 without a pattern, the format detector is learned here from the task's answers against the base
 model's answers (forgetless_trainer.evaluation.format_detector) and stored beside the results
-(WORKDIR/baseline/format_detector.pkl), its calibration in the results' meta and the summary.
+(WORKDIR/baseline/format_detector.json), its calibration in the results' meta and the summary.
 
 Looks the baseline up in the cache first (weights key, then spec key; both checked against the
 suite digest, see forgetless.baseline_cache); on a miss evaluates the base model and stores the

@@ -3,7 +3,7 @@ the report; and promotion when the gate lets the model through.
 
 1. The fine-tuned model: base model + WORKDIR/train/output (a peft adapter, or a full model), on the
    job's target (runner.job_target: the suite with the job's own held-out task), its learned format
-   items scored by the baseline's format detector (WORKDIR/baseline/format_detector.pkl, else fitted
+   items scored by the baseline's format detector (WORKDIR/baseline/format_detector.json, else fitted
    again from the baseline's answers).
 2. The baseline: WORKDIR/baseline/results.json when it matches the suite digest and limit, else
    the cache entry (weights key, then spec key — the operator skips the baseline stage on a spec
