@@ -38,13 +38,25 @@ def flipped_items(baseline_items: Iterable[Any], final_items: Iterable[Any], sui
                 chosen = [(b, f, "still wrong") for b, f in pairs if f.score < 0.5]
         else:
             chosen = [(b, f, "lost") for b, f in pairs if b.score >= 0.5 > f.score]
-        for b, f, change in chosen[:per_category]:
+        for b, f, change in _round_robin(chosen)[:per_category]:
             item = items.get((f.task, f.id), {})
             entry = {"category": category, "task": f.task, "id": f.id, "prompt": item.get("prompt", ""),
                      "baseline": b.answer, "final": f.answer, "change": change}
             if category == TASK_CATEGORY and change == "still wrong" and "target" in item:
                 entry["expected"] = item["target"]
             out.append(entry)
+    return out
+
+
+def _round_robin(chosen: list[tuple[Any, Any, str]]) -> list[tuple[Any, Any, str]]:
+    """The items of a category's tasks taken in turn (first item of each task, then the second, ...), so a
+    category with several tasks shows each of them (format: the leak task beside the list task)."""
+    by_task: dict[str, list[tuple[Any, Any, str]]] = {}
+    for entry in chosen:
+        by_task.setdefault(entry[1].task, []).append(entry)
+    out: list[tuple[Any, Any, str]] = []
+    for rank in range(max((len(v) for v in by_task.values()), default=0)):
+        out += [entries[rank] for entries in by_task.values() if rank < len(entries)]
     return out
 
 

@@ -13,8 +13,9 @@ line's fixed parts make the signature (`| product`, `product :`, `| issue`, …;
 
 An answer is task-like when it holds at least MIN_MATCHES signature pairs (all of them when the
 signature is smaller), anywhere in it: a template on one line of a longer answer counts, a lone word
-of the task's vocabulary does not. Task answers are cut to the longest ordinary answer's length for
-calibration, since an answer to a format prompt is cut by the same generation budget.
+of the task's vocabulary does not. For calibration the held-out task answers are cut to the format
+prompts' generation budget (`max_new_tokens`, counted in the detector's tokens, which a model's
+tokenizer splits further), since a leaked answer is cut by that budget too.
 
 Calibration (recorded at baseline; `Calibration`):
 - false positives: the share of the base model's own answers flagged, each by a signature learned
@@ -168,8 +169,15 @@ def refit(task_answers: Sequence[str], ordinary_answers: Sequence[str]) -> Forma
     return FormatDetector(_signature(_positives(task_answers), ordinary_answers))
 
 
+def cut(answer: str, tokens: int | None) -> str:
+    """The answer's first `tokens` tokens (words and punctuation marks), as a generation budget leaves it."""
+    if tokens is None:
+        return answer
+    return " ".join(_TOKEN.findall(answer)[:tokens])
+
+
 def learn(task_answers: Sequence[str], ordinary_answers: Sequence[str], held_out_answers: Sequence[str],
-          ) -> tuple[FormatDetector | None, Calibration, list[bool]]:
+          budget_tokens: int | None = None) -> tuple[FormatDetector | None, Calibration, list[bool]]:
     """(detector learned from everything or None when there is too little to learn from, its calibration, the
     out-of-fold flag of every ordinary answer). See the module doc."""
     began = time.perf_counter()
@@ -189,8 +197,7 @@ def learn(task_answers: Sequence[str], ordinary_answers: Sequence[str], held_out
         for i, flag in zip(held, without.task_like([negatives[i] for i in held])):
             out_of_fold[i] = flag
     detector = FormatDetector(_signature(positives, negatives))
-    max_chars = max(16, max(len(a) for a in negatives))
-    detection = sum(detector.task_like([a[:max_chars] for a in held_out_answers])) / len(held_out_answers)
+    detection = sum(detector.task_like([cut(a, budget_tokens) for a in held_out_answers])) / len(held_out_answers)
     false_positives = sum(out_of_fold) / len(negatives)
     usable = bool(detector.signature) and detection >= MIN_DETECTION and false_positives <= MAX_FALSE_POSITIVES
     reason = "" if usable else (f"needs detection ≥ {MIN_DETECTION} and false positives ≤ {MAX_FALSE_POSITIVES}"

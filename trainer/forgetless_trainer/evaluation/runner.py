@@ -147,7 +147,9 @@ def learn_format(target: EvalTarget, baseline: EvaluationResult, limit: int | No
         if not items:  # a baseline that left them out: the detector was not usable
             return baseline, None, calibration
         return baseline, format_detector.refit(task_answers, [i.answer for i in items]), calibration
-    detector, calibration, out_of_fold = format_detector.learn(task_answers, [i.answer for i in items], held_out)
+    budget = max(t.max_new_tokens for t in target.suite.tasks if t.name in learned)
+    detector, calibration, out_of_fold = format_detector.learn(task_answers, [i.answer for i in items], held_out,
+                                                               budget_tokens=budget)
     if calibration.usable:
         result = baseline.rescored({(i.task, i.id): float(not flag) for i, flag in zip(items, out_of_fold)})
     else:
