@@ -80,7 +80,7 @@ def main(argv: list[str]) -> int:
         row = compare(Path(path), suite or None)
         fit = (f"{row['fit_seconds']:.2f} s / {row['baseline_eval_seconds']:.1f} s = "
                f"{row['fit_seconds'] / row['baseline_eval_seconds']:.1%}") if row["fit_seconds"] else "—"
-        score = (f"{row['score_seconds']:.3f} s / {row['evaluate_eval_seconds']:.1f} s = "
+        score = (f"{row['score_seconds'] * 1000:.1f} ms / {row['evaluate_eval_seconds']:.1f} s = "
                  f"{row['score_seconds'] / row['evaluate_eval_seconds']:.2%}") if row["score_seconds"] else "—"
         print(f"| {row['run']} | {row['suite']} | {row['answers']} | {row['agreement']:.1%} | {row['regex_leaks']} | "
               f"{row['caught']} | {row['only_detector']} | {row['detection']} | {row['false_positives']} | {fit} | {score} |")

@@ -469,7 +469,9 @@ def test_a_job_without_a_suite_is_gated_on_its_own_held_out_task_and_learned_for
     regression = {k: v for k, v in BASE["spec"]["regression"].items() if k != "suite"}
     own = {"dataset": {"task": {"path": "data/orders.jsonl", "pvc": {"claimName": CLAIM}}, "general": {"path": "bundled:general"}},
            "regression": {**regression, "formatLeak": {"detector": "Learned"}}}
-    name = cluster.apply(manifest("e2e-own-task", NAIVE, own))
+    document = manifest("e2e-own-task", NAIVE, own)
+    del document["spec"]["regression"]["suite"]  # no suite: the default for the model (bundled:world-v1)
+    name = cluster.apply(document)
     status = cluster.finish(name)
     assert status["phase"] in ("Blocked", "Succeeded"), f"{status.get('message')}{cluster.diagnostics()}"
     assert "suite" not in (cluster.get(name)["spec"].get("regression") or {})
