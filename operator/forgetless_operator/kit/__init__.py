@@ -1,5 +1,5 @@
 """A small controller kit: the generic machinery of a level-triggered controller, knowing nothing of
-FineTuneJobs (no import of `forgetless.api`, of the vocabulary or of the controllers on top).
+the resources it is used for (no import of `forgetless.api`, of the vocabulary or of the controllers on top).
 
 - `client`: the async Kubernetes API client (`KubeClient`, `ApiError`);
 - `queue`: `Coalescer` (one reconcile per key at a time) and `WorkQueue` (coalesced triggers, the
