@@ -20,7 +20,8 @@ from forgetless.api.schema import ConfigMapKeyRef, PvcRef
 DEFAULT_PVC_ROOT = "/mnt/pvc"
 DEFAULT_CONFIGMAP_ROOT = "/etc/forgetless/configmaps"
 JOB_SPEC_MOUNT = "/etc/forgetless/job"
-"""The `<job>-spec` ConfigMap (key job.json) is mounted here in every stage pod."""
+"""The job document (the stage pod's annotation `forgetless.dev/spec`, projected by a downwardAPI
+volume as job.json) is mounted here in every stage pod."""
 
 
 def pvc_root() -> Path:

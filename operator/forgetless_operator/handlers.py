@@ -1,17 +1,19 @@
-"""The kopf edge: watch FineTuneJobs and their children and hand each event to the Runtime
-(runtime.py: observe, `reconcile`, apply its Decision); the resync loop; the operator's main.
+"""The kopf edge: watch FineTuneJobs, FineTuneSweeps and the FineTuneJobs' children and hand each event
+to its controller (runtime.Runtime: finetunejob/controller.py, finetunesweep/controller.py); the
+resync and progress loops; the operator's main.
 
 Triggers (all level-triggered: each one re-reads everything and reconciles the owning job):
 - every watch event of a FineTuneJob (`@kopf.on.event`; DELETED drops the job's metric series),
 - every watch event of a batch/v1 Job or Pod labelled `forgetless.dev/job` (server-side label
   selector, so the operator never lists unrelated pods) that changes what a reconcile reads of it
-  (runtime.ChildFilter: not the Job controller's counts, not a new Pending pod),
+  (the kit's ChildFilter with the read plan's child signature: not the Job controller's counts, not
+  a new Pending pod),
 - one operator-wide progress loop (`progress_loop`): every `--progress-seconds` (15) it reads each
   running stage's progress from its rank-0 pod's /metrics into `status.trainerStatus`
-  (Runtime.progress_pass; a PATCH only when it changed),
+  (features/progress.py LiveProgress; a PATCH only when it changed),
 - one operator-wide resync loop (`resync_loop`): every `--resync-seconds` it lists the FineTuneJobs
-  and reconciles each one that still has time-based work (deadlines, TTL, retries after API errors,
-  a pending hand-off).
+  and reconciles each one the read plan says still has work (readplan.needs_resync: deadlines, TTL,
+  retries after API errors, a pending hand-off).
 Triggers for the same job coalesce: while one reconcile runs, further triggers mark the job dirty
 and it runs once more afterwards. Nothing is kept in memory that matters for correctness; the
 state is the FineTuneJob status and the children (see reconcile.py).
@@ -21,7 +23,6 @@ No finalizer: only `@kopf.on.event` handlers are registered, so kopf writes noth
 no operator running; the children go through owner-reference garbage collection. (A per-object
 `@kopf.timer` would make kopf's finalizer mandatory: an extra PATCH and watch round before the first
 reconcile of every new job, and every job stuck in Terminating once the operator is uninstalled.)
-The finalizer `forgetless.dev/finalizer` that earlier versions added is removed by the resync loop.
 Peering: `--standalone` for one replica; otherwise kopf peering with the given name (needs the
 KopfPeering / ClusterKopfPeering CRDs from the chart) so that only one replica acts; kopf pauses
 the watch handlers of a paused replica, and the resync loop reads the same peering object
@@ -40,12 +41,13 @@ import kopf
 
 from forgetless.api.schema import GROUP, PLURAL, VERSION
 from forgetless.api.sweep import PLURAL as SWEEP_PLURAL
+from forgetless.vocabulary import LABEL_JOB, LABEL_SWEEP, PREFIX
 
-from forgetless_operator.children import LABEL_JOB, OperatorConfig
-from forgetless_operator.kube import KubeClient
+from forgetless_operator.finetunejob.children import OperatorConfig
+from forgetless_operator.kit.client import KubeClient
+from forgetless_operator.kit.peering import peering_allows
 from forgetless_operator.metrics import make_app, start_server
-from forgetless_operator.runtime import Runtime, peering_allows
-from forgetless_operator.sweep_reconcile import LABEL_SWEEP
+from forgetless_operator.runtime import Runtime
 
 log = logging.getLogger("forgetless.operator")
 PEERING_API = "kopf.dev/v1"
@@ -84,27 +86,27 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
     async def finetunejob_event(event: dict, namespace: str, name: str, body: Any, **_: Any) -> None:
         if event.get("type") == "DELETED":
-            runtime.forget(namespace, name)
+            runtime.jobs.forget(namespace, name)
             return
-        await runtime.on_finetunejob(namespace, name, dict(body))
+        await runtime.jobs.on_event(namespace, name, dict(body))
         sweep = (dict(body).get("metadata") or {}).get("labels", {}).get(LABEL_SWEEP)
         if sweep:  # a trial (or a sweep's best job) changed: its sweep decides what comes next
-            runtime.spawn(runtime.trigger_sweep(namespace, sweep))
+            runtime.spawn(runtime.sweeps.trigger(namespace, sweep))
 
     @kopf.on.event(GROUP, VERSION, SWEEP_PLURAL, registry=registry)
     async def finetunesweep_event(event: dict, namespace: str, name: str, body: Any, **_: Any) -> None:
         if event.get("type") == "DELETED":
-            runtime.forget_sweep(namespace, name)  # its trials go by owner-reference garbage collection
+            runtime.sweeps.forget(namespace, name)  # its trials go by owner-reference garbage collection
             return
-        await runtime.on_sweep(namespace, name, dict(body))
+        await runtime.sweeps.on_event(namespace, name, dict(body))
 
     @kopf.on.event("batch", "v1", "jobs", labels=child, registry=registry)
     async def stage_job_event(event: dict, namespace: str, labels: dict, **_: Any) -> None:
-        await runtime.on_child("Job", namespace, labels[LABEL_JOB], event.get("object") or {}, event.get("type"))
+        await runtime.jobs.on_child("Job", namespace, labels[LABEL_JOB], event.get("object") or {}, event.get("type"))
 
     @kopf.on.event("v1", "pods", labels=child, registry=registry)
     async def stage_pod_event(event: dict, namespace: str, labels: dict, **_: Any) -> None:
-        await runtime.on_child("Pod", namespace, labels[LABEL_JOB], event.get("object") or {}, event.get("type"))
+        await runtime.jobs.on_child("Pod", namespace, labels[LABEL_JOB], event.get("object") or {}, event.get("type"))
 
     return registry
 
@@ -113,7 +115,7 @@ def build_settings(peering_name: str | None, clusterwide: bool) -> kopf.Operator
     settings = kopf.OperatorSettings()
     settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf.progress")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix="forgetless.dev", key="last-handled-configuration"
+        prefix=PREFIX, key="last-handled-configuration"
     )
     settings.posting.level = logging.WARNING  # kopf's own events only for problems; ours are explicit
     settings.watching.label_selectors[("batch", "v1", "jobs")] = LABEL_JOB

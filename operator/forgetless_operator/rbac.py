@@ -28,8 +28,7 @@ NAMESPACED_RULES: list[dict[str, Any]] = [
     {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": READ + ["create", "patch", "delete"]},
     # Stage results are read from the pods' termination messages; failures from waiting reasons.
     {"apiGroups": [""], "resources": ["pods"], "verbs": READ},
-    # <job>-spec and the forgetless-baseline-cache ConfigMap (created, then merge-patched; never updated or deleted:
-    # owner references garbage-collect <job>-spec).
+    # The forgetless-baseline-cache ConfigMap (created, then merge-patched; never updated or deleted).
     {"apiGroups": [""], "resources": ["configmaps"], "verbs": READ + ["create", "patch"]},
     # Headless Service of multi-worker training.
     {"apiGroups": [""], "resources": ["services"], "verbs": READ + ["create", "delete"]},

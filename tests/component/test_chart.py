@@ -386,7 +386,7 @@ def test_operator_cli_accepts_the_rendered_arguments(helm: str, values: Path) ->
 
 def test_trainer_pods_match_the_pod_monitor(helm: str, manifest) -> None:
     """The PodMonitor selects the train pods the operator really builds, on their `metrics` port."""
-    children = pytest.importorskip("forgetless_operator.children")
+    children = pytest.importorskip("forgetless_operator.finetunejob.children")
     from forgetless.api.schema import parse_job
 
     job = manifest(metadata={"name": "support", "namespace": "ml", "uid": "u-1", "generation": 1},

@@ -25,7 +25,8 @@ from forgetless.api.schema import RegressionSpec
 from forgetless.gate import evaluate_gate
 
 from forgetless.api.schema import FineTuneJobStatus
-from forgetless_operator.children import LABEL_JOB, OperatorConfig
+from forgetless.vocabulary import LABEL_JOB
+from forgetless_operator.finetunejob.children import OperatorConfig
 from tests.support.fakeapi import FakeApi, free_port, kubeconfig, serve
 from forgetless_operator.handlers import Options, run_operator
 from tests.conftest import tool_or_skip
@@ -366,7 +367,7 @@ async def test_suspend_deadline_and_ttl_through_the_api(api: FakeApi, operator: 
 
 def test_merge_patch_turns_old_into_new():
     from tests.support.fakeapi import merge
-    from forgetless_operator.runtime import merge_patch
+    from forgetless_operator.kit.status import merge_patch
 
     old = {"phase": "Baseline", "stages": {"baseline": {"phase": "Running", "message": "pulling"}}, "gone": 1}
     new = {"phase": "Training", "stages": {"baseline": {"phase": "Succeeded"}, "train": {"phase": "Running"}}}
@@ -405,15 +406,6 @@ async def test_multi_worker_training_gets_an_indexed_job_and_a_headless_service(
     await until(lambda: status(api).get("phase") == "Evaluating", what="evaluation after all ranks")
     assert status(api)["stages"]["train"]["result"] == SUMMARIES["train"]
     assert status(api)["stages"]["train"]["jobName"] == "ft-train-workers"
-
-
-async def test_resync_strips_the_finalizer_of_earlier_versions(api: FakeApi, operator: Operator):
-    """Jobs created under a version with a per-object kopf timer carry its finalizer; the resync loop
-    removes it, so uninstalling the operator afterwards leaves no job stuck in Terminating."""
-    submit(api)
-    api.update(*FTJ, NS, "ft", {"metadata": {"finalizers": ["forgetless.dev/finalizer", "example.com/keep"]}})
-    await until(lambda: api.get(*FTJ, NS, "ft")["metadata"].get("finalizers") == ["example.com/keep"],
-                timeout=10, what="the legacy finalizer removed by the resync loop, others kept")
 
 
 async def test_first_reconcile_uses_the_watch_body(api: FakeApi, operator: Operator):

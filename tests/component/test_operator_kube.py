@@ -13,7 +13,7 @@ import kopf
 import pytest
 from aiohttp import web
 
-from forgetless_operator.kube import MERGE_PATCH, ApiError, KubeClient, resource_path
+from forgetless_operator.kit.client import MERGE_PATCH, ApiError, KubeClient, resource_path
 
 
 def test_resource_paths():

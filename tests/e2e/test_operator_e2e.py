@@ -64,6 +64,27 @@ def play_kubelet(core, namespace: str, job, summary: dict) -> None:
     }]}})
 
 
+def run_stages(kube, namespace: str, ftj: dict) -> dict:
+    """Play the node for each stage Job the operator creates; the FineTuneJob's status once finished."""
+    core, batch, custom = kube.client.CoreV1Api(), kube.client.BatchV1Api(), kube.client.CustomObjectsApi()
+    name = ftj["metadata"]["name"]
+
+    def status() -> dict:
+        return custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name).get("status") or {}
+
+    for stage, phase in (("baseline", "Baseline"), ("train", "Training"), ("evaluate", "Evaluating")):
+        job_name = f"{name}-{stage}"
+        job = wait(lambda: next(iter(batch.list_namespaced_job(namespace, field_selector=f"metadata.name={job_name}").items), None),
+                   f"Job {job_name}")
+        (owner,) = job.metadata.owner_references
+        assert (owner.kind, owner.uid, owner.controller, owner.block_owner_deletion) == (
+            "FineTuneJob", ftj["metadata"]["uid"], True, True)
+        assert job.metadata.labels["forgetless.dev/stage"] == stage
+        wait(lambda: status().get("phase") == phase, f"phase {phase}")
+        play_kubelet(core, namespace, job, SUMMARIES[stage])
+    return wait(lambda: status().get("phase") in ("Succeeded", "Blocked", "Failed") and status(), "the gate")
+
+
 def test_finetunejob_runs_to_the_gate(kube, namespace: str, operator):
     core, batch = kube.client.CoreV1Api(), kube.client.BatchV1Api()
     custom = kube.client.CustomObjectsApi()
@@ -79,18 +100,7 @@ def test_finetunejob_runs_to_the_gate(kube, namespace: str, operator):
     def status() -> dict:
         return custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name).get("status") or {}
 
-    for stage, phase in (("baseline", "Baseline"), ("train", "Training"), ("evaluate", "Evaluating")):
-        job_name = f"{name}-{stage}"
-        job = wait(lambda: next(iter(batch.list_namespaced_job(namespace, field_selector=f"metadata.name={job_name}").items), None),
-                   f"Job {job_name}")
-        (owner,) = job.metadata.owner_references
-        assert (owner.kind, owner.uid, owner.controller, owner.block_owner_deletion) == (
-            "FineTuneJob", ftj["metadata"]["uid"], True, True)
-        assert job.metadata.labels["forgetless.dev/stage"] == stage
-        wait(lambda: status().get("phase") == phase, f"phase {phase}")
-        play_kubelet(core, namespace, job, SUMMARIES[stage])
-
-    final = wait(lambda: status().get("phase") in ("Succeeded", "Blocked", "Failed") and status(), "the gate")
+    final = run_stages(kube, namespace, ftj)
     assert final["phase"] == "Succeeded", final.get("message")
     assert final["gate"]["verdict"] == "Passed" and final["promoted"] is True
     ready = next(c for c in final["conditions"] if c["type"] == "Ready")
@@ -112,6 +122,62 @@ def test_finetunejob_runs_to_the_gate(kube, namespace: str, operator):
          "the FineTuneJob to be deleted")
     wait(lambda: not batch.list_namespaced_job(namespace, label_selector=f"forgetless.dev/job={name}").items,
          "garbage collection of the stage Jobs", timeout=120)
+
+
+SERVING = ("serving.kserve.io", "v1beta1", "inferenceservices")
+OLD_URI = "pvc://models/support-bot/v1"
+
+
+def test_editing_the_hand_off_after_the_job_finished_changes_nothing(kube, namespace: str, operator,
+                                                                     inference_service_crd):
+    """The hand-off follows the spec the job ran (status.startedSpec). A user who edits
+    spec.output.handOff after the job finished, while its InferenceService is still missing, neither
+    redirects the hand-off nor stalls it: the edited target is never touched, and the one the job ran
+    with is patched as soon as it exists (before, the reconcile read the edited one and looked for the
+    started one, "not looked up in this pass", and the resync loop kept the job for ever)."""
+    core, custom = kube.client.CoreV1Api(), kube.client.CustomObjectsApi()
+    core.create_namespaced_persistent_volume_claim(namespace, {
+        "metadata": {"name": "outputs"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+    })
+    manifest = yaml.safe_load((REPO / "examples" / "recommended.yaml").read_text())
+    manifest["spec"]["output"] = {"pvc": {"claimName": "outputs"},
+                                  "handOff": {"inferenceService": {"name": "support-bot"}}}
+    name = manifest["metadata"]["name"]
+    ftj = custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, manifest)
+
+    def status() -> dict:
+        return custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name).get("status") or {}
+
+    def serving(service: str) -> dict:
+        body = {"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService", "metadata": {"name": service},
+                "spec": {"predictor": {"model": {"modelFormat": {"name": "huggingface"}, "storageUri": OLD_URI}}}}
+        return custom.create_namespaced_custom_object(*SERVING[:2], namespace, SERVING[2], body)
+
+    def served(service: str) -> dict:
+        return custom.get_namespaced_custom_object(*SERVING[:2], namespace, SERVING[2], service)
+
+    final = run_stages(kube, namespace, ftj)
+    assert final["phase"] == "Succeeded" and final["promoted"] is True, final.get("message")
+    handed = wait(lambda: (status().get("handOff") or {}).get("inferenceService"), "the hand-off attempt")
+    assert (handed["name"], handed["phase"]) == ("support-bot", "NotFound")
+
+    # the user points the finished job at another InferenceService
+    serving("other-bot")
+    custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name, {
+        "spec": {"output": {"handOff": {"inferenceService": {"name": "other-bot"}}}}})
+    time.sleep(12)  # two resync periods (5 s) and the watch event of the edit
+    assert served("other-bot")["spec"]["predictor"]["model"]["storageUri"] == OLD_URI
+    assert not (served("other-bot")["metadata"].get("annotations") or {}).get("forgetless.dev/promoted-by")
+    assert status()["handOff"]["inferenceService"]["name"] == "support-bot"
+
+    # the InferenceService the job ran with appears: the next resync hands off to it
+    serving("support-bot")
+    wait(lambda: served("support-bot")["spec"]["predictor"]["model"]["storageUri"] == "pvc://outputs/p",
+         "the started spec's InferenceService to serve the promoted model", timeout=60)
+    handed = wait(lambda: (h := status()["handOff"]["inferenceService"])["phase"] == "Patched" and h, "Patched")
+    assert (handed["name"], handed["previousStorageUri"]) == ("support-bot", OLD_URI)
+    assert served("other-bot")["spec"]["predictor"]["model"]["storageUri"] == OLD_URI
 
 
 def test_deleting_a_finetunejob_needs_no_operator(kube, namespace: str, operator):

@@ -1,6 +1,6 @@
 """An in-memory fake of the Kubernetes API, for the component tests and the scale benchmark.
 
-Serves what kopf and `forgetless_operator.kube` call: discovery (/api, /apis, group versions),
+Serves what kopf and `forgetless_operator.kit.client` call: discovery (/api, /apis, group versions),
 list + watch (chunked JSON lines, label selectors, resourceVersion resume), get, create (409
 AlreadyExists, generateName), JSON merge patch and JSON patch (with `test`; a merge patch that
 carries metadata.resourceVersion is refused with 409 Conflict when the object moved on), the status

@@ -203,3 +203,21 @@ def test_the_circle_check_catches_a_lazy_circle(tmp_path: Path):
     (tmp_path / "c.py").write_text("from . import a\n")
     modules = {f"pkg.{n}": (tmp_path / f"{n}.py", False) for n in "abc"}
     assert import_cycles(import_graph(modules)) == [["pkg.a", "pkg.b"]]
+
+
+def test_the_controller_kit_knows_nothing_of_finetunejobs():
+    """operator/forgetless_operator/kit/ is generic: it imports neither the API models, nor the
+    vocabulary, nor the controllers built on it, and spells no FineTuneJob."""
+    import ast
+
+    kit = REPO / "operator" / "forgetless_operator" / "kit"
+    for path in kit.glob("*.py"):
+        text = path.read_text()
+        assert "FineTune" not in text, path
+        for node in ast.walk(ast.parse(text)):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            for name in names:
+                assert not name.startswith(("forgetless.api", "forgetless.vocabulary", "forgetless.lifecycle",
+                                            "forgetless_operator.finetune", "forgetless_operator.runtime",
+                                            "forgetless_operator.handlers")), (path.name, name)

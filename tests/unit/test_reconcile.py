@@ -10,12 +10,13 @@ from typing import Any
 import kubernetes_validate
 import pytest
 
+from forgetless import vocabulary
 from forgetless.api.schema import FineTuneJobSpec, FineTuneJobStatus
-from forgetless_operator import children
-from forgetless_operator.children import OperatorConfig
-from forgetless_operator.decision import CreateObject, DeleteObject, Observed, PatchObject, RecordBaselineCache
+from forgetless_operator.finetunejob import children
+from forgetless_operator.finetunejob.children import OperatorConfig
+from forgetless_operator.finetunejob.decision import CreateObject, DeleteObject, Observed, PatchObject, RecordBaselineCache
 from forgetless.timefmt import fmt_time
-from forgetless_operator.reconcile import reconcile, spec_hash
+from forgetless_operator.finetunejob.reconcile import reconcile, spec_hash
 
 T0 = datetime(2026, 11, 29, 9, 0, 0, tzinfo=timezone.utc)
 UID = "0b1c2d3e-0000-4000-8000-000000000001"
@@ -113,9 +114,9 @@ def pod(stage: str, *, message: str | None = None, exit_code: int = 0, rank: int
         state = {"waiting": {"reason": waiting, "message": "secret \"hf\" not found"}}
     else:
         state = {"terminated": {"exitCode": exit_code, "message": message or "", "finishedAt": fmt_time(T0 + timedelta(minutes=5))}}
-    meta: dict[str, Any] = {"name": f"ft-{stage}-x", "labels": {children.LABEL_JOB: "ft", children.LABEL_STAGE: stage}}
+    meta: dict[str, Any] = {"name": f"ft-{stage}-x", "labels": {vocabulary.LABEL_JOB: "ft", vocabulary.LABEL_STAGE: stage}}
     if rank is not None:
-        meta["annotations"] = {children.COMPLETION_INDEX_ANNOTATION: str(rank)}
+        meta["annotations"] = {vocabulary.COMPLETION_INDEX_ANNOTATION: str(rank)}
     return {"metadata": meta, "status": {"containerStatuses": [{"name": children.CONTAINER, "state": state}]}}
 
 
@@ -126,16 +127,12 @@ def started(decision_job: dict, decision) -> dict:
     return job
 
 
-def spec_cm(job: dict) -> dict:
-    return children.spec_configmap(job, FineTuneJobSpec.model_validate(job["spec"]))
-
-
 def through(stage_done: str, verdict: str = "Passed", spec: dict | None = None):
     """Drive a job from creation through `stage_done` succeeding; returns (job, observed, decision)."""
     job = ftj(spec)
     decision = run(job)
     job = started(job, decision)
-    observed = Observed(configmaps={f"ft-spec": spec_cm(job)})
+    observed = Observed()
     results = {"baseline": BASELINE, "train": TRAIN, "evaluate": evaluate_result(verdict)}
     for stage in children.STAGES:
         observed.jobs[stage] = stage_job(job, stage, complete=True)
@@ -164,12 +161,12 @@ def test_new_job_creates_the_baseline_job_carrying_the_frozen_spec():
         "lastTransitionTime": fmt_time(T0), "observedGeneration": 1,
     }
     template = objs["ft-baseline"]["spec"]["template"]
-    document = json.loads(template["metadata"]["annotations"][children.SPEC_ANNOTATION])
+    document = json.loads(template["metadata"]["annotations"][vocabulary.SPEC_ANNOTATION])
     assert document["kind"] == "FineTuneJob" and document["spec"]["output"]["pvc"]["claimName"] == "outputs"
     assert decision.status["startedSpec"] == document["spec"]  # written with the status patch of the start
     volume = next(v for v in template["spec"]["volumes"] if v["name"] == "job-spec")
     assert volume == {"downwardAPI": {"items": [{"path": "job.json", "fieldRef": {
-        "fieldPath": f"metadata.annotations['{children.SPEC_ANNOTATION}']"}}]}, "name": "job-spec"}
+        "fieldPath": f"metadata.annotations['{vocabulary.SPEC_ANNOTATION}']"}}]}, "name": "job-spec"}
     container = template["spec"]["containers"][0]
     assert container["args"][3] == "/etc/forgetless/job/job.json"  # the file the stage reads, as before
 
@@ -182,25 +179,17 @@ def test_a_started_job_builds_its_next_stage_from_status_started_spec_not_the_ed
                         pods={"baseline": [pod("baseline", message=json.dumps(BASELINE))]})
     train = created(run(job, observed, T0 + timedelta(minutes=5)))["ft-train"]
     assert train["spec"]["template"]["spec"]["containers"][0]["image"] == CONFIG.trainer_image
-    document = json.loads(train["spec"]["template"]["metadata"]["annotations"][children.SPEC_ANNOTATION])
+    document = json.loads(train["spec"]["template"]["metadata"]["annotations"][vocabulary.SPEC_ANNOTATION])
     assert "trainerImage" not in document["spec"].get("resources", {})
 
 
-def test_a_job_of_an_older_operator_reads_its_spec_configmap_and_copies_it_to_status():
+def test_a_started_job_without_its_started_spec_fails_as_spec_lost():
     job = ftj()
     job = started(job, run(job))
-    legacy = spec_cm(job)
-    job["status"].pop("startedSpec")  # started by an operator that kept the spec in `<job>-spec`
-    job["spec"]["resources"] = {"trainerImage": "evil:latest"}
-    observed = Observed(configmaps={"ft-spec": legacy}, jobs={"baseline": stage_job(job, "baseline", complete=True)},
+    job["status"].pop("startedSpec")
+    observed = Observed(jobs={"baseline": stage_job(job, "baseline", complete=True)},
                         pods={"baseline": [pod("baseline", message=json.dumps(BASELINE))]})
-    decision = run(job, observed, T0 + timedelta(minutes=5))
-    train = created(decision)["ft-train"]
-    assert train["spec"]["template"]["spec"]["containers"][0]["image"] == CONFIG.trainer_image
-    assert decision.status["startedSpec"] == json.loads(legacy["data"]["job.json"])["spec"]
-    assert "ft-spec" not in created(decision)
-    # with neither startedSpec nor the ConfigMap and an edited spec, the started spec is lost
-    lost = run(job, Observed(jobs=observed.jobs, pods=observed.pods), T0 + timedelta(minutes=5))
+    lost = run(job, observed, T0 + timedelta(minutes=5))
     assert lost.status["phase"] == "Failed" and cond(lost.status, "Failed")["reason"] == "SpecLost"
 
 
@@ -220,16 +209,16 @@ def test_replaying_a_running_stage_creates_nothing_and_emits_nothing():
     job = ftj()
     first = run(job)
     job = started(job, first)
-    observed = Observed(configmaps={"ft-spec": spec_cm(job)}, jobs={"baseline": stage_job(job, "baseline", active=1)})
+    observed = Observed(jobs={"baseline": stage_job(job, "baseline", active=1)})
     again = run(job, observed, T0 + timedelta(seconds=30))
     assert again.actions == [] and again.events == []
     assert again.status["conditions"] == first.status["conditions"]  # lastTransitionTime unchanged
 
 
 def test_a_quiet_pod_or_the_job_controllers_counts_change_no_decision():
-    """What runtime.ChildFilter skips (observation.quiet_pod, an unchanged child_signature) must not
+    """What the kit's ChildFilter skips (readplan.quiet_pod, an unchanged child_signature) must not
     change reconcile's Decision."""
-    from forgetless_operator.observation import child_signature, quiet_pod
+    from forgetless_operator.finetunejob.readplan import child_signature, quiet_pod
 
     job = ftj()
     job = started(job, run(job))
@@ -237,12 +226,12 @@ def test_a_quiet_pod_or_the_job_controllers_counts_change_no_decision():
     counted = copy.deepcopy(fresh)
     counted["status"].update(active=1, ready=0, startTime=fmt_time(T0))
     assert child_signature("Job", fresh) == child_signature("Job", counted)
-    quiet = {"metadata": {"name": "ft-baseline-x", "labels": {children.LABEL_JOB: "ft", children.LABEL_STAGE: "baseline",
+    quiet = {"metadata": {"name": "ft-baseline-x", "labels": {vocabulary.LABEL_JOB: "ft", vocabulary.LABEL_STAGE: "baseline",
                                                               "batch.kubernetes.io/job-name": "ft-baseline"}},
              "status": {"phase": "Pending"}}
     assert quiet_pod(quiet)
-    base = Observed(configmaps={"ft-spec": spec_cm(job)}, jobs={"baseline": fresh})
-    with_pod = Observed(configmaps={"ft-spec": spec_cm(job)}, jobs={"baseline": counted}, pods={"baseline": [quiet]})
+    base = Observed(jobs={"baseline": fresh})
+    with_pod = Observed(jobs={"baseline": counted}, pods={"baseline": [quiet]})
     later = T0 + timedelta(seconds=30)
     a, b = run(job, base, later), run(job, with_pod, later)
     assert (a.actions, a.status, a.events) == (b.actions, b.status, b.events)
@@ -417,7 +406,7 @@ def test_cache_keeps_at_most_max_entries_dropping_the_oldest():
     config = OperatorConfig(baseline_cache_max_entries=2)
     job = ftj()
     job = started(job, run(job))
-    observed = Observed(configmaps={"ft-spec": spec_cm(job)},
+    observed = Observed(
                         jobs={"baseline": stage_job(job, "baseline", complete=True)},
                         pods={"baseline": [pod("baseline", message=json.dumps(BASELINE))]},
                         baseline_cache={"old": json.dumps({"storedAt": "2026-01-01T00:00:00Z"}),
@@ -497,7 +486,7 @@ def test_non_finite_loss_in_the_result_becomes_null_so_the_status_stays_valid_js
 def test_waiting_pod_problem_is_surfaced_in_the_stage_message():
     job = ftj()
     job = started(job, run(job))
-    observed = Observed(configmaps={"ft-spec": spec_cm(job)}, jobs={"baseline": stage_job(job, "baseline", active=1)},
+    observed = Observed(jobs={"baseline": stage_job(job, "baseline", active=1)},
                         pods={"baseline": [pod("baseline", waiting="CreateContainerConfigError")]})
     decision = run(job, observed, T0 + timedelta(seconds=20))
     assert "CreateContainerConfigError" in decision.status["stages"]["baseline"]["message"]
@@ -507,7 +496,7 @@ def test_waiting_pod_problem_is_surfaced_in_the_stage_message():
 def test_deadline_exceeded_deletes_running_children_and_fails():
     job = ftj({**SPEC, "activeDeadlineSeconds": 600})
     job = started(job, run(job))
-    observed = Observed(configmaps={"ft-spec": spec_cm(job)}, jobs={"baseline": stage_job(job, "baseline", active=1)})
+    observed = Observed(jobs={"baseline": stage_job(job, "baseline", active=1)})
     assert run(job, observed, T0 + timedelta(seconds=599)).status["phase"] == "Baseline"
     decision = run(job, observed, T0 + timedelta(seconds=600))
     assert decision.status["phase"] == "Failed"
@@ -519,7 +508,7 @@ def test_deadline_exceeded_deletes_running_children_and_fails():
 def test_deadline_is_a_live_control_that_may_be_extended_after_the_start():
     job = ftj({**SPEC, "activeDeadlineSeconds": 600})
     job = started(job, run(job))
-    observed = Observed(configmaps={"ft-spec": spec_cm(job)}, jobs={"baseline": stage_job(job, "baseline", active=1)})
+    observed = Observed(jobs={"baseline": stage_job(job, "baseline", active=1)})
     job["spec"]["activeDeadlineSeconds"] = 1200
     decision = run(job, observed, T0 + timedelta(seconds=900))
     assert decision.status["phase"] == "Baseline" and decision.actions == []
@@ -547,19 +536,19 @@ def test_suspending_a_started_job_suspends_its_stage_job_and_resume_undoes_only_
     job = ftj()
     job = started(job, run(job))
     running = stage_job(job, "baseline", active=1)
-    observed = Observed(configmaps={"ft-spec": spec_cm(job)}, jobs={"baseline": running})
+    observed = Observed(jobs={"baseline": running})
     job["spec"]["suspend"] = True
     decision = run(job, observed, T0 + timedelta(minutes=1))
     assert decision.status["phase"] == "Suspended"
     assert decision.actions == [PatchObject("batch/v1", "Job", "team", "ft-baseline", {
-        "metadata": {"annotations": {children.SUSPENDED_BY_OPERATOR: "true"}}, "spec": {"suspend": True}})]
+        "metadata": {"annotations": {vocabulary.SUSPENDED_BY_OPERATOR: "true"}}, "spec": {"suspend": True}})]
     job = started(job, decision)
     running["spec"]["suspend"] = True
-    running["metadata"]["annotations"] = {children.SUSPENDED_BY_OPERATOR: "true"}
+    running["metadata"]["annotations"] = {vocabulary.SUSPENDED_BY_OPERATOR: "true"}
     job["spec"]["suspend"] = False
     resumed = run(job, observed, T0 + timedelta(minutes=2))
     assert resumed.actions == [PatchObject("batch/v1", "Job", "team", "ft-baseline", {
-        "metadata": {"annotations": {children.SUSPENDED_BY_OPERATOR: None}}, "spec": {"suspend": False}})]
+        "metadata": {"annotations": {vocabulary.SUSPENDED_BY_OPERATOR: None}}, "spec": {"suspend": False}})]
     assert reasons(resumed) == ["Resumed"] and resumed.status["phase"] == "Baseline"
     # A Job that Kueue holds (suspended without our annotation) is left alone.
     running["metadata"]["annotations"] = {}
@@ -567,17 +556,17 @@ def test_suspending_a_started_job_suspends_its_stage_job_and_resume_undoes_only_
 
 
 def test_queue_label_is_mirrored_to_children_but_not_their_pods():
-    job = ftj(labels={children.QUEUE_LABEL: "gpu-a"})
+    job = ftj(labels={vocabulary.QUEUE_LABEL: "gpu-a"})
     objs = created(run(job))
     for obj in objs.values():
-        assert obj["metadata"]["labels"][children.QUEUE_LABEL] == "gpu-a"
-    assert children.QUEUE_LABEL not in objs["ft-baseline"]["spec"]["template"]["metadata"]["labels"]
+        assert obj["metadata"]["labels"][vocabulary.QUEUE_LABEL] == "gpu-a"
+    assert vocabulary.QUEUE_LABEL not in objs["ft-baseline"]["spec"]["template"]["metadata"]["labels"]
 
 
 def test_spec_change_after_start_is_flagged_and_not_applied():
     job = ftj()
     job = started(job, run(job))
-    observed = Observed(configmaps={"ft-spec": spec_cm(job)}, jobs={"baseline": stage_job(job, "baseline", complete=True)},
+    observed = Observed(jobs={"baseline": stage_job(job, "baseline", complete=True)},
                         pods={"baseline": [pod("baseline", message=json.dumps(BASELINE))]})
     job["spec"]["resources"] = {"trainerImage": "evil:latest"}
     job["metadata"]["generation"] = 2
@@ -616,7 +605,7 @@ def test_child_of_an_earlier_job_with_the_same_name_is_waited_for():
     job = started(job, run(job))
     stale = stage_job(job, "baseline", active=1)
     stale["metadata"]["ownerReferences"][0]["uid"] = "an-older-uid"
-    decision = run(job, Observed(configmaps={"ft-spec": spec_cm(job)}, jobs={"baseline": stale}))
+    decision = run(job, Observed(jobs={"baseline": stale}))
     assert decision.actions == [] and "earlier FineTuneJob" in decision.status["message"]
 
 
@@ -630,8 +619,8 @@ def test_stage_pods_meet_pod_security_restricted_and_the_contract():
     assert job["metadata"]["ownerReferences"] == [{
         "apiVersion": "forgetless.dev/v1alpha1", "kind": "FineTuneJob", "name": "ft", "uid": UID,
         "controller": True, "blockOwnerDeletion": True}]
-    assert job["metadata"]["labels"][children.LABEL_JOB] == "ft"
-    assert job["metadata"]["labels"][children.LABEL_STAGE] == "baseline"
+    assert job["metadata"]["labels"][vocabulary.LABEL_JOB] == "ft"
+    assert job["metadata"]["labels"][vocabulary.LABEL_STAGE] == "baseline"
     pod_spec = job["spec"]["template"]["spec"]
     assert pod_spec["automountServiceAccountToken"] is False
     assert pod_spec["securityContext"]["runAsNonRoot"] is True
@@ -663,7 +652,7 @@ def test_multi_worker_training_is_an_indexed_job_with_a_headless_service():
     pod_spec = train["spec"]["template"]["spec"]
     assert pod_spec["subdomain"] == service["metadata"]["name"] == "ft-train-workers"
     assert service["spec"]["clusterIP"] == "None" and service["spec"]["publishNotReadyAddresses"] is True
-    assert service["spec"]["selector"] == {children.LABEL_JOB: "ft", children.LABEL_STAGE: "train"}
+    assert service["spec"]["selector"] == {vocabulary.LABEL_JOB: "ft", vocabulary.LABEL_STAGE: "train"}
     env = {e["name"]: e for e in pod_spec["containers"][0]["env"]}
     assert env["RANK"]["valueFrom"]["fieldRef"]["fieldPath"] == (
         "metadata.annotations['batch.kubernetes.io/job-completion-index']")
@@ -699,7 +688,7 @@ def test_multi_worker_stage_waits_for_job_completion_and_reads_rank_zero():
     ({"exitCode": 2}, "exit code 2"),
 ])
 def test_failure_text_prefers_the_stage_error(terminated, text):
-    from forgetless_operator.observation import failure_text
+    from forgetless_operator.finetunejob.observation import failure_text
 
     assert failure_text(terminated) == text
 
@@ -712,9 +701,9 @@ def group_pod(job_name: str, rank: int, *, exit_code: int | None = None, phase: 
     state = {"running": {}} if exit_code is None else {"terminated": {
         "exitCode": exit_code, "message": message, "finishedAt": fmt_time(T0 + timedelta(minutes=5))}}
     return {"metadata": {"name": f"{job_name}-{rank}-abcde",
-                         "labels": {children.LABEL_JOB: "ft", children.LABEL_STAGE: "train",
+                         "labels": {vocabulary.LABEL_JOB: "ft", vocabulary.LABEL_STAGE: "train",
                                     "batch.kubernetes.io/job-name": job_name},
-                         "annotations": {children.COMPLETION_INDEX_ANNOTATION: str(rank)}},
+                         "annotations": {vocabulary.COMPLETION_INDEX_ANNOTATION: str(rank)}},
             "status": {"phase": phase or ("Running" if exit_code is None else ("Succeeded" if exit_code == 0 else "Failed")),
                        "containerStatuses": [{"name": children.CONTAINER, "state": state}]}}
 
@@ -742,8 +731,8 @@ def test_group_jobs_never_retry_one_index_alone_and_each_attempt_has_its_own_nam
     first, third = (children.stage_job(job, spec, "train", CONFIG, n) for n in (1, 3))
     assert first["spec"]["backoffLimit"] == 0 and third["spec"]["backoffLimit"] == 0
     assert (first["metadata"]["name"], third["metadata"]["name"]) == ("ft-train-workers", "ft-train-workers-g3")
-    assert third["metadata"]["labels"][children.LABEL_ATTEMPT] == "3"
-    assert third["spec"]["template"]["metadata"]["labels"][children.LABEL_ATTEMPT] == "3"
+    assert third["metadata"]["labels"][vocabulary.LABEL_ATTEMPT] == "3"
+    assert third["spec"]["template"]["metadata"]["labels"][vocabulary.LABEL_ATTEMPT] == "3"
     env = {e["name"]: e.get("value") for e in third["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["MASTER_ADDR"] == "ft-train-workers-g3-0.ft-train-workers"
     single = children.stage_job(job, spec.model_copy(update={"resources": spec.resources.model_copy(
@@ -817,7 +806,7 @@ def test_group_success_reads_rank_zero_of_the_current_attempt():
 
 
 def test_index_jobs_picks_the_newest_attempt():
-    from forgetless_operator.observation import index_jobs
+    from forgetless_operator.finetunejob.observation import index_jobs
 
     job, _ = training_group()
     jobs = [group_job(job, 2), stage_job(job, "baseline"), group_job(job, 1), group_job(job, 3)]
@@ -832,7 +821,7 @@ def test_the_budget_controllers_adjustments_are_recorded_on_the_train_stage():
                     "extraGeneralFraction": 0.15}]
     job = ftj()
     job = started(job, run(job))
-    observed = Observed(configmaps={"ft-spec": spec_cm(job)})
+    observed = Observed()
     for stage, result in (("baseline", BASELINE), ("train", {**TRAIN, "adjustments": adjustments})):
         observed.jobs[stage] = stage_job(job, stage, complete=True)
         observed.pods[stage] = [pod(stage, message=json.dumps(result))]
@@ -875,8 +864,8 @@ def test_a_passing_job_points_the_inference_service_at_the_promoted_model_once()
     assert (patch.api_version, patch.namespace, patch.name) == ("serving.kserve.io/v1beta1", "team", "support-bot")
     assert patch.patch["spec"] == {"predictor": {"model": {"storageUri": PROMOTED["uri"]}}}
     assert patch.patch["metadata"]["annotations"] == {
-        children.PROMOTED_BY_ANNOTATION: "team/ft", children.PREVIOUS_URI_ANNOTATION: OLD_URI,
-        children.PROMOTED_DIGEST_ANNOTATION: PROMOTED["digest"]}
+        vocabulary.PROMOTED_BY_ANNOTATION: "team/ft", vocabulary.PREVIOUS_URI_ANNOTATION: OLD_URI,
+        vocabulary.PROMOTED_DIGEST_ANNOTATION: PROMOTED["digest"]}
     handed = decision.status["handOff"]["inferenceService"]
     assert (handed["phase"], handed["storageUri"], handed["previousStorageUri"]) == ("Patched", PROMOTED["uri"], OLD_URI)
     assert cond(decision.status, "HandedOff")["status"] == "True" and decision.status["phase"] == "Succeeded"
@@ -918,7 +907,7 @@ def test_adapter_only_points_at_the_adapter():
 
 
 def test_a_crash_between_the_patch_and_the_status_write_keeps_the_previous_uri():
-    annotations = {children.PROMOTED_BY_ANNOTATION: "team/ft", children.PREVIOUS_URI_ANNOTATION: OLD_URI}
+    annotations = {vocabulary.PROMOTED_BY_ANNOTATION: "team/ft", vocabulary.PREVIOUS_URI_ANNOTATION: OLD_URI}
     _, _, decision = handed_off("Passed", isvc(PROMOTED["uri"], annotations))
     assert isvc_patches(decision) == []  # already done
     assert decision.status["handOff"]["inferenceService"]["previousStorageUri"] == OLD_URI

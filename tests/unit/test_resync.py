@@ -4,7 +4,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from forgetless_operator.runtime import needs_resync, peering_allows
+from forgetless_operator.finetunejob.readplan import child_is_quiet, child_signature, needs_resync
+from forgetless_operator.kit.peering import peering_allows
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=timezone.utc)
 HAND_OFF = {"output": {"handOff": {"inferenceService": {"name": "chat"}}}}
@@ -16,9 +17,11 @@ HAND_OFF = {"output": {"handOff": {"inferenceService": {"name": "chat"}}}}
     ({"status": {"phase": "Succeeded"}}, False),  # finished for good
     ({"status": {"phase": "Blocked"}}, False),
     ({"spec": {"ttlSecondsAfterFinished": 60}, "status": {"phase": "Failed"}}, True),  # TTL to wait for
-    ({"spec": HAND_OFF, "status": {"phase": "Succeeded", "promoted": True}}, True),  # hand-off pending
-    ({"spec": HAND_OFF, "status": {"phase": "Succeeded", "promoted": True,
-                                   "handOff": {"inferenceService": {"phase": "Patched"}}}}, False),
+    ({"status": {"phase": "Succeeded", "promoted": True, "startedSpec": HAND_OFF}}, True),  # hand-off pending
+    ({"status": {"phase": "Succeeded", "promoted": True, "startedSpec": HAND_OFF,
+                 "handOff": {"inferenceService": {"phase": "Patched"}}}}, False),
+    # the hand-off follows the spec the job ran: one added to the live spec afterwards is never waited for
+    ({"spec": HAND_OFF, "status": {"phase": "Succeeded", "promoted": True, "startedSpec": {}}}, False),
     ({"metadata": {"deletionTimestamp": "2026-11-30T12:00:00Z"}, "status": {"phase": "Training"}}, False),
 ])
 def test_needs_resync(ftj, expected):
@@ -48,7 +51,7 @@ def test_no_peering_object_allows():
 async def test_coalescer_runs_once_more_for_triggers_during_a_run():
     import asyncio
 
-    from forgetless_operator.runtime import Coalescer
+    from forgetless_operator.kit.queue import Coalescer
 
     coalescer, runs, release = Coalescer(), [], asyncio.Event()
 
@@ -68,7 +71,7 @@ async def test_coalescer_runs_once_more_for_triggers_during_a_run():
 
 
 async def test_coalescer_does_not_repeat_a_failed_run():
-    from forgetless_operator.runtime import Coalescer
+    from forgetless_operator.kit.queue import Coalescer
 
     coalescer, runs = Coalescer(), []
 
@@ -87,9 +90,9 @@ def _child(kind: str, name: str, status: dict | None = None, **meta) -> dict:
 
 
 def test_child_filter_skips_the_echo_and_the_job_controllers_counts():
-    from forgetless_operator.runtime import ChildFilter
+    from forgetless_operator.kit.children import ChildFilter
 
-    seen = ChildFilter()
+    seen = ChildFilter(child_signature, child_is_quiet)
     created = _child("Job", "j-baseline", resourceVersion="7")
     seen.created("Job", created)
     assert not seen.needs_reconcile("Job", created, "ADDED")  # the echo of our own create
@@ -105,15 +108,15 @@ def test_child_filter_skips_the_echo_and_the_job_controllers_counts():
 
 
 def test_child_filter_triggers_on_a_job_it_did_not_create():
-    from forgetless_operator.runtime import ChildFilter
+    from forgetless_operator.kit.children import ChildFilter
 
-    assert ChildFilter().needs_reconcile("Job", _child("Job", "j-train"), "ADDED")  # e.g. another replica's
+    assert ChildFilter(child_signature, child_is_quiet).needs_reconcile("Job", _child("Job", "j-train"), "ADDED")  # e.g. another replica's
 
 
 def test_child_filter_skips_quiet_pods_and_triggers_when_they_have_news():
-    from forgetless_operator.runtime import ChildFilter
+    from forgetless_operator.kit.children import ChildFilter
 
-    seen = ChildFilter()
+    seen = ChildFilter(child_signature, child_is_quiet)
     pending = _child("Pod", "j-baseline-abc", {"phase": "Pending"})
     assert not seen.needs_reconcile("Pod", pending, "ADDED")  # a new pod with nothing to say
     running = _child("Pod", "j-baseline-abc", {"phase": "Running", "containerStatuses": [
@@ -133,9 +136,9 @@ def test_child_filter_skips_quiet_pods_and_triggers_when_they_have_news():
 
 
 def test_child_filter_forgets_the_oldest_past_its_limit():
-    from forgetless_operator.runtime import ChildFilter
+    from forgetless_operator.kit.children import ChildFilter
 
-    seen = ChildFilter()
+    seen = ChildFilter(child_signature, child_is_quiet)
     seen.LIMIT = 2
     for name in ("a", "b", "c"):
         seen.created("Job", _child("Job", name))
@@ -146,7 +149,7 @@ def test_child_filter_forgets_the_oldest_past_its_limit():
 async def test_event_queue_posts_in_order_in_the_background_and_drains_at_shutdown():
     import asyncio
 
-    from forgetless_operator.runtime import EventQueue
+    from forgetless_operator.kit.events import EventQueue
 
     posted, gate = [], asyncio.Event()
 
@@ -170,7 +173,7 @@ async def test_event_queue_posts_in_order_in_the_background_and_drains_at_shutdo
 
 
 async def test_event_queue_survives_a_failing_post():
-    from forgetless_operator.runtime import EventQueue
+    from forgetless_operator.kit.events import EventQueue
 
     posted = []
 
@@ -189,7 +192,7 @@ async def test_event_queue_survives_a_failing_post():
 async def test_coalescer_skips_the_repeat_when_the_racing_triggers_checks_say_no():
     import asyncio
 
-    from forgetless_operator.runtime import Coalescer
+    from forgetless_operator.kit.queue import Coalescer
 
     coalescer, runs, release = Coalescer(), [], asyncio.Event()
 

@@ -9,8 +9,9 @@ from datetime import datetime, timezone
 from typing import Any
 
 from forgetless.lifecycle import CATEGORIES
-from forgetless_operator.decision import CreateObject, DeleteObject
-from forgetless_operator.sweep_reconcile import LABEL_RUNG, LABEL_SWEEP, LABEL_TRIAL, reconcile_sweep
+from forgetless_operator.kit.actions import CreateObject, DeleteObject
+from forgetless.vocabulary import LABEL_RUNG, LABEL_SWEEP, LABEL_TRIAL
+from forgetless_operator.finetunesweep.reconcile import reconcile_sweep
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=timezone.utc)
 UID = "5f0e0000-0000-4000-8000-00000000abcd"

@@ -1,4 +1,4 @@
-"""status.trainerStatus: what a stage pod's /metrics says (operator/forgetless_operator/progress.py), what a
+"""status.trainerStatus: what a stage pod's /metrics says (operator/forgetless_operator/finetunejob/features/progress.py), what a
 reconcile does to it on transitions, and the trainer's side (the progress display publishes the gauges)."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import io
 
 from prometheus_client import generate_latest
 
-from forgetless_operator.progress import metrics_url, scrape_target, settle, trainer_status
+from forgetless_operator.finetunejob.features.progress import metrics_url, scrape_target, settle, trainer_status
 from forgetless_trainer import live_metrics
 from forgetless_trainer.progress import StageProgress
 

@@ -56,7 +56,7 @@ def main(args: argparse.Namespace) -> int:
     import asyncio
     import logging
 
-    from forgetless_operator.children import OperatorConfig
+    from forgetless_operator.finetunejob.children import OperatorConfig
     from forgetless_operator.handlers import Options, run_operator
 
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,

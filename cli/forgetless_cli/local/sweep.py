@@ -37,6 +37,7 @@ from forgetless.api.schema import FineTuneJob
 from forgetless.api.sweep import FineTuneSweep, TrialStatus, best_job_name, candidate_spec
 from forgetless.lifecycle import mean_general_score
 from forgetless.search import TrialRequest, next_actions, pareto_front, select_best, trial_metrics
+from forgetless.vocabulary import LABEL_SWEEP
 
 SWEEP_FILE = "sweep.json"
 
@@ -57,7 +58,7 @@ class SweepResult:
 
 
 def trial_job(sweep: FineTuneSweep, request: TrialRequest) -> FineTuneJob:
-    metadata: dict[str, Any] = {"name": request.name, "labels": {"forgetless.dev/sweep": sweep.metadata.name}}
+    metadata: dict[str, Any] = {"name": request.name, "labels": {LABEL_SWEEP: sweep.metadata.name}}
     if sweep.metadata.namespace:
         metadata["namespace"] = sweep.metadata.namespace
     return FineTuneJob.model_validate({"apiVersion": sweep.api_version, "kind": "FineTuneJob", "metadata": metadata,
@@ -248,7 +249,7 @@ class LocalSweep:
         if not template.output.promote:
             return None  # the template asks for no promotion at all
         name = best_job_name(self.sweep.metadata.name)
-        metadata: dict[str, Any] = {"name": name, "labels": {"forgetless.dev/sweep": self.sweep.metadata.name}}
+        metadata: dict[str, Any] = {"name": name, "labels": {LABEL_SWEEP: self.sweep.metadata.name}}
         if self.sweep.metadata.namespace:
             metadata["namespace"] = self.sweep.metadata.namespace
         spec = candidate_spec(template, {**best.policy, "training.epochs": best.epochs})

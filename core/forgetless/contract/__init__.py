@@ -8,7 +8,7 @@ anywhere else in the runtime packages.
 
 Work dir (`WORKDIR` = the job's output folder locally, the output volume's job folder in pods)::
 
-    job.json                        the spec a local work dir holds (JOB_FILE; also the spec ConfigMap's key)
+    job.json                        the spec a local work dir holds (JOB_FILE; also the file a stage pod reads)
     <stage>/summary.json            a finished stage's full summary (rank 0 writes it; `summary_path`)
     baseline/results.json           the base model's item-level results
     train/output/                   the trained adapter or full model

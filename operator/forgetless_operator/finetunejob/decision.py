@@ -1,16 +1,20 @@
 """What the reconciler sees (`Observed`) and what it decides (`Decision`: actions, the new status,
-events). Plain data; `runtime.Runtime` gathers the one (`observe`) and applies the other (the kopf
-handlers in handlers.py only pass it the events that call for a reconcile)."""
+events). Plain data; `controller.FineTuneJobController` gathers the one (`observe`, as the read plan
+says: readplan.py) and applies the other."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Union
 
+from forgetless_operator.kit import actions
+from forgetless_operator.kit.actions import CreateObject, Decision, DeleteObject, PatchObject
+from forgetless_operator.kit.events import Event
+
 
 @dataclass
 class Observed:
-    """What `Runtime.observe` read from the API for one FineTuneJob."""
+    """What `FineTuneJobController.observe` read from the API for one FineTuneJob (readplan.Reads says what)."""
 
     jobs: dict[str, dict] = field(default_factory=dict)
     """stage -> batch/v1 Job (by label forgetless.dev/stage; the newest attempt, see `index_jobs`)."""
@@ -18,8 +22,6 @@ class Observed:
     """Jobs of earlier attempts of a stage (a multi-worker group that was restarted)."""
     pods: dict[str, list[dict]] = field(default_factory=dict)
     """stage -> pods of that stage."""
-    configmaps: dict[str, dict] = field(default_factory=dict)
-    """name -> ConfigMap (the `<job>-spec` one)."""
     services: dict[str, dict] = field(default_factory=dict)
     baseline_cache: dict[str, str] = field(default_factory=dict)
     """data of the `forgetless-baseline-cache` ConfigMap: cache key -> entry JSON."""
@@ -27,32 +29,7 @@ class Observed:
     """PersistentVolumeClaims the spec names that do not exist."""
     inference_services: dict[tuple[str, str], dict | None] = field(default_factory=dict)
     """(namespace, name) -> the InferenceService named by output.handOff (None: it does not exist);
-    a key is present only when `Runtime.observe` looked it up."""
-
-
-@dataclass(frozen=True)
-class CreateObject:
-    obj: dict
-
-
-@dataclass(frozen=True)
-class DeleteObject:
-    api_version: str
-    kind: str
-    namespace: str
-    name: str
-    propagation_policy: str = "Background"
-
-
-@dataclass(frozen=True)
-class PatchObject:
-    """A JSON merge patch (application/merge-patch+json) of a child's main resource."""
-
-    api_version: str
-    kind: str
-    namespace: str
-    name: str
-    patch: dict
+    a key is present only when the read plan named it."""
 
 
 @dataclass(frozen=True)
@@ -67,28 +44,12 @@ class RecordBaselineCache:
 Action = Union[CreateObject, DeleteObject, PatchObject, RecordBaselineCache]
 
 
-@dataclass(frozen=True)
-class Event:
-    type: str  # Normal | Warning
-    reason: str
-    message: str
-
-
-@dataclass
-class Decision:
-    actions: list[Action]
-    status: dict
-    events: list[Event]
-
-
 def requested(action: Any) -> tuple[str, str, str]:
     """(verb, resource kind, namespace) of the API request an action makes: what a 403 names."""
-    if isinstance(action, CreateObject):
-        return "create", action.obj.get("kind", "?"), (action.obj.get("metadata") or {}).get("namespace", "")
-    if isinstance(action, DeleteObject):
-        return "delete", action.kind, action.namespace
-    if isinstance(action, PatchObject):
-        return "patch", action.kind, action.namespace
     if isinstance(action, RecordBaselineCache):
         return "patch", "ConfigMap", action.namespace
-    return "apply", type(action).__name__, ""
+    return actions.requested(action)
+
+
+__all__ = ["Action", "CreateObject", "Decision", "DeleteObject", "Event", "Observed", "PatchObject",
+           "RecordBaselineCache", "requested"]

@@ -8,9 +8,10 @@ import json
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from forgetless_operator import children
-from forgetless_operator.children import CONTAINER
-from forgetless_operator.progress import metrics_url
+from forgetless.vocabulary import COMPLETION_INDEX_ANNOTATION, LABEL_ATTEMPT, LABEL_STAGE
+
+from forgetless_operator.finetunejob.children import CONTAINER
+from forgetless_operator.kit.status import short
 
 WAITING_PROBLEMS = {
     "ErrImagePull",
@@ -21,17 +22,6 @@ WAITING_PROBLEMS = {
     "CrashLoopBackOff",
 }
 ALIVE_POD_PHASES = ("Pending", "Running", "Unknown")
-MESSAGE_LIMIT = 1024
-
-
-def short(text: str) -> str:
-    """A message cut to what a condition or event holds."""
-    text = text.strip()
-    return text if len(text) <= MESSAGE_LIMIT else text[: MESSAGE_LIMIT - 3] + "..."
-
-
-def owned_by(obj: Mapping[str, Any], uid: str) -> bool:
-    return any(ref.get("uid") == uid for ref in (obj.get("metadata") or {}).get("ownerReferences") or [])
 
 
 def job_condition(job: Mapping[str, Any], type_: str) -> dict | None:
@@ -41,7 +31,7 @@ def job_condition(job: Mapping[str, Any], type_: str) -> dict | None:
     return None
 
 
-def _container_state(pod: Mapping[str, Any]) -> dict:
+def container_state(pod: Mapping[str, Any]) -> dict:
     for status in (pod.get("status") or {}).get("containerStatuses") or []:
         if status.get("name") == CONTAINER:
             return status.get("state") or {}
@@ -51,7 +41,7 @@ def _container_state(pod: Mapping[str, Any]) -> dict:
 def _rank(pod: Mapping[str, Any]) -> int:
     meta = pod.get("metadata") or {}
     for source in (meta.get("annotations") or {}, meta.get("labels") or {}):
-        value = source.get(children.COMPLETION_INDEX_ANNOTATION)
+        value = source.get(COMPLETION_INDEX_ANNOTATION)
         if value is not None:
             try:
                 return int(value)
@@ -62,7 +52,7 @@ def _rank(pod: Mapping[str, Any]) -> int:
 
 def job_attempt(job: Mapping[str, Any]) -> int:
     """The attempt a stage Job runs (label forgetless.dev/attempt; 1 when absent)."""
-    value = ((job.get("metadata") or {}).get("labels") or {}).get(children.LABEL_ATTEMPT, "1")
+    value = ((job.get("metadata") or {}).get("labels") or {}).get(LABEL_ATTEMPT, "1")
     try:
         return max(1, int(value))
     except ValueError:
@@ -74,7 +64,7 @@ def index_jobs(jobs: list[dict]) -> tuple[dict[str, dict], list[dict]]:
     current: dict[str, dict] = {}
     superseded: list[dict] = []
     for job in sorted(jobs, key=job_attempt):
-        stage = ((job.get("metadata") or {}).get("labels") or {}).get(children.LABEL_STAGE)
+        stage = ((job.get("metadata") or {}).get("labels") or {}).get(LABEL_STAGE)
         if not stage:
             continue
         if stage in current:
@@ -153,7 +143,7 @@ def observe_stage(stage: str, job: Mapping[str, Any], pods: list[dict], workers:
     ok = sorted(
         (
             (_finished(t), t)
-            for t in (_container_state(p).get("terminated") for p in ranked)
+            for t in (container_state(p).get("terminated") for p in ranked)
             if t is not None and t.get("exitCode") == 0
         ),
         key=lambda pair: pair[0],
@@ -161,7 +151,7 @@ def observe_stage(stage: str, job: Mapping[str, Any], pods: list[dict], workers:
     bad = sorted(  # (finished at, rank, terminated state, pod) of every failed container, earliest first
         (
             (_finished(t), _rank(p), t, p)
-            for p, t in ((p, _container_state(p).get("terminated")) for p in pods)
+            for p, t in ((p, container_state(p).get("terminated")) for p in pods)
             if t is not None and t.get("exitCode") not in (0, None)
         ),
         key=lambda entry: entry[:2],
@@ -210,7 +200,7 @@ def observe_stage(stage: str, job: Mapping[str, Any], pods: list[dict], workers:
     if job_condition(job, "Suspended") is not None or (job.get("spec") or {}).get("suspend"):
         message = f"the {stage} Job is suspended (waiting for admission or resume)"
     for pod in pods:
-        waiting = _container_state(pod).get("waiting") or {}
+        waiting = container_state(pod).get("waiting") or {}
         if waiting.get("reason") in WAITING_PROBLEMS:
             name = (pod.get("metadata") or {}).get("name", "?")
             message = short(f"pod {name}: {waiting['reason']}: {waiting.get('message') or ''}".rstrip(": "))
@@ -222,52 +212,3 @@ def observe_stage(stage: str, job: Mapping[str, Any], pods: list[dict], workers:
     if bad and message is None:
         message = short(f"retrying after a failed pod: {failure_text(bad[-1][2], bad[-1][3])}")
     return StageObservation("Running", message=message, failed_pods=failed_pods)
-
-
-# --------------------------------------------------------------------------- what a child event can change
-
-
-def child_signature(kind: str, child: Mapping[str, Any]) -> tuple:
-    """The part of a stage Job or Pod that `reconcile` reads (through index_jobs, observe_stage, alive,
-    job_condition, owned_by, ...): two bodies with the same signature lead to the same Decision, so a
-    watch event that leaves it unchanged needs no reconcile (runtime.ChildFilter). Whatever reconcile
-    starts reading from a child must be added here."""
-    meta = child.get("metadata") or {}
-    status = child.get("status") or {}
-    common = (meta.get("uid"), meta.get("deletionTimestamp"), json.dumps(meta.get("labels") or {}, sort_keys=True),
-              tuple(sorted(ref.get("uid") or "" for ref in meta.get("ownerReferences") or [])))
-    if kind == "Job":
-        conditions = tuple(sorted((c.get("type"), c.get("reason"), c.get("message"))
-                                  for c in status.get("conditions") or [] if c.get("status") == "True"))
-        annotations = meta.get("annotations") or {}
-        return common + (meta.get("creationTimestamp"), annotations.get(children.SUSPENDED_BY_OPERATOR),
-                         bool((child.get("spec") or {}).get("suspend")), conditions, int(status.get("failed") or 0),
-                         status.get("completionTime"))
-    rank = (meta.get("annotations") or {}).get(children.COMPLETION_INDEX_ANNOTATION)
-    return common + (rank,) + _pod_news(child)
-
-
-QUIET = (None, True, None, None, ())
-"""`_pod_news` of a pod with nothing to report."""
-
-
-def _pod_news(pod: Mapping[str, Any]) -> tuple:
-    """What a pod can tell reconcile: where its progress can be read (progress.scrape_target: a pod
-    going Running with an IP is news), whether it is alive, its terminated state, a waiting problem,
-    why it cannot be scheduled."""
-    status = pod.get("status") or {}
-    state = _container_state(pod)
-    terminated = json.dumps(state.get("terminated"), sort_keys=True) if state.get("terminated") else None
-    waiting = state.get("waiting") or {}
-    problem = (waiting.get("reason"), waiting.get("message")) if waiting.get("reason") in WAITING_PROBLEMS else None
-    unschedulable = tuple(sorted((c.get("reason"), c.get("message")) for c in status.get("conditions") or []
-                                 if c.get("type") == "PodScheduled" and c.get("status") == "False" and c.get("reason")))
-    return metrics_url(pod), alive(pod), terminated, problem, unschedulable
-
-
-def quiet_pod(child: Mapping[str, Any]) -> bool:
-    """A pod that is alive and has nothing to report yet (no progress to read, no terminated container,
-    no waiting or scheduling problem): to `reconcile` the same as no pod at all (it neither finishes nor
-    fails a stage; an alive pod of another attempt can only make a start wait), so its first sight
-    needs no reconcile."""
-    return not child.get("metadata", {}).get("deletionTimestamp") and _pod_news(child) == QUIET

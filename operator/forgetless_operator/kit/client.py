@@ -1,4 +1,4 @@
-"""A thin async Kubernetes API client (aiohttp) for the few calls the operator makes.
+"""A thin async Kubernetes API client (aiohttp) for the few calls a controller makes.
 
 Credentials come from kopf's login helpers (service account in a pod, else $KUBECONFIG), so the
 operator and kopf's own watches talk to the same server with the same identity. On 401 the client
@@ -21,19 +21,12 @@ import aiohttp
 
 MERGE_PATCH = "application/merge-patch+json"
 
-PLURALS = {
-    "Job": "jobs",
-    "Pod": "pods",
-    "ConfigMap": "configmaps",
-    "Service": "services",
-    "Event": "events",
-    "PersistentVolumeClaim": "persistentvolumeclaims",
-    "FineTuneJob": "finetunejobs",
-    "FineTuneSweep": "finetunesweeps",
-    "InferenceService": "inferenceservices",
-    "KopfPeering": "kopfpeerings",
-    "ClusterKopfPeering": "clusterkopfpeerings",
-}
+PLURALS: dict[str, str] = {}
+"""Resource names that are not the kind in lower case plus "s" (none of those the operator reads yet)."""
+
+
+def plural(kind: str) -> str:
+    return PLURALS.get(kind) or kind.lower() + "s"
 
 
 class ApiError(Exception):
@@ -47,7 +40,7 @@ class ApiError(Exception):
 def resource_path(api_version: str, kind: str, namespace: str | None, name: str | None = None,
                   subresource: str | None = None) -> str:
     base = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
-    path = base + (f"/namespaces/{quote(namespace)}" if namespace else "") + f"/{PLURALS[kind]}"
+    path = base + (f"/namespaces/{quote(namespace)}" if namespace else "") + f"/{plural(kind)}"
     if name:
         path += f"/{quote(name)}"
     if subresource:

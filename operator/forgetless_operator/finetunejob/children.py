@@ -4,8 +4,7 @@ Names are deterministic (docs/contracts.md "Children in the cluster"): Jobs `<jo
 Service of the same name; a restarted group's attempt N is `<job>-train-workers-g<N>`, label
 `forgetless.dev/attempt`), `<job>-evaluate`. The frozen spec travels in the stage pod template's
 annotation `forgetless.dev/spec`, which a downwardAPI volume projects to the file the stage reads
-(JOB_SPEC_MOUNT/SPEC_KEY); no spec ConfigMap is made (operators before 0.2 made `<job>-spec`, still
-read for the jobs they started). Every child carries the labels `forgetless.dev/job`,
+(JOB_SPEC_MOUNT/SPEC_KEY). Every child carries the labels `forgetless.dev/job`,
 `forgetless.dev/stage` and a controller owner reference to the FineTuneJob, so deleting the
 FineTuneJob garbage-collects all of them.
 
@@ -24,21 +23,12 @@ from forgetless import __version__, contract
 from forgetless.api.schema import API_VERSION, KIND, FineTuneJobSpec
 from forgetless.lifecycle import STAGES
 from forgetless.locations import JOB_SPEC_MOUNT, configmap_mount_path, pvc_mount_path
+from forgetless.vocabulary import (
+    COMPLETION_INDEX_ANNOTATION, LABEL_ATTEMPT, LABEL_JOB, LABEL_STAGE, MANAGED_BY, QUEUE_LABEL, SPEC_ANNOTATION,
+)
 
-LABEL_JOB = "forgetless.dev/job"
-LABEL_STAGE = "forgetless.dev/stage"
-LABEL_ATTEMPT = "forgetless.dev/attempt"
-QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
-MANAGED_BY = {"app.kubernetes.io/name": "forgetless", "app.kubernetes.io/managed-by": "forgetless-operator"}
-SUSPENDED_BY_OPERATOR = "forgetless.dev/suspended-by-operator"
-"""Annotation on a child Job the operator suspended (so only those are resumed, never Kueue's)."""
-COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
-PROMOTED_BY_ANNOTATION = "forgetless.dev/promoted-by"
-"""On an InferenceService the operator pointed at a promoted model: `<namespace>/<FineTuneJob>`."""
-PREVIOUS_URI_ANNOTATION = "forgetless.dev/previous-storage-uri"
-PROMOTED_DIGEST_ANNOTATION = "forgetless.dev/promoted-digest"
-SPEC_ANNOTATION = "forgetless.dev/spec"
-"""On a stage pod template: the job document (`job_document`) the stage reads, projected to a file."""
+from forgetless_operator.kit.status import owner_reference
+
 ANNOTATIONS_LIMIT = 256 * 1024
 """Kubernetes' limit on all of an object's annotations together (keys and values, bytes)."""
 
@@ -67,11 +57,6 @@ class OperatorConfig:
 # --------------------------------------------------------------------------- names
 
 
-def spec_configmap_name(job: str) -> str:
-    """The spec ConfigMap of jobs started by operators before the spec annotation (read, never made)."""
-    return f"{job}-spec"
-
-
 def stage_job_name(job: str, stage: str, workers: int = 1, attempt: int = 1) -> str:
     """`attempt` counts group restarts of multi-worker training (single pods are retried by the Job)."""
     if stage == "train" and workers > 1:
@@ -84,18 +69,6 @@ def workers_service_name(job: str) -> str:
 
 
 # --------------------------------------------------------------------------- metadata
-
-
-def owner_reference(ftj: dict[str, Any]) -> dict[str, Any]:
-    meta = ftj["metadata"]
-    return {
-        "apiVersion": API_VERSION,
-        "kind": KIND,
-        "name": meta["name"],
-        "uid": meta["uid"],
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
 
 
 def child_labels(ftj: dict[str, Any], stage: str | None = None, queue: bool = True) -> dict[str, str]:
@@ -116,7 +89,7 @@ def child_metadata(ftj: dict[str, Any], name: str, stage: str | None = None) -> 
         "name": name,
         "namespace": ftj["metadata"]["namespace"],
         "labels": child_labels(ftj, stage),
-        "ownerReferences": [owner_reference(ftj)],
+        "ownerReferences": [owner_reference(ftj, API_VERSION, KIND)],
     }
 
 
@@ -170,21 +143,6 @@ def spec_annotation_text(ftj: dict[str, Any], spec: FineTuneJobSpec) -> str:
 def spec_from_document(document: Any) -> FineTuneJobSpec:
     """The spec of `status.startedSpec` (an object) or a job document's `spec`."""
     return FineTuneJobSpec.model_validate(document)
-
-
-def spec_configmap(ftj: dict[str, Any], spec: FineTuneJobSpec) -> dict[str, Any]:
-    """The spec ConfigMap operators before the spec annotation made (kept for tests of the fallback)."""
-    return {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": child_metadata(ftj, spec_configmap_name(ftj["metadata"]["name"])),
-        "data": {SPEC_KEY: json.dumps(job_document(ftj, spec), sort_keys=True, indent=1)},
-    }
-
-
-def spec_from_configmap(configmap: dict[str, Any]) -> FineTuneJobSpec:
-    document = json.loads((configmap.get("data") or {})[SPEC_KEY])
-    return FineTuneJobSpec.model_validate(document["spec"])
 
 
 # --------------------------------------------------------------------------- volumes
@@ -400,33 +358,4 @@ def workers_service(ftj: dict[str, Any]) -> dict[str, Any]:
             "selector": {LABEL_JOB: name, LABEL_STAGE: "train"},
             "ports": [{"name": "master", "port": MASTER_PORT, "targetPort": MASTER_PORT, "protocol": "TCP"}],
         },
-    }
-
-
-def event(ftj: dict[str, Any], reason: str, message: str, type_: str, now: str, instance: str) -> dict[str, Any]:
-    """A core/v1 Event about the FineTuneJob (or another of our objects: its apiVersion and kind)."""
-    meta = ftj["metadata"]
-    involved = {
-        "apiVersion": ftj.get("apiVersion", API_VERSION),
-        "kind": ftj.get("kind", KIND),
-        "name": meta["name"],
-        "namespace": meta["namespace"],
-        "uid": meta["uid"],
-    }
-    if meta.get("resourceVersion"):
-        involved["resourceVersion"] = meta["resourceVersion"]
-    return {
-        "apiVersion": "v1",
-        "kind": "Event",
-        "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
-        "involvedObject": involved,
-        "reason": reason,
-        "message": message[:1024],
-        "type": type_,
-        "source": {"component": "forgetless-operator"},
-        "reportingComponent": "forgetless.dev/operator",
-        "reportingInstance": instance,
-        "firstTimestamp": now,
-        "lastTimestamp": now,
-        "count": 1,
     }

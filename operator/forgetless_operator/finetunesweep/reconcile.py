@@ -26,7 +26,6 @@ spec, no trial passed the gate, or the best job did not promote).
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Mapping, Optional
@@ -38,14 +37,12 @@ from forgetless.api.schema import API_VERSION as FTJ_API_VERSION
 from forgetless.api.schema import KIND as FTJ_KIND
 from forgetless.lifecycle import TERMINAL_PHASES
 from forgetless.search import Plan, TrialRequest, expand, next_actions, trial_metrics
-from forgetless_operator import children
-from forgetless_operator.decision import CreateObject, Decision, DeleteObject, Event
-from forgetless_operator.observation import short
 from forgetless.timefmt import fmt_time
+from forgetless.vocabulary import LABEL_RUNG, LABEL_SWEEP, LABEL_TRIAL, MANAGED_BY, QUEUE_LABEL, READY
 
-LABEL_SWEEP = "forgetless.dev/sweep"
-LABEL_TRIAL = "forgetless.dev/trial"
-LABEL_RUNG = "forgetless.dev/rung"
+from forgetless_operator.kit.actions import CreateObject, Decision, DeleteObject
+from forgetless_operator.kit.events import Event
+from forgetless_operator.kit.status import owner_reference, set_condition, short, status_of
 BEST_SUFFIX = sweep_api.BEST_SUFFIX
 best_job_name = sweep_api.best_job_name
 
@@ -112,22 +109,16 @@ def trial_records(spec: sweep_api.FineTuneSweepSpec, sweep_name: str, jobs: Mapp
     return sorted(records.values(), key=lambda t: t.index)
 
 
-def _owner(sweep: Mapping[str, Any]) -> dict[str, Any]:
-    meta = sweep["metadata"]
-    return {"apiVersion": sweep_api.API_VERSION, "kind": sweep_api.KIND, "name": meta["name"], "uid": meta["uid"],
-            "controller": True, "blockOwnerDeletion": True}
-
-
 def _job_object(sweep: Mapping[str, Any], name: str, spec: Any, labels: dict[str, str]) -> dict[str, Any]:
     meta = sweep["metadata"]
-    queue = (meta.get("labels") or {}).get(children.QUEUE_LABEL)
-    all_labels = {**children.MANAGED_BY, LABEL_SWEEP: meta["name"], **labels}
+    queue = (meta.get("labels") or {}).get(QUEUE_LABEL)
+    all_labels = {**MANAGED_BY, LABEL_SWEEP: meta["name"], **labels}
     if queue:
-        all_labels[children.QUEUE_LABEL] = queue
+        all_labels[QUEUE_LABEL] = queue
     return {
         "apiVersion": FTJ_API_VERSION, "kind": FTJ_KIND,
         "metadata": {"name": name, "namespace": meta["namespace"], "labels": all_labels,
-                     "ownerReferences": [_owner(sweep)]},
+                     "ownerReferences": [owner_reference(sweep, sweep_api.API_VERSION, sweep_api.KIND)]},
         "spec": spec.to_wire(),
     }
 
@@ -143,23 +134,14 @@ class _SweepRun:
     def __post_init__(self) -> None:
         self.meta = self.sweep["metadata"]
         self.name, self.namespace = self.meta["name"], self.meta["namespace"]
-        self.old = copy.deepcopy(self.sweep.get("status") or {})
-        self.status = copy.deepcopy(self.old)
-        self.status.pop("kopf", None)
+        self.old = status_of(self.sweep)
+        self.status = status_of(self.sweep)
 
     def event(self, reason: str, message: str, warning: bool = False) -> None:
         self.events.append(Event("Warning" if warning else "Normal", reason, short(message)))
 
     def ready(self, status: str, reason: str, message: str) -> None:
-        conditions = [c for c in self.status.get("conditions") or [] if c.get("type") != "Ready"]
-        old = next((c for c in self.old.get("conditions") or [] if c.get("type") == "Ready"), None)
-        same = old is not None and (old.get("status"), old.get("reason")) == (status, reason)
-        conditions.append({
-            "type": "Ready", "status": status, "reason": reason, "message": short(message),
-            "lastTransitionTime": old["lastTransitionTime"] if same else fmt_time(self.now),
-            "observedGeneration": self.meta.get("generation"),
-        })
-        self.status["conditions"] = conditions
+        set_condition(self.status, READY, status, reason, message, fmt_time(self.now), self.meta.get("generation"))
         self.status["message"] = short(message)
 
     def finish(self, phase: str, reason: str, message: str) -> None:

@@ -8,23 +8,38 @@ Where it comes from: every stage pod serves /metrics (forgetless_trainer.live_me
 display publishes the `forgetless_stage_*` gauges (done, total, share, seconds left), the train loop
 its loss, learning rate, throughput, KL and probe scores. The operator *pulls* them from the rank-0
 pod of the running stage (the pull variant KEP-2779 considered; the push variant would need a
-service-account token in trainer pods, which forgetless pods do not mount). runtime.Runtime does the
-I/O at most every `--progress-seconds` per job; this module decides what is read and what is written:
+service-account token in trainer pods, which forgetless pods do not mount). `LiveProgress` does the
+I/O at most every `--progress-seconds` per job; the pure functions decide what is read and written:
 
 - `scrape_target(status, pods)`: the running stage and its rank-0 pod's metrics URL, or None;
 - `trainer_status(stage, text, now)`: the trainerStatus a /metrics text gives;
 - `settle(status, now_s)`: what a reconcile does to it on transitions (a new stage starts at 0, a
   finished job shows 100 with nothing left, a failed one keeps its last values without an ETA).
+
+Reads (its `Concern`): of a pod, where its progress can be read (`metrics_url`: a pod going Running
+with an IP is news to a reconcile, which then tracks it).
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, Optional
+import asyncio
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Awaitable, Callable, Iterable, Mapping, Optional
 
+from forgetless.api.schema import API_VERSION, KIND
 from forgetless.lifecycle import STAGES
-from forgetless.timefmt import format_duration
+from forgetless.timefmt import fmt_time, format_duration
+from forgetless.vocabulary import COMPLETION_INDEX_ANNOTATION
 
-from forgetless_operator.children import COMPLETION_INDEX_ANNOTATION, METRICS_PORT
+from forgetless_operator.finetunejob.children import METRICS_PORT
+from forgetless_operator.finetunejob.reads import Concern
+from forgetless_operator.kit.client import ApiError, KubeClient
+from forgetless_operator.kit.status import write_status
+from forgetless_operator.metrics import OperatorMetrics
+
+log = logging.getLogger("forgetless.operator")
 
 # /metrics family -> trainerStatus metric name (the train loop's values; samples without a stage label)
 TRAIN_METRICS = {
@@ -166,3 +181,105 @@ def settle(status: dict[str, Any], now_s: str) -> None:
     stage = running_stage(status)
     if stage is not None and (current is None or current.get("stage") != stage):
         status["trainerStatus"] = {"stage": stage, "progressPercentage": 0, "lastUpdatedTime": now_s}
+
+
+CONCERN = Concern("progress", pod_facts=lambda pod: (metrics_url(pod),))
+
+
+# --------------------------------------------------------------------------- the live reads
+
+
+@dataclass
+class LiveTarget:
+    """A job with a running stage whose progress can be read: where, and the object version it was seen at."""
+
+    stage: str
+    url: str
+    resource_version: str
+    trainer_status: Optional[dict]
+
+
+class LiveProgress:
+    """The running stages' progress, read from their rank-0 pods' /metrics into status.trainerStatus:
+    `track` (after each reconcile: where to read, or nothing) and `read_pass` (the progress loop)."""
+
+    def __init__(self, kube: KubeClient, metrics: OperatorMetrics, clock: Callable[[], datetime],
+                 wrote: Callable[[str, str, Any], None], scrape: Optional[Callable[[str], Awaitable[str]]] = None,
+                 timeout: float = 3.0) -> None:
+        self.kube, self.metrics, self.clock, self.wrote = kube, metrics, clock, wrote
+        self.scrape, self.timeout = scrape, timeout  # scrape: a pod's /metrics text (tests inject one)
+        self._live: dict[tuple[str, str], LiveTarget] = {}
+        self._session: Any = None  # aiohttp.ClientSession of the progress reads (no API credentials)
+
+    def track(self, namespace: str, name: str, written: Mapping[str, Any],
+              pods: Mapping[str, Iterable[Mapping[str, Any]]]) -> None:
+        """Remember where the running stage's progress can be read (or forget it: no stage running)."""
+        status = written.get("status") or {}
+        target = scrape_target(status, pods)
+        version = (written.get("metadata") or {}).get("resourceVersion")
+        if target is None or not version:
+            self._live.pop((namespace, name), None)
+            return
+        self._live[(namespace, name)] = LiveTarget(target[0], target[1], version, status.get("trainerStatus"))
+
+    def forget(self, namespace: str, name: str) -> None:
+        self._live.pop((namespace, name), None)
+
+    async def _read(self, url: str) -> str:
+        """A pod's /metrics text, GET with a plain session (never the API server's credentials)."""
+        if self.scrape is not None:
+            return await self.scrape(url)
+        import aiohttp
+
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession()
+        async with self._session.get(url, timeout=aiohttp.ClientTimeout(total=self.timeout)) as response:
+            response.raise_for_status()
+            return await response.text()
+
+    async def read_pass(self, concurrency: int = 32) -> int:
+        """Read each running stage's progress and write the changed ones to status.trainerStatus (the
+        PATCH carries the resourceVersion the job was seen at: a reconcile that wrote meanwhile wins, and
+        the next one re-tracks). A pod that does not answer is skipped; returns how many were written."""
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(key: tuple[str, str], target: LiveTarget) -> bool:
+            async with gate:
+                try:
+                    text = await self._read(target.url)
+                except Exception as exc:  # noqa: BLE001 - a pod still loading, or gone: next pass
+                    log.debug("progress of %s/%s: %s unreachable: %s", *key, target.url, exc)
+                    return False
+            new = trainer_status(target.stage, text, fmt_time(self.clock()), job=key[1])
+            if new is None or same_progress(new, target.trainer_status) or self._live.get(key) is not target:
+                return False
+            try:
+                written = await write_status(self.kube, API_VERSION, KIND, key[0], key[1],
+                                             {"trainerStatus": target.trainer_status or {}}, {"trainerStatus": new},
+                                             resource_version=target.resource_version)
+            except ApiError as exc:
+                if exc.status in (404, 409):  # deleted, or written meanwhile: the next reconcile re-tracks
+                    if self._live.get(key) is target:
+                        self._live.pop(key, None)
+                    return False
+                raise
+            if written is None:
+                return False
+            self.wrote(key[0], key[1], written)
+            if self._live.get(key) is target:
+                target.resource_version = (written.get("metadata") or {}).get("resourceVersion", "")
+                target.trainer_status = (written.get("status") or {}).get("trainerStatus")
+            self.metrics.progress(key[0], key[1], (written.get("status") or {}).get("trainerStatus"))
+            return True
+
+        results = await asyncio.gather(*(one(k, t) for k, t in list(self._live.items())), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                self.metrics.error("")
+                log.warning("progress update failed: %s", result)
+        return sum(1 for r in results if r is True)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None

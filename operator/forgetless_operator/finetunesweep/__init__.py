@@ -1,0 +1,1 @@
+"""The FineTuneSweep controller: trials as owned FineTuneJobs (reconcile.py, pure; controller.py, the I/O)."""
