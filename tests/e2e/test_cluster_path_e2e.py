@@ -441,8 +441,10 @@ def test_a_60_task_suite_goes_through_the_cluster_result_channel(cluster: Cluste
     from forgetless.gate import evaluate_gate
 
     assert write_suite(cluster.volume / "suites" / "split60") == 60
+    # task.source Suite: the suite's own 60 tasks, its task parts included (not the job's held-out records)
     spec = manifest("e2e-suite60", LORA, {"training": {"maxSteps": 10},
-                                          "regression": {"suite": {"path": "suites/split60", "pvc": {"claimName": CLAIM}}}})
+                                          "regression": {"suite": {"path": "suites/split60", "pvc": {"claimName": CLAIM}},
+                                                         "task": {"source": "Suite"}}})
     assert spec["spec"]["regression"]["thresholds"] == {"minTaskGain": 0}
     name = cluster.apply(spec)
     status = cluster.finish(name)
@@ -454,6 +456,7 @@ def test_a_60_task_suite_goes_through_the_cluster_result_channel(cluster: Cluste
     summary = json.loads((cluster.workdir(name) / "evaluate" / "summary.json").read_text())
     assert len(summary["paired"]) == 60
     local = evaluate_gate(summary["paired"], RegressionSpec.model_validate(spec["spec"]["regression"]))
+    local.notes = summary["gate"]["notes"]  # what the scores rest on: the stage's, which knows the target
     assert status["gate"] == local.to_status()
     assert status["phase"] == ("Blocked" if local.verdict == "Failed" else "Succeeded")
 
