@@ -45,9 +45,9 @@ def compare(run: Path, suite_ref: str | None) -> dict:
     if suite_ref is None:
         suite_ref = ((job or {}).get("spec", {}).get("regression", {}).get("suite") or {}).get("path")
     pattern = _pattern(suite_ref)
+    documents = {stage: json.loads((run / stage / "results.json").read_text()) for stage in ("baseline", "evaluate")}
     rows = []
-    for stage in ("baseline", "evaluate"):
-        results = json.loads((run / stage / "results.json").read_text())
+    for stage, results in documents.items():
         leak_tasks = {t for t, c in results["tasks"].items() if c == "format" and "leak" in t}
         for item in results["items"]:
             if item["task"] in leak_tasks:
@@ -55,8 +55,7 @@ def compare(run: Path, suite_ref: str | None) -> dict:
     regex_leaks = sum(r for _, r, _ in rows)
     caught = sum(d for _, r, d in rows if r)
     only_detector = sum(d and not r for _, r, d in rows)
-    base = json.loads((run / "baseline" / "results.json").read_text())
-    final = json.loads((run / "evaluate" / "results.json").read_text())
+    base, final = documents["baseline"], documents["evaluate"]
     calibration = base["meta"].get("formatDetector") or {}
     return {
         "run": run.name, "suite": suite_ref, "answers": len(rows),

@@ -151,22 +151,27 @@ def _positives(task_answers: Sequence[str]) -> list[str]:
     return positives
 
 
-def _signature(positives: Sequence[str], negatives: Sequence[str]) -> list[Pair]:
-    in_task: Counter = Counter()
-    for answer in positives:
-        in_task.update(token_pairs(answer))
-    in_ordinary: Counter = Counter()
-    for answer in negatives:
-        in_ordinary.update(token_pairs(answer))
+def _pair_counts(answers: Sequence[str]) -> Counter:
+    """In how many of `answers` each token pair occurs."""
+    counts: Counter = Counter()
+    for answer in answers:
+        counts.update(token_pairs(answer))
+    return counts
+
+
+def _signature(in_task: Counter, n_task: int, negatives: Sequence[str]) -> list[Pair]:
+    """The signature from the task answers' pair counts (`in_task`, over `n_task` answers) against `negatives`."""
+    in_ordinary = _pair_counts(negatives)
     allowed = int(MAX_ORDINARY_SHARE * len(negatives))
-    pairs = [p for p, n in in_task.items() if n >= MIN_TASK_SHARE * len(positives) and in_ordinary[p] <= allowed]
+    pairs = [p for p, n in in_task.items() if n >= MIN_TASK_SHARE * n_task and in_ordinary[p] <= allowed]
     pairs.sort(key=lambda p: (-in_task[p], in_ordinary[p], p))
     return pairs[:MAX_SIGNATURE]
 
 
 def refit(task_answers: Sequence[str], ordinary_answers: Sequence[str]) -> FormatDetector:
     """The detector `learn` returns for the same answers, without the calibration (deterministic)."""
-    return FormatDetector(_signature(_positives(task_answers), ordinary_answers))
+    positives = _positives(task_answers)
+    return FormatDetector(_signature(_pair_counts(positives), len(positives), ordinary_answers))
 
 
 def cut(answer: str, tokens: int | None) -> str:
@@ -189,14 +194,16 @@ def learn(task_answers: Sequence[str], ordinary_answers: Sequence[str], held_out
                   f"answers to open-ended prompts, {len(held_out_answers)} held-out; {MIN_ANSWERS} of each needed)")
         return None, Calibration(False, None, None, signature=(), seconds=time.perf_counter() - began,
                                  reason=reason, **counts), [False] * len(negatives)
+    in_task = _pair_counts(positives)  # the same for every fold: counted once
     folds = min(FOLDS, len(negatives))
     out_of_fold = [False] * len(negatives)
     for fold in range(folds):
-        without = FormatDetector(_signature(positives, [a for i, a in enumerate(negatives) if i % folds != fold]))
+        without = FormatDetector(_signature(in_task, len(positives),
+                                            [a for i, a in enumerate(negatives) if i % folds != fold]))
         held = [i for i in range(len(negatives)) if i % folds == fold]
         for i, flag in zip(held, without.task_like([negatives[i] for i in held])):
             out_of_fold[i] = flag
-    detector = FormatDetector(_signature(positives, negatives))
+    detector = FormatDetector(_signature(in_task, len(positives), negatives))
     detection = sum(detector.task_like([cut(a, budget_tokens) for a in held_out_answers])) / len(held_out_answers)
     false_positives = sum(out_of_fold) / len(negatives)
     usable = bool(detector.signature) and detection >= MIN_DETECTION and false_positives <= MAX_FALSE_POSITIVES

@@ -185,13 +185,16 @@ def item_of(example: Any, index: int) -> dict[str, Any]:
     return item
 
 
-def own_task(split: HeldOutSplit, spec: FineTuneJobSpec) -> tuple[SuiteTask, str]:
-    """(the `task` category's suite task, how it is scored)."""
+def own_task(spec: FineTuneJobSpec, base_dir: Path | None = None) -> tuple[HeldOutSplit, SuiteTask, str]:
+    """(the held-out split, the `task` category's suite task made of it, the note saying where its items come
+    from and how they are scored)."""
+    split = held_out_split(spec, base_dir)
     targets = [e.response for e in split.held_out]
     scorer, why = choose_scorer(targets, spec.regression.task.scorer)
     options = {"min_similarity": spec.regression.task.min_similarity} if scorer == "similarity" else {}
     items = tuple(item_of(e, i) for i, e in enumerate(split.held_out))
-    return SuiteTask(OWN_TASK, TASK_CATEGORY, scorer, _max_new_tokens(targets), options, items), why
+    task = SuiteTask(OWN_TASK, TASK_CATEGORY, scorer, _max_new_tokens(targets), options, items)
+    return split, task, f"{split.sentence()}; scored by {scorer} ({why})"
 
 
 def compose_suite(suite: Suite, spec: FineTuneJobSpec, base_dir: Path | None = None) -> tuple[Suite, HeldOutSplit | None, list[str]]:
@@ -204,10 +207,9 @@ def compose_suite(suite: Suite, spec: FineTuneJobSpec, base_dir: Path | None = N
         note = (f"task: the suite's own task category ({why})" if has_task
                 else f"task: not scored — {why} and the suite {suite.name} has no task category")
         return suite, None, [note]
-    split = held_out_split(spec, base_dir)
-    task, why = own_task(split, spec)
+    split, task, note = own_task(spec, base_dir)
     dropped = [t.name for t in suite.tasks if t.category == TASK_CATEGORY]
-    notes = [f"{split.sentence()}; scored by {task.scorer} ({why})"]
+    notes = [note]
     if dropped:
         notes.append(f"task: the suite's own task ({', '.join(dropped)}) is not scored — the job's held-out records "
                      "are its task (regression.task.source: Suite keeps the suite's)")

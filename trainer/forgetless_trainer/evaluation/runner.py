@@ -103,11 +103,8 @@ def job_target(spec: FineTuneJobSpec, base_dir: Path | None = None) -> EvalTarge
         notes = ["format: lm-eval tasks have no open-ended prompts, so format leaks are not looked for"]
         if not own_task.uses_held_out(spec):
             return replace(base, notes=tuple(["task: the lm-eval tasks' own task category, if any"] + notes))
-        split = own_task.held_out_split(spec, base_dir)
-        task, why = own_task.own_task(split, spec)
-        own = _Suite("own-task", "1", (task,))
-        return replace(base, suite=own, split=split,
-                       notes=tuple([f"{split.sentence()}; scored by {task.scorer} ({why})"] + notes))
+        split, task, note = own_task.own_task(spec, base_dir)
+        return replace(base, suite=_Suite("own-task", "1", (task,)), split=split, notes=tuple([note] + notes))
     composed, split, notes = own_task.compose_suite(base.suite, spec, base_dir)
     mode = spec.regression.format_leak.detector
     learned = tuple(t.name for t in composed.tasks if t.needs_learned_detector(mode))
@@ -273,9 +270,10 @@ def store_baseline(cache: BaselineCache, keys: tuple[str, ...], result: Evaluati
 
 def cached_baseline(cache: BaselineCache, keys: tuple[str, ...], target: EvalTarget, limit: int | None) -> EvaluationResult | None:
     """The cached baseline under the first key that holds one for exactly this suite content and limit."""
+    digests = target.accepted_digests(limit)
     for key in keys:
         entry = None
-        for digest in target.accepted_digests(limit):
+        for digest in digests:
             entry = entry or cache.get(key, suite_digest=digest)
         if entry is not None and entry.get("limit") != limit:
             continue
