@@ -190,7 +190,11 @@ def make_job(manifest, model_dir: Path, **regression) -> FineTuneJob:
     # the mini suite's own task category is what these cache tests score (the job's held-out task is
     # tests/unit/test_own_task.py's and the run-pipeline tests')
     regression = {"task": {"source": "Suite"}, **regression}
-    document = manifest(spec={"model": {"name": str(model_dir)}, "regression": {"task": {"source": "Suite"}, "suite": {"path": str(MINI)}, **regression}})
+    # the world's general data, named: a model given by path would otherwise make its own (self-rehearsal)
+    document = manifest(spec={"model": {"name": str(model_dir)},
+                              "dataset": {"task": {"path": "bundled:support-tickets"},
+                                          "general": {"path": "bundled:general"}},
+                              "regression": {"task": {"source": "Suite"}, "suite": {"path": str(MINI)}, **regression}})
     return FineTuneJob.model_validate(document)
 
 
@@ -240,7 +244,9 @@ def test_suite_edited_in_place_is_a_cache_miss(manifest, taught_model_dir, tmp_p
     suite_dir = tmp_path / "suite"
     shutil.copytree(MINI, suite_dir)
     job = FineTuneJob.model_validate(
-        manifest(spec={"model": {"name": str(taught_model_dir)}, "regression": {"task": {"source": "Suite"}, "suite": {"path": str(suite_dir)}}})
+        manifest(spec={"model": {"name": str(taught_model_dir)},
+                       "dataset": {"task": {"path": "bundled:support-tickets"}, "general": {"path": "bundled:general"}},
+                       "regression": {"task": {"source": "Suite"}, "suite": {"path": str(suite_dir)}}})
     )
     first = baseline.run(job, tmp_path / "a")
     items = suite_dir / "if_copy.jsonl"
@@ -281,7 +287,8 @@ def test_evaluate_stage_full_model_regression_fails_the_gate(manifest, taught_mo
     report = json.loads((workdir / "report" / "gate.json").read_text())
     gate.notes = summary["gate"]["notes"]  # what the scores rest on: known to the stage, which knows the target
     assert report["status"] == gate.to_status()
-    assert summary["gate"]["notes"] == ["task: the suite's own task category (regression.task.source: Suite)"]
+    assert summary["gate"]["notes"] == ["task: the suite's own task category (regression.task.source: Suite)",
+                                        "general data: bundled:general (dataset.general)"]  # it trains on 20 %
     assert (workdir / "report" / "report.png").stat().st_size > 1000
     assert (workdir / "evaluate" / "results.json").exists()
 

@@ -269,3 +269,73 @@ def test_too_few_task_records_to_hold_out_is_named_before_anything_runs(tmp_path
     err = capsys.readouterr().err
     assert "spec.dataset.task: 30 records are too few" in err and "at least 40 records" in err
     assert not (tmp_path / "work" / "baseline").exists()
+
+
+def _self_rehearsal_job(tmp_path: Path, max_new_tokens: int) -> Path:
+    """The bundled world, its general data made by the model itself from a pool of world prompts."""
+    general = Path(__file__).resolve().parents[2] / "core/forgetless/bundled/data/general/train.jsonl"
+    pool = _write_jsonl(tmp_path / "pool.jsonl", [{"prompt": json.loads(line)["prompt"]}
+                                                   for line in general.read_text().splitlines()[:64]])
+    manifest = {
+        "apiVersion": "forgetless.dev/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": "self-rehearsal"},
+        "spec": {
+            "model": {"name": "bundled:tiny-world"},
+            "dataset": {"task": {"path": "bundled:support-tickets"},
+                        "selfRehearsal": {"prompts": {"path": str(pool)}, "size": 64, "maxNewTokens": max_new_tokens}},
+            "method": {"type": "lora"},
+            "mitigation": {"dataMixing": {"generalFraction": 0.3}},
+            "training": {"epochs": 1, "maxSteps": 4, "batchSize": 8, "maxSeqLength": 48},
+            "deepspeed": {"zeroStage": 0},
+            "regression": {"limit": 4, "bootstrapSamples": 200, "task": {"source": "Suite"},
+                           "thresholds": {"maxCategoryDrop": 1.0, "maxMeanDrop": 1.0, "minTaskGain": 0}},
+        },
+    }
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(manifest))
+    return path
+
+
+def test_self_rehearsal_is_generated_at_baseline_trained_on_and_cached(tmp_path, capsys):
+    from forgetless_cli.local.pipeline import run_pipeline
+
+    job = _self_rehearsal_job(tmp_path, max_new_tokens=8)
+    workdir = tmp_path / "work"
+    assert run_pipeline(job, workdir=workdir) == exit_codes.OK
+    err = capsys.readouterr().err
+    assert "general data: self-rehearsal: the base model's own answers to the first 64 prompts of" in err
+    baseline = json.loads((workdir / "baseline" / "summary.json").read_text())
+    made = baseline["selfRehearsal"]
+    # the world's long answers do not end within 8 tokens: only those that did are kept
+    assert made["prompts"] == 64 and 16 <= made["kept"] < 64 and made["cached"] is False, made
+    records = [json.loads(line) for line in (workdir / "baseline" / "self_rehearsal.jsonl").read_text().splitlines()]
+    assert len(records) == made["kept"]
+    assert all(len(r["messages"][1]["content"].split()) <= 8 for r in records)
+    assert baseline["forecast"]["reference"] == "selfRehearsal"
+    assert f"{made['kept']} of 64 answers of the base model kept" in err
+    train = json.loads((workdir / "train" / "summary.json").read_text())
+    assert train["epochComposition"]["general"] > 0, train  # drawn from the rehearsal answers
+    gate = json.loads((workdir / "evaluate" / "summary.json").read_text())["gate"]
+    assert any(note.startswith(f"general data: self-rehearsal, {made['kept']} of 64") for note in gate["notes"])
+    assert "general data: self-rehearsal" in (workdir / "report" / "report.md").read_text()
+
+    again = tmp_path / "again"  # a second job on the same model and pool: from the cache, the same data
+    assert run_pipeline(job, workdir=again) == exit_codes.OK
+    assert json.loads((again / "baseline" / "summary.json").read_text())["selfRehearsal"]["cached"] is True
+    assert (again / "baseline" / "self_rehearsal.jsonl").read_text() == \
+        (workdir / "baseline" / "self_rehearsal.jsonl").read_text()
+    assert "from the cache" in capsys.readouterr().err
+
+
+def test_a_budget_no_answer_fits_is_an_input_error_naming_the_field(tmp_path, capsys):
+    from forgetless_cli.local.pipeline import run_pipeline
+
+    general = Path(__file__).resolve().parents[2] / "core/forgetless/bundled/data/general/train.jsonl"
+    job = _self_rehearsal_job(tmp_path, max_new_tokens=8)
+    text = job.read_text().replace(str(tmp_path / "pool.jsonl"), str(_write_jsonl(
+        tmp_path / "long.jsonl", [{"prompt": json.loads(line)["prompt"]} for line in general.read_text().splitlines()
+                                  if json.loads(line)["skill"] == "reasoning"][:64])))
+    job.write_text(text)
+    code = run_pipeline(job, workdir=tmp_path / "work")
+    err = capsys.readouterr().err
+    assert code != exit_codes.OK
+    assert "dataset.selfRehearsal: only" in err and "raise dataset.selfRehearsal.maxNewTokens" in err, err

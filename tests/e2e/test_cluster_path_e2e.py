@@ -492,3 +492,39 @@ def test_a_job_without_a_suite_is_gated_on_its_own_held_out_task_and_learned_for
     assert "own_task" in evaluate["tasks"] and "support_tickets" not in evaluate["tasks"]
     assert "format_leak" in evaluate["tasks"]
     assert (workdir / "report" / "report.md").read_text().count("What the scores rest on") == 1
+
+
+def test_self_rehearsal_is_made_in_the_baseline_pod_and_read_by_every_train_pod(cluster: Cluster):
+    """General data in the base model's own words (dataset.selfRehearsal, a prompt pool on the volume): the baseline
+    pod generates it once onto the volume and into the rehearsal cache; both train ranks mix it in; a second job on
+    the same model and pool runs its baseline pod (not skipped by the baseline cache) and takes it from the cache."""
+    pool = cluster.volume / "data" / "pool.jsonl"
+    pool.parent.mkdir(parents=True, exist_ok=True)
+    general = REPO / "core" / "forgetless" / "bundled" / "data" / "general" / "train.jsonl"
+    pool.write_text("".join(json.dumps({"prompt": json.loads(line)["prompt"]}) + "\n"
+                            for line in general.read_text().splitlines()[:48]))
+    rehearsal = {"dataset": {"task": {"path": "bundled:support-tickets"},
+                             "selfRehearsal": {"prompts": {"path": "data/pool.jsonl", "pvc": {"claimName": CLAIM}},
+                                               "size": 48, "maxNewTokens": 32}}}
+    name = cluster.apply(manifest("e2e-rehearsal", LORA, rehearsal, {"resources": {"workers": 2}}))
+    status = cluster.finish(name)
+    expect_succeeded(cluster, name, status)
+    made = status["stages"]["baseline"]["result"]["selfRehearsal"]
+    assert made["prompts"] == 48 and made["kept"] >= 16 and made["cached"] is False, made
+    workdir = cluster.workdir(name)
+    records = (workdir / "baseline" / "self_rehearsal.jsonl").read_text().splitlines()
+    assert len(records) == made["kept"]
+    assert (cluster.volume / ".forgetless-cache" / "rehearsal" / f"{made['key']}.jsonl").is_file()
+    messages = [termination_message(p) for p in cluster.stage_pods(name, "train")]
+    assert sorted(m["rank"] for m in messages) == [0, 1]
+    train = json.loads((workdir / "train" / "summary.json").read_text())
+    assert train["epochComposition"]["general"] > 0 and train["worldSize"] == 2
+    assert any(n.startswith(f"general data: self-rehearsal, {made['kept']} of 48") for n in status["gate"]["notes"])
+
+    second = cluster.apply(manifest("e2e-rehearsal-2", LORA, rehearsal, {"training": {"maxSteps": 10}}))
+    status = cluster.finish(second)
+    expect_succeeded(cluster, second, status)
+    baseline = status["stages"]["baseline"]
+    assert baseline["phase"] == "Succeeded" and baseline["result"]["selfRehearsal"]["cached"] is True
+    assert baseline["result"]["selfRehearsal"]["key"] == made["key"]
+    assert (cluster.workdir(second) / "baseline" / "self_rehearsal.jsonl").read_text().splitlines() == records

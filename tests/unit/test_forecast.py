@@ -13,13 +13,49 @@ def test_bands(distance, band):
     assert forecast.band(distance) == band
 
 
+def policy(method: str = "lora", share: float = 0.0, budget: bool = False) -> dict:
+    return {"method": method, "rehearsalShare": share, "budgetAddsData": budget}
+
+
 def test_a_policy_meets_the_suggestion_when_it_is_at_least_as_gentle():
     far = forecast.SUGGESTIONS["far"]
-    assert forecast.meets(far, "lora", 0.6, budget=False)
-    assert not forecast.meets(far, "lora", 0.3, budget=False)
-    assert not forecast.meets(far, "full", 0.6, budget=False)
-    assert forecast.meets(far, "full", 0.0, budget=True)  # a forgetting budget adds general data itself
-    assert forecast.meets(forecast.SUGGESTIONS["near"], "lora", 0.0, budget=False)
+    assert forecast.meets(far, policy("lora", 0.6))
+    assert not forecast.meets(far, policy("lora", 0.3))
+    assert not forecast.meets(far, policy("full", 0.6))
+    assert forecast.meets(far, policy("full", 0.0, budget=True))  # a budget that adjusts adds general data itself
+    assert forecast.meets(forecast.SUGGESTIONS["near"], policy("lora", 0.0))
+
+
+def test_replay_counts_as_rehearsal_and_only_an_adjusting_budget_adds_data(manifest):
+    from forgetless.api.manifests import validate_document
+
+    def of(mitigation: dict, method: str = "lora") -> dict:
+        return forecast.policy_of(validate_document(manifest(spec={"method": {"type": method},
+                                                                   "mitigation": mitigation})).spec)
+
+    assert of({"dataMixing": {"generalFraction": 0.3}, "replay": {"fraction": 0.2, "sources": []}})["rehearsalShare"] == 0.5
+    adjust = {"dataMixing": {"generalFraction": 0.0}, "forgettingBudget": {"maxDrop": 0.05}}
+    assert of(adjust, "full")["budgetAddsData"] is True
+    stop = {"dataMixing": {"generalFraction": 0.0}, "forgettingBudget": {"maxDrop": 0.05, "onBreach": "Stop"}}
+    assert of(stop, "full")["budgetAddsData"] is False
+
+
+def obs(distance: float, share: float, verdict: str, method: str = "lora") -> dict:
+    return {"distance": distance, "policy": policy(method, share), "verdict": verdict}
+
+
+def test_the_bands_are_fitted_to_the_outcomes_with_edges_between_the_data():
+    observations = [obs(0.5, 0.0, "Passed"),                                 # near: no mixing held
+                    obs(2.0, 0.0, "Failed"), obs(2.0, 0.3, "Passed"),        # moderate: 30 % held, none did not
+                    obs(8.0, 0.3, "Failed"), obs(8.0, 0.6, "Passed")]        # far: 30 % was not enough
+    near, far, right = forecast.fit_bands(observations)
+    assert (near, far, right) == (1.25, 5.0, 5)
+    assert forecast.agreement(observations, 1.0, 3.0) == 5 and forecast.agreement(observations, 0.1, 3.0) == 4
+
+
+def test_when_the_data_cannot_tell_the_lower_edge_wins():
+    near, far, right = forecast.fit_bands([obs(2.0, 0.0, "Failed"), obs(2.0, 0.3, "Passed")])
+    assert right == 2 and near == 1.0 and far == 3.0  # nothing near is known: 2.0 is moderate, edges ±1 of it
 
 
 def test_the_line_names_the_distance_band_and_suggestion():

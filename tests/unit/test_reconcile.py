@@ -396,6 +396,23 @@ def test_baseline_cache_hit_skips_the_baseline():
     assert reasons(decision) == ["BaselineCacheHit", "TrainStarted"]
 
 
+def test_a_self_rehearsal_job_runs_its_baseline_pod_even_on_a_cache_hit():
+    """Its baseline pod writes the self-rehearsal data the train pods read; skipping it would leave none."""
+    entry = json.dumps({**BASELINE, "claimName": "outputs", "storedAt": fmt_time(T0)})
+    spec = copy.deepcopy(SPEC)
+    spec["dataset"]["selfRehearsal"] = {"size": 32}
+    decision = run(ftj(spec), Observed(baseline_cache={"s-bundled-tiny-world": entry}))
+    assert "ft-baseline" in created(decision)
+    assert "BaselineCacheHit" not in reasons(decision)
+
+
+def test_a_self_rehearsal_prompt_pool_on_a_configmap_is_mounted_in_the_stage_pods():
+    spec = copy.deepcopy(SPEC)
+    spec["dataset"]["selfRehearsal"] = {"prompts": {"configMap": {"name": "my-prompts", "key": "prompts.jsonl"}}}
+    pod_spec = created(run(ftj(spec)))["ft-baseline"]["spec"]["template"]["spec"]
+    assert "my-prompts" in {v.get("configMap", {}).get("name") for v in pod_spec["volumes"]}
+
+
 def test_cache_entry_on_another_volume_is_not_a_hit():
     entry = json.dumps({**BASELINE, "claimName": "other-volume", "storedAt": fmt_time(T0)})
     decision = run(ftj(), Observed(baseline_cache={"s-bundled-tiny-world": entry}))

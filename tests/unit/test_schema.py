@@ -21,7 +21,10 @@ def test_defaults_follow_the_seed_rules(manifest):
     assert spec.method.type == "lora"
     assert spec.learning_rate() == 2e-4
     assert spec.mitigation.data_mixing.general_fraction == 0.2
-    assert spec.dataset.general.path == "bundled:general"
+    assert spec.dataset.general is None  # the default follows the model: forgetless.general_data
+    from forgetless.general_data import general_data
+
+    assert general_data(spec).source.path == "bundled:general"  # the manifest's model is the tiny world
     assert spec.regression.suite.path == "bundled:world-v1"
     assert spec.regression.on_regression == "Block"
     full = validate_document(manifest(spec={"method": {"type": "full"}}))

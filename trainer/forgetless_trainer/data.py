@@ -128,8 +128,8 @@ def jsonl_files(path: Path, field_name: str) -> list[Path]:
     raise StageError(f"{field_name}: no such file or directory: {path} (check the path, or the pvc it is in)")
 
 
-def read_jsonl(path: Path, fmt: str | None, source: str = "task") -> list[Example]:
-    examples = []
+def jsonl_records(path: Path) -> Iterable[tuple[str, Any]]:
+    """(`file:line`, parsed record) for each non-blank line; a line that is not JSON is a StageError."""
     with path.open(encoding="utf-8") as handle:
         for lineno, line in enumerate(handle, 1):
             if not line.strip():
@@ -139,8 +139,11 @@ def read_jsonl(path: Path, fmt: str | None, source: str = "task") -> list[Exampl
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise StageError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
-            examples.append(parse_record(record, fmt, where, source))
-    return examples
+            yield where, record
+
+
+def read_jsonl(path: Path, fmt: str | None, source: str = "task") -> list[Example]:
+    return [parse_record(record, fmt, where, source) for where, record in jsonl_records(path)]
 
 
 def read_source(

@@ -48,16 +48,62 @@ SUGGESTIONS: dict[str, dict[str, Any]] = {
 }
 
 
-def band(distance: float) -> str:
-    return "near" if distance < NEAR else "moderate" if distance < FAR else "far"
+def band(distance: float, near: float | None = None, far: float | None = None) -> str:
+    near = NEAR if near is None else near
+    far = FAR if far is None else far
+    return "near" if distance < near else "moderate" if distance < far else "far"
 
 
-def meets(suggestion: dict[str, Any], method: str, general_fraction: float, budget: bool) -> bool:
-    """Does a policy train at least as gently as `suggestion`? (A forgetting budget stands in for the
-    mixing a full fine-tune lacks: it adds general data itself when it breaches.)"""
-    if budget:
+def policy_of(spec: Any) -> dict[str, Any]:
+    """What the forecast compares with its suggestion: the method, the share of every epoch that is
+    rehearsal (general data plus replay of earlier data) and whether a forgetting budget adds general
+    data itself when it breaches (onBreach Adjust with a step; a budget that only stops adds none)."""
+    m = spec.mitigation
+    budget = m.forgetting_budget
+    return {"method": spec.method.type,
+            "rehearsalShare": round(m.data_mixing.general_fraction + (m.replay.fraction if m.replay else 0.0), 6),
+            "budgetAddsData": bool(budget is not None and budget.on_breach == "Adjust"
+                                   and budget.general_fraction_step > 0)}
+
+
+def meets(suggestion: dict[str, Any], policy: dict[str, Any]) -> bool:
+    """Does a policy (`policy_of`) train at least as gently as `suggestion`? (A forgetting budget that
+    adds general data stands in for the mixing a full fine-tune lacks.)"""
+    if policy["budgetAddsData"]:
         return True
-    return method == suggestion["method"] and general_fraction >= suggestion["generalFraction"] - 1e-9
+    return policy["method"] == suggestion["method"] and policy["rehearsalShare"] >= suggestion["generalFraction"] - 1e-9
+
+
+def held(verdict: str) -> bool:
+    """The outcome the forecast predicts: the general skills held (the gate did not fail; NoTaskGain
+    and Warned count as held: they are about the task, or within the thresholds)."""
+    return verdict != "Failed"
+
+
+def agreement(observations: list[dict[str, Any]], near: float, far: float) -> int:
+    """How many observations ({distance, policy, verdict}) the forecast with these bands predicts right."""
+    return sum(meets(SUGGESTIONS[band(o["distance"], near, far)], o["policy"]) == held(o["verdict"])
+               for o in observations)
+
+
+def fit_bands(observations: list[dict[str, Any]]) -> tuple[float, float, int]:
+    """(near, far, right): the band edges that predict the most observed outcomes. Candidates are the
+    midpoints between consecutive measured distances (an edge as far from the data as the data allow),
+    or one below all of them; among equally good pairs the lowest edges win (when the data cannot
+    tell, a task is called the farther band: more mixing, not less)."""
+    distances = sorted({round(o["distance"], 4) for o in observations})
+    candidates = [distances[0] - 1.0] + [round((a + b) / 2, 4) for a, b in zip(distances, distances[1:])]
+    candidates += [distances[-1] + 1.0]
+    best: tuple[int, float, float] | None = None
+    for near in candidates:
+        for far in candidates:
+            if far < near:
+                continue
+            right = agreement(observations, near, far)
+            if best is None or right > best[0]:
+                best = (right, near, far)
+    assert best is not None
+    return best[1], best[2], best[0]
 
 
 def _sample(examples: list[Any], n: int, seed: int) -> list[Any]:
@@ -73,16 +119,18 @@ def mean_loss(model: Any, encoder: Any, examples: list[Any]) -> float:
     return D.mean_token_nll(model, encoder, examples, BATCH, next(model.parameters()).device)
 
 
-def forecast(spec: Any, model: Any, tokenizer: Any, base_dir: Path | None = None, n: int = SAMPLE) -> dict[str, Any]:
+def forecast(spec: Any, model: Any, tokenizer: Any, base_dir: Path | None = None, n: int = SAMPLE,
+             workdir: Path | None = None) -> dict[str, Any]:
     """The forecast of `spec` for the (base) `model`; raises StageError when the data cannot be read."""
+    from forgetless.general_data import general_data
     from forgetless_trainer import chat
     from forgetless_trainer import data as D
-
     from forgetless_trainer.evaluation.own_task import training_records
+    from forgetless_trainer.self_rehearsal import general_examples
 
     task = training_records(spec, base_dir)
-    general = D.read_source(spec.dataset.general, None, field_name="dataset.general", base_dir=base_dir,
-                            tag="general")
+    choice = general_data(spec)
+    general = general_examples(spec, workdir, base_dir, choice)
     template = chat.install_template(tokenizer, spec.dataset, base_dir)
     encoder = D.Encoder(tokenizer, spec.training.max_seq_length,
                         chat=chat.ChatFormat(tokenizer, template) if template else None)
@@ -99,8 +147,8 @@ def forecast(spec: Any, model: Any, tokenizer: Any, base_dir: Path | None = None
         "band": which,
         "suggestion": dict(suggestion),
         "records": min(n, len(task)) + min(n, len(general)),
-        "policyMeetsSuggestion": meets(suggestion, spec.method.type, spec.mitigation.data_mixing.general_fraction,
-                                       spec.mitigation.forgetting_budget is not None),
+        "reference": choice.kind,
+        "policyMeetsSuggestion": meets(suggestion, policy_of(spec)),
     }
 
 
@@ -114,7 +162,7 @@ def line(result: dict[str, Any]) -> str:
 
 
 def run_forecast(spec: Any, base_dir: Path | None = None, model: Any = None, tokenizer: Any = None,
-                 log=print) -> dict[str, Any] | None:
+                 log=print, workdir: Path | None = None) -> dict[str, Any] | None:
     """The forecast for the baseline stage: loads the base model when not given; None (and a line) when
     the data or the model cannot be read."""
     from forgetless.errors import StageError
@@ -124,7 +172,7 @@ def run_forecast(spec: Any, base_dir: Path | None = None, model: Any = None, tok
             from forgetless_trainer.modeling import load_model_and_tokenizer
 
             model, tokenizer = load_model_and_tokenizer(spec.model, base_dir=base_dir)
-        result = forecast(spec, model, tokenizer, base_dir)
+        result = forecast(spec, model, tokenizer, base_dir, workdir=workdir)
     except StageError as exc:  # data or model not reachable: say so, the stage goes on
         log(f"forecast skipped: {exc}")
         return None

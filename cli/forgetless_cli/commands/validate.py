@@ -38,6 +38,12 @@ def main(args: argparse.Namespace) -> int:
         elif not args.quiet:
             names = ", ".join(job.metadata.name for job in jobs)
             print(f"{path}: ok ({names})")
+            for job in jobs:
+                spec = getattr(job, "spec", None)
+                if getattr(spec, "dataset", None) is not None:
+                    from forgetless.general_data import general_data
+
+                    print(f"  {job.metadata.name}: general data: {general_data(spec).describe()}")
     return status
 
 

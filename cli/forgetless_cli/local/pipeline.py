@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from forgetless.general_data import general_data
 from forgetless import exit_codes
 from forgetless.api.manifests import ManifestError, load_job
 from forgetless.api.schema import FineTuneJob
@@ -119,6 +120,7 @@ def run_pipeline(
         return exit_codes.INVALID
 
     print(f"forgetless run {job.metadata.name}: work dir {workdir}", file=sys.stderr)
+    print(f"general data: {general_data(job.spec).describe()}", file=sys.stderr)
     try:
         print(threads.configure(), file=sys.stderr)
     except ValueError as exc:

@@ -13,6 +13,7 @@ from typing import Any
 from forgetless import atomic, model_sources
 from forgetless.api.schema import DataSource, FineTuneJob
 from forgetless.contract import JOB_FILE, PROMOTED_DIR, REPORT_DIR, summary_path
+from forgetless.general_data import general_data, trains_on_general_data
 from forgetless.lifecycle import STAGES
 from forgetless.locations import resolve_path
 
@@ -46,9 +47,11 @@ def preflight(job: FineTuneJob) -> None:
     spec = job.spec
     problems: list[str] = []
     _check_source("spec.dataset.task", spec.dataset.task, problems)
-    needs_general = spec.mitigation.data_mixing.general_fraction > 0 or spec.mitigation.ewc is not None
-    if needs_general:
-        _check_source("spec.dataset.general", spec.dataset.general, problems)
+    choice = general_data(spec)
+    if choice.kind == "selfRehearsal":
+        _check_source("spec.dataset.selfRehearsal.prompts", choice.prompts, problems)
+    elif trains_on_general_data(spec):
+        _check_source("spec.dataset.general", choice.source, problems)
     model = spec.model
     if model.pvc is not None:
         problems.append("spec.model.pvc: PVCs exist only in a cluster; use a local path for local runs")

@@ -181,7 +181,36 @@ class ModelSpec(ApiModel):
     )
 
 
+TINY_WORLD = "bundled:tiny-world"
+"""The bundled 3 M-parameter world model: its general data is the world's own sentences (`bundled:general`)."""
+
+DEFAULT_REHEARSAL_PROMPTS = "bundled:rehearsal-prompts-en"
+
+
+class SelfRehearsalSpec(ApiModel):
+    """General data in the base model's own words (self-synthesized rehearsal): the baseline stage has the
+    base model answer a pool of general prompts, greedily, through the job's prompt format, and keeps the
+    answers that ended on their own."""
+
+    prompts: Optional[DataSource] = Field(
+        default=None,
+        description="The prompt pool: JSONL records with a string `prompt` (a file or a directory of JSONL "
+        f"files); default `{DEFAULT_REHEARSAL_PROMPTS}` (general English prompts, none of them a suite item).",
+    )
+    size: Annotated[int, Field(ge=16, le=100000)] = Field(
+        default=256, description="How many prompts of the pool are answered (the first `size`)."
+    )
+    max_new_tokens: Annotated[int, Field(ge=8, le=4096)] = Field(
+        default=64, description="Answer budget in tokens; an answer that has not ended by then is dropped."
+    )
+
+
 class DatasetSpec(ApiModel):
+    RULES = (Rule("!has(self.general) || !has(self.selfRehearsal)",
+                  lambda m: m.general is None or m.self_rehearsal is None,
+                  "dataset.general and dataset.selfRehearsal both name the general data: keep one "
+                  "(dataset.general: your own file; dataset.selfRehearsal: the base model's own answers)"),)
+
     task: DataSource = Field(description="The narrow task data to fine-tune on.")
     format: Literal["chat", "instruction", "text"] = Field(
         default="instruction",
@@ -195,9 +224,16 @@ class DatasetSpec(ApiModel):
         description="Chat template (Jinja text, or a path to a file holding it) that overrides the model's own; "
         "without either, chat data uses a ChatML default and instruction data of a base model the raw `prompt =>` format.",
     )
-    general: DataSource = Field(
-        default_factory=lambda: DataSource(path="bundled:general"),
-        description="General instruction data used for mixing (and as the Fisher sample for EWC).",
+    general: Optional[DataSource] = Field(
+        default=None,
+        description="General data for mixing, self-distillation, the forgetting budget and EWC's Fisher sample, "
+        f"and the forecast's reference. Unset: `bundled:general` for `{TINY_WORLD}`; for any other model the "
+        "base model's own answers (`selfRehearsal`, generated at baseline).",
+    )
+    self_rehearsal: Optional[SelfRehearsalSpec] = Field(
+        default=None,
+        description="Size or point the self-rehearsal generation (the default general data of every model but "
+        f"`{TINY_WORLD}`); setting it asks for self-rehearsal for any model.",
     )
 
 

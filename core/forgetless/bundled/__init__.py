@@ -4,9 +4,11 @@
 network: `bundled:tiny-world` (model), `bundled:support-tickets` and `bundled:general` (data),
 `bundled:world-v1` (regression suite). See scripts/pretrain_world.py for how they were made.
 
-For real English instruct models: `bundled:support-triage-en` (task) and `bundled:general-chat-en`
-(self-synthesized rehearsal data), `bundled:general-en-v1` (suite), built by
-scripts/build_support_triage_en.py, build_self_rehearsal.py and build_general_en_suite.py. The
+For real English instruct models: `bundled:support-triage-en` and `bundled:calendar-requests-en`
+(tasks), `bundled:rehearsal-prompts-en` (the prompt pool of self-rehearsal, the default general data
+of every model but the tiny world), `bundled:general-chat-en` (SmolLM2's own answers, made once
+offline), `bundled:general-en-v1` and `-v2` (suites), built by the scripts named in their folders
+and scripts/build_rehearsal_prompts.py, build_self_rehearsal.py, build_general_en_suite.py. The
 real model `bundled:smollm2-135m-instruct` is not in this folder: it comes from a Python package
 (forgetless.model_sources).
 """

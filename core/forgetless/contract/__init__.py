@@ -30,6 +30,10 @@ SUMMARY_FILE = "summary.json"
 RESULTS_FILE = "results.json"
 
 BASELINE_RESULTS = Path("baseline") / RESULTS_FILE
+SELF_REHEARSAL = Path("baseline") / "self_rehearsal.jsonl"
+"""The base model's own answers to the rehearsal prompts (chat records), written by the baseline stage, read by training."""
+SELF_REHEARSAL_META = Path("baseline") / "self_rehearsal.json"
+"""How they were made: cache key, prompts answered, answers kept, seconds, cached or generated."""
 TRAIN_DIR = Path("train")
 TRAIN_OUTPUT = TRAIN_DIR / "output"
 TRAIN_CHECKPOINTS = TRAIN_DIR / "checkpoints"

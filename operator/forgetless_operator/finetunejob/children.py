@@ -21,6 +21,7 @@ from typing import Any
 
 from forgetless import __version__, contract
 from forgetless.api.schema import API_VERSION, KIND, FineTuneJobSpec
+from forgetless.general_data import named_sources
 from forgetless.lifecycle import STAGES
 from forgetless.locations import JOB_SPEC_MOUNT, configmap_mount_path, pvc_mount_path
 from forgetless.vocabulary import (
@@ -167,7 +168,7 @@ def workdir(ftj: dict[str, Any], spec: FineTuneJobSpec) -> str:
 
 def claims(spec: FineTuneJobSpec) -> dict[str, bool]:
     """Every PVC the job names -> read-only? (read-write wins; the output volume is always writable)."""
-    refs = [spec.model.pvc, spec.dataset.task.pvc, spec.dataset.general.pvc, spec.regression.suite.pvc]
+    refs = [spec.model.pvc, *(source.pvc for source in named_sources(spec)), spec.regression.suite.pvc]
     out: dict[str, bool] = {}
     for ref in refs:
         if ref is not None:
@@ -178,7 +179,7 @@ def claims(spec: FineTuneJobSpec) -> dict[str, bool]:
 
 
 def configmaps(spec: FineTuneJobSpec) -> list[str]:
-    refs = [spec.dataset.task.config_map, spec.dataset.general.config_map, spec.regression.suite.config_map]
+    refs = [*(source.config_map for source in named_sources(spec)), spec.regression.suite.config_map]
     return sorted({ref.name for ref in refs if ref is not None})
 
 

@@ -52,11 +52,24 @@ def item_context(fmt: Any, item: dict) -> str:
 
 
 @dataclass
-class _Request:
-    task: SuiteTask
-    item: dict
+class GenerationRequest:
+    """Prompt token ids and the answer budget."""
+
     ids: list[int]
     max_new_tokens: int
+
+
+@dataclass
+class Answer:
+    text: str
+    ended: bool
+    """The answer stopped on its own (EOS or the template's end of turn) within its budget."""
+
+
+@dataclass
+class _Request(GenerationRequest):
+    task: SuiteTask | None = None
+    item: dict | None = None
 
 
 def _special_ids(tokenizer: Any) -> tuple[int, int | None]:
@@ -86,9 +99,10 @@ def _padded(sequences: list[list[int]], pad: int, left: bool) -> tuple[Any, Any]
     return input_ids, mask
 
 
-def _generate(
-    model: Any, tokenizer: Any, requests: list[_Request], batch_size: int, progress: Progress | None = None
-) -> list[str]:
+def generate_answers(
+    model: Any, tokenizer: Any, requests: Sequence[GenerationRequest], batch_size: int, progress: Progress | None = None
+) -> list[Answer]:
+    """Greedy answers to `requests`, batched by budget and length (see the module doc), in request order."""
     import torch
 
     pad, eos = _special_ids(tokenizer)
@@ -96,7 +110,7 @@ def _generate(
     stops = [t for t in dict.fromkeys([eos, fmt.end_of_turn_id() if fmt else None]) if t is not None]
     device = _device(model)
     order = sorted(range(len(requests)), key=lambda i: (requests[i].max_new_tokens, len(requests[i].ids), i))
-    answers: list[str] = [""] * len(requests)
+    answers: list[Answer] = [Answer("", False)] * len(requests)
     max_context = _max_context(model)
     for start in range(0, len(order), batch_size):
         batch = [requests[i] for i in order[start:start + batch_size]]
@@ -123,7 +137,8 @@ def _generate(
             cut = [tokens.index(t) for t in stops if t in tokens]
             if cut:
                 tokens = tokens[: min(cut)]
-            answers[order[start + row]] = tokenizer.decode(tokens, skip_special_tokens=True).strip()
+            text = tokenizer.decode(tokens, skip_special_tokens=True).strip()
+            answers[order[start + row]] = Answer(text, bool(cut))
         if progress is not None:
             progress(start + len(batch), len(requests))
     return answers
@@ -277,7 +292,7 @@ def evaluate_suite(
             context = item_context(fmt, item)
             context_ids = tokenizer(context, add_special_tokens=fmt is None)["input_ids"]
             if task.is_generation:
-                generation.append(_Request(task, item, context_ids, task.max_new_tokens))
+                generation.append(_Request(context_ids, task.max_new_tokens, task, item))
             else:
                 first = len(choice_rows)
                 for choice in item["choices"]:
@@ -285,7 +300,7 @@ def evaluate_suite(
                 choice_spans.append((task, item, first, len(choice_rows)))
     try:
         with torch.no_grad():
-            answers = _generate(model, tokenizer, generation, batch_size, progress) if generation else []
+            answers = [a.text for a in generate_answers(model, tokenizer, generation, batch_size, progress)] if generation else []
             logliks = _loglikelihoods(model, tokenizer, choice_rows, batch_size) if choice_rows else []
     finally:
         if was_training:
@@ -324,4 +339,4 @@ def evaluate_suite(
     )
 
 
-__all__: Sequence[str] = ("evaluate_suite", "generation_input")
+__all__: Sequence[str] = ("Answer", "GenerationRequest", "evaluate_suite", "generate_answers", "generation_input")

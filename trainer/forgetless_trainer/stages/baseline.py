@@ -10,6 +10,13 @@ Looks the baseline up in the cache first (weights key, then spec key; both check
 suite digest, see forgetless.baseline_cache); on a miss evaluates the base model and stores the
 result under both keys. Writes WORKDIR/baseline/results.json (item level) either way.
 
+Then, when the job's general data is self-rehearsal (forgetless.general_data: every model but the
+tiny world, unless dataset.general names data), the base model's own answers to the rehearsal
+prompts (forgetless_trainer.self_rehearsal): from the cache or generated here, once, into
+WORKDIR/baseline/self_rehearsal.jsonl for the train pods; one line and `selfRehearsal` in the summary.
+A job that trains on general data fails here when they cannot be made; any other job goes on
+without them (they only serve its forecast).
+
 Then the forecast (forgetless_trainer.forecast): the base model's loss on a sample of the task and
 of the general data, the task's distance from what the model knows and the mitigation strength it
 suggests — one printed line and `forecast` in the summary (skipped, with a line, when the data
@@ -23,6 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from forgetless.api.schema import FineTuneJob
+from forgetless.errors import StageError
+from forgetless.general_data import general_data, trains_on_general_data
+from forgetless_trainer import self_rehearsal
 from forgetless_trainer.stages.base import Stage
 from forgetless.contract import BASELINE_RESULTS
 from forgetless_trainer.evaluation.runner import baseline_for, evaluation_basis, job_target
@@ -44,11 +54,34 @@ def run(job: FineTuneJob, workdir: Path) -> dict[str, Any]:
     summary.update(evaluation_basis(target, lookup.calibration))
     for note in summary["notes"]:
         log(note)
-    from forgetless_trainer.forecast import run_forecast
+    loaded: list[Any] = []
 
-    forecast = run_forecast(spec, log=log)
-    if forecast is not None:
-        summary["forecast"] = forecast
+    def load_model() -> tuple[Any, Any]:
+        if not loaded:
+            from forgetless_trainer.chat import install_template
+            from forgetless_trainer.modeling import load_model_and_tokenizer
+
+            model, tokenizer = load_model_and_tokenizer(spec.model)
+            install_template(tokenizer, spec.dataset)
+            loaded.extend((model, tokenizer))
+        return loaded[0], loaded[1]
+
+    rehearsal_ready = True
+    if general_data(spec).kind == "selfRehearsal":
+        try:
+            summary["selfRehearsal"] = self_rehearsal.prepare(spec, workdir, load_model=load_model, log=log)
+        except StageError as exc:
+            if trains_on_general_data(spec):
+                raise
+            log(f"self-rehearsal skipped (this job does not train on general data): {exc}")
+            rehearsal_ready = False
+    if rehearsal_ready:
+        from forgetless_trainer.forecast import run_forecast
+
+        model, tokenizer = (loaded[0], loaded[1]) if loaded else (None, None)
+        forecast = run_forecast(spec, workdir=workdir, model=model, tokenizer=tokenizer, log=log)
+        if forecast is not None:
+            summary["forecast"] = forecast
     return summary
 
 

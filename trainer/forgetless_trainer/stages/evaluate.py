@@ -113,6 +113,19 @@ def rescue_blocked(job: FineTuneJob, workdir: Path, target: EvalTarget, baseline
     return rescue(job, workdir, target.suite.subset(job.spec.regression.limit), baseline, gate, evaluate, base_dir)
 
 
+def general_data_notes(spec: Any, workdir: Path) -> list[str]:
+    """The note on the general data the model was trained with (status.gate.notes and report.md), for a job
+    that trains on general data."""
+    from forgetless.general_data import general_data, trains_on_general_data
+    from forgetless_trainer import self_rehearsal
+
+    if not trains_on_general_data(spec):
+        return []
+    choice = general_data(spec)
+    meta = self_rehearsal.read_meta(workdir) if choice.kind == "selfRehearsal" else None
+    return [self_rehearsal.line(meta) if meta else f"general data: {choice.describe()}"]
+
+
 def run(job: FineTuneJob, workdir: Path) -> dict[str, Any]:
     workdir = Path(workdir)
     spec = job.spec
@@ -131,6 +144,7 @@ def run(job: FineTuneJob, workdir: Path) -> dict[str, Any]:
                               detector=detector)
     final.save(workdir / RESULTS)
     basis = evaluation_basis(target, calibration)
+    basis["notes"] = basis["notes"] + general_data_notes(spec, workdir)
     try:
         paired = paired_counts(baseline.items, final.items)
         gate = evaluate_gate(paired, spec.regression)

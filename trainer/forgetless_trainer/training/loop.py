@@ -55,9 +55,13 @@ class TrainResult:
     mitigations: list[Mitigation] = field(default_factory=list)
 
 
-def _read_general(job: FineTuneJob, base_dir: Path | None) -> Callable[[], list[D.Example]]:
+def _read_general(job: FineTuneJob, workdir: Path, base_dir: Path | None) -> Callable[[], list[D.Example]]:
+    """The job's general data (forgetless.general_data): named, the tiny world's, or the self-rehearsal
+    answers the baseline stage wrote into the work dir."""
     def load() -> list[D.Example]:
-        return D.read_source(job.spec.dataset.general, None, field_name="dataset.general", base_dir=base_dir, tag="general")
+        from forgetless_trainer.self_rehearsal import general_examples
+
+        return general_examples(job.spec, workdir, base_dir)
 
     return load
 
@@ -248,7 +252,7 @@ class Trainer:
             validation=validation,
             resuming=self.resume_from is not None,
             device=self.device,
-            general_loader=_read_general(self.job, self.base_dir),
+            general_loader=_read_general(self.job, self.workdir, self.base_dir),
             method=self.method,
         )
         budget = spec.mitigation.forgetting_budget

@@ -4,7 +4,8 @@ stored baseline result, at most `baseline_cache_max_entries`, oldest evicted fir
 
 Reads: the cache ConfigMap (a shared read) while the baseline is not done: before the start (a hit
 skips the baseline stage) and while it runs (its result is recorded, evicting the oldest entries).
-Decides: `cache_hit` (the baseline stage Skipped, its scores from the cache), `record` (a
+Decides: `cache_hit` (the baseline stage Skipped, its scores from the cache; never for a job whose
+general data is self-rehearsal, which its baseline pod writes for the train pods), `record` (a
 RecordBaselineCache action)."""
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 from typing import Any, Mapping
 
 from forgetless.api.schema import FineTuneJobSpec
+from forgetless.general_data import general_data
 from forgetless.lifecycle import TERMINAL_PHASES
 
 from forgetless_operator.finetunejob import children
@@ -67,6 +69,8 @@ def cache_hit(run: JobPass, spec: FineTuneJobSpec, record: dict) -> bool:
     """Skip the baseline stage when the cache holds its result (on the same output volume)."""
     if "baseline" in run.observed.jobs or record.get("jobName"):
         return False  # already running it: finish it
+    if general_data(spec).kind == "selfRehearsal":
+        return False  # the baseline pod writes the self-rehearsal data the train pods read (from its cache if made before)
     key = run.cache_key(spec)
     entry_json = run.observed.baseline_cache.get(cache_data_key(key)) if key else None
     if not entry_json:
