@@ -2,7 +2,7 @@
 operator and the trainer).
 
 General data is what mixing, self-distillation, the forgetting budget and EWC's Fisher sample draw
-on, and the reference the forecast measures the task against. In order:
+on. In order:
 
 1. `dataset.general`, when the job names it: the user's own data wins.
 2. Self-rehearsal (`dataset.selfRehearsal`, or its defaults), for every model but the bundled tiny
@@ -11,6 +11,10 @@ on, and the reference the forecast measures the task against. In order:
    sentences; its own answers are exactly what it knew before fine-tuning.
 3. `bundled:general` for `bundled:tiny-world` (the world's own sentences, which that model was
    pretrained on).
+
+The forecast's reference (`forecast_reference`) is what the model already says: self-rehearsal for
+every model but the tiny world even when `dataset.general` names other data, the world's sentences
+for the tiny world.
 """
 
 from __future__ import annotations
@@ -59,6 +63,16 @@ def general_data(spec: FineTuneJobSpec) -> GeneralData:
     return GeneralData("world", source=DataSource(path=WORLD_GENERAL))
 
 
+def forecast_reference(spec: FineTuneJobSpec) -> GeneralData:
+    """What the forecast measures the task against: what the model already says. For the tiny world its
+    own sentences (unless the job asks for self-rehearsal); for any other model its own answers
+    (self-rehearsal, with the job's settings or the defaults), whatever `dataset.general` names, so a
+    task's distance does not depend on which general file a job configures."""
+    if spec.model.name == TINY_WORLD and spec.dataset.self_rehearsal is None:
+        return GeneralData("world", source=DataSource(path=WORLD_GENERAL))
+    return GeneralData("selfRehearsal", rehearsal=spec.dataset.self_rehearsal or SelfRehearsalSpec())
+
+
 def named_sources(spec: FineTuneJobSpec) -> list[DataSource]:
     """Every DataSource the dataset section names (task, general data, a rehearsal prompt pool): the
     volumes and ConfigMaps the stage pods mount."""
@@ -74,4 +88,5 @@ def trains_on_general_data(spec: FineTuneJobSpec) -> bool:
     return m.data_mixing.general_fraction > 0 or m.ewc is not None or m.forgetting_budget is not None
 
 
-__all__ = ["GeneralData", "WORLD_GENERAL", "general_data", "named_sources", "trains_on_general_data"]
+__all__ = ["GeneralData", "WORLD_GENERAL", "forecast_reference", "general_data", "named_sources",
+           "trains_on_general_data"]

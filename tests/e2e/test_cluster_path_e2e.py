@@ -506,7 +506,9 @@ def test_self_rehearsal_is_made_in_the_baseline_pod_and_read_by_every_train_pod(
     rehearsal = {"dataset": {"task": {"path": "bundled:support-tickets"},
                              "selfRehearsal": {"prompts": {"path": "data/pool.jsonl", "pvc": {"claimName": CLAIM}},
                                                "size": 48, "maxNewTokens": 32}}}
-    name = cluster.apply(manifest("e2e-rehearsal", LORA, rehearsal, {"resources": {"workers": 2}}))
+    first = manifest("e2e-rehearsal", LORA, rehearsal, {"resources": {"workers": 2}})
+    del first["spec"]["dataset"]["general"]  # BASE names the world's general data
+    name = cluster.apply(first)
     status = cluster.finish(name)
     expect_succeeded(cluster, name, status)
     made = status["stages"]["baseline"]["result"]["selfRehearsal"]
@@ -521,7 +523,9 @@ def test_self_rehearsal_is_made_in_the_baseline_pod_and_read_by_every_train_pod(
     assert train["epochComposition"]["general"] > 0 and train["worldSize"] == 2
     assert any(n.startswith(f"general data: self-rehearsal, {made['kept']} of 48") for n in status["gate"]["notes"])
 
-    second = cluster.apply(manifest("e2e-rehearsal-2", LORA, rehearsal, {"training": {"maxSteps": 10}}))
+    document = manifest("e2e-rehearsal-2", LORA, rehearsal, {"training": {"maxSteps": 10}})
+    del document["spec"]["dataset"]["general"]
+    second = cluster.apply(document)
     status = cluster.finish(second)
     expect_succeeded(cluster, second, status)
     baseline = status["stages"]["baseline"]

@@ -118,3 +118,13 @@ def test_the_pool_is_read_up_to_size_and_bad_records_name_the_field(tmp_path):
 def test_training_without_the_baseline_stages_rehearsal_file_says_what_to_do(tmp_path):
     with pytest.raises(StageError, match="the baseline stage writes it"):
         general_examples(job().spec, tmp_path)
+
+
+def test_the_forecast_measures_against_the_models_own_answers_whatever_general_data_is_named():
+    from forgetless.general_data import forecast_reference
+
+    assert forecast_reference(job(general={"path": "mine.jsonl"}).spec).kind == "selfRehearsal"
+    assert forecast_reference(job().spec).kind == "selfRehearsal"
+    world = forecast_reference(job("bundled:tiny-world", general={"path": "mine.jsonl"}).spec)
+    assert world.kind == "world" and world.source.path == "bundled:general"
+    assert forecast_reference(job("bundled:tiny-world", selfRehearsal={"size": 32}).spec).kind == "selfRehearsal"

@@ -2,18 +2,19 @@
 
 The baseline stage measures the base model's mean per-token loss (nats, response tokens only, the
 training format of the train stage: its chat template or the raw `prompt =>` format, `maxSeqLength`)
-on a sample of `SAMPLE` records of the task data (`dataset.task`, its training split's files) and
-of the general data (`dataset.general`), and defines
+on a sample of `SAMPLE` records of the task data (`dataset.task`, its training split) and of the
+model's own answers (forgetless.general_data.forecast_reference: self-rehearsal for every model but
+the tiny world, whatever `dataset.general` names, so a task's distance does not depend on which
+general file a job configures, falling back to the named data when the model's answers could not be
+made; the world's sentences for the tiny world), and defines
 
     distance = taskLoss − generalLoss          (nats per token)
 
-the extra surprise the task's answers hold for the model over data it knows. Fine-tuning has to
-move the model by about that much on the task, and the further it moves the more it forgets
+the extra surprise the task's answers hold for the model over what it already says. Fine-tuning has
+to move the model by about that much on the task, and the further it moves the more it forgets
 ("RL's Razor": forgetting tracks KL(π₀‖π); a task far from the model needs a large KL to learn).
 
-Bands and what they suggest (calibrated on the bundled world by benchmarks/kl_forecast.py; see
-docs/benchmarks.md, "KL and the forecast", for how well it predicts — with one model and two tasks, the bands are a starting point, not
-a law):
+Bands and what they suggest:
 
 | band     | distance        | suggestion                                                                 |
 |----------|-----------------|----------------------------------------------------------------------------|
@@ -21,10 +22,17 @@ a law):
 | moderate | NEAR … FAR      | LoRA + 30 % general data (the seed rule), default learning rate            |
 | far      | ≥ FAR           | LoRA + ≥ 50 % general data; full fine-tuning only with a forgetting budget |
 
-The summary's `forecast` holds {taskLoss, generalLoss, distance, band, suggestion, records}; the
-stage prints one line. It costs two forward passes over 64 short records (about a second on the
-bundled 3 M model); when the data cannot be read the forecast is skipped with a line saying why and
-the stage goes on (the forecast is advice, never a reason to fail).
+A policy meets a suggestion (`meets`) with the suggested method and at least the suggested share of
+rehearsal (general data plus replay), or with a forgetting budget that adds general data when it
+breaches. NEAR and FAR are fitted, not chosen: `benchmarks/forecast_calibration.py` measures the
+distance of each (model, task) and picks the edges that predict the most measured outcomes (`fit_bands`);
+tests/unit/test_forecast.py refits its committed observations and fails when they differ. How well it
+predicts, misses included: docs/benchmarks.md, "Forecast calibration".
+
+The summary's `forecast` holds {taskLoss, generalLoss, distance, band, suggestion, records,
+reference, policyMeetsSuggestion}; the stage prints one line. It costs two forward passes over 64
+short records; when the data cannot be read the forecast is skipped with a line saying why and the
+stage goes on (the forecast is advice, never a reason to fail).
 """
 
 from __future__ import annotations
@@ -122,14 +130,16 @@ def mean_loss(model: Any, encoder: Any, examples: list[Any]) -> float:
 def forecast(spec: Any, model: Any, tokenizer: Any, base_dir: Path | None = None, n: int = SAMPLE,
              workdir: Path | None = None) -> dict[str, Any]:
     """The forecast of `spec` for the (base) `model`; raises StageError when the data cannot be read."""
-    from forgetless.general_data import general_data
+    from forgetless.general_data import forecast_reference, general_data
     from forgetless_trainer import chat
     from forgetless_trainer import data as D
     from forgetless_trainer.evaluation.own_task import training_records
-    from forgetless_trainer.self_rehearsal import general_examples
+    from forgetless_trainer.self_rehearsal import general_examples, has_rehearsal
 
     task = training_records(spec, base_dir)
-    choice = general_data(spec)
+    choice = forecast_reference(spec)
+    if choice.kind == "selfRehearsal" and spec.dataset.general is not None and not has_rehearsal(workdir):
+        choice = general_data(spec)  # the model's own answers could not be made: the job's named data
     general = general_examples(spec, workdir, base_dir, choice)
     template = chat.install_template(tokenizer, spec.dataset, base_dir)
     encoder = D.Encoder(tokenizer, spec.training.max_seq_length,

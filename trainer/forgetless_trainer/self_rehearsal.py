@@ -34,7 +34,7 @@ from forgetless import atomic, baseline_cache, locations
 from forgetless.api.schema import DataSource, FineTuneJobSpec
 from forgetless.contract import SELF_REHEARSAL, SELF_REHEARSAL_META
 from forgetless.errors import StageError
-from forgetless.general_data import GeneralData, general_data
+from forgetless.general_data import GeneralData, forecast_reference, general_data
 
 REHEARSAL_VERSION = "1"
 """Bump when how answers are generated or kept changes."""
@@ -117,16 +117,25 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+def rehearsal_choice(spec: FineTuneJobSpec) -> GeneralData | None:
+    """The self-rehearsal the job needs, for training or as the forecast's reference; None if neither."""
+    for choice in (general_data(spec), forecast_reference(spec)):
+        if choice.kind == "selfRehearsal":
+            return choice
+    return None
+
+
 def prepare(spec: FineTuneJobSpec, workdir: Path, *, base_dir: Path | None = None,
             load_model: Callable[[], tuple[Any, Any]], log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Write the job's self-rehearsal data into WORKDIR (from the cache, or generated with the model that
-    `load_model()` returns, then cached); return how it was made (also WORKDIR/baseline/self_rehearsal.json)."""
+    """Write the job's self-rehearsal data (`rehearsal_choice`) into WORKDIR (from the cache, or generated
+    with the model that `load_model()` returns, then cached); return how it was made (also
+    WORKDIR/baseline/self_rehearsal.json)."""
     from forgetless.baseline_cache import prompt_identity
     from forgetless_trainer.evaluation.runner import model_identity
     from forgetless_trainer.progress import StageProgress
 
-    choice = general_data(spec)
-    assert choice.kind == "selfRehearsal", choice
+    choice = rehearsal_choice(spec)
+    assert choice is not None, "the job needs no self-rehearsal"
     settings = choice.rehearsal
     prompts = read_prompts(choice.prompts, settings.size, base_dir)
     model_id, version = model_identity(spec.model, base_dir)
@@ -188,10 +197,14 @@ def read_meta(workdir: Path) -> dict[str, Any] | None:
         return None
 
 
+def has_rehearsal(workdir: Path | None) -> bool:
+    return workdir is not None and (Path(workdir) / SELF_REHEARSAL).is_file()
+
+
 def general_examples(spec: FineTuneJobSpec, workdir: Path | None, base_dir: Path | None = None,
                      choice: GeneralData | None = None) -> list[Any]:
-    """The job's general data as Examples (tag `general`): its named data, the tiny world's, or the
-    self-rehearsal answers the baseline stage wrote into WORKDIR."""
+    """General data as Examples (tag `general`): the job's (`choice` None) or `choice`: named data, the
+    tiny world's, or the self-rehearsal answers the baseline stage wrote into WORKDIR."""
     from forgetless_trainer import data as D
 
     choice = choice or general_data(spec)
@@ -206,4 +219,4 @@ def general_examples(spec: FineTuneJobSpec, workdir: Path | None, base_dir: Path
 
 
 __all__ = ["MIN_KEPT", "REHEARSAL_VERSION", "general_examples", "generate", "kept_records", "line", "prepare",
-           "read_meta", "read_prompts", "rehearsal_key"]
+           "has_rehearsal", "read_meta", "read_prompts", "rehearsal_choice", "rehearsal_key"]

@@ -10,12 +10,12 @@ Looks the baseline up in the cache first (weights key, then spec key; both check
 suite digest, see forgetless.baseline_cache); on a miss evaluates the base model and stores the
 result under both keys. Writes WORKDIR/baseline/results.json (item level) either way.
 
-Then, when the job's general data is self-rehearsal (forgetless.general_data: every model but the
-tiny world, unless dataset.general names data), the base model's own answers to the rehearsal
-prompts (forgetless_trainer.self_rehearsal): from the cache or generated here, once, into
-WORKDIR/baseline/self_rehearsal.jsonl for the train pods; one line and `selfRehearsal` in the summary.
-A job that trains on general data fails here when they cannot be made; any other job goes on
-without them (they only serve its forecast).
+Then, for every model but the tiny world (forgetless.general_data: the job's general data unless
+dataset.general names data, and the forecast's reference in any case), the base model's own answers
+to the rehearsal prompts (forgetless_trainer.self_rehearsal): from the cache or generated here, once,
+into WORKDIR/baseline/self_rehearsal.jsonl for the train pods; one line and `selfRehearsal` in the
+summary. A job that trains on them fails here when they cannot be made; any other job goes on
+without them (its forecast then measures against its named general data, or is skipped).
 
 Then the forecast (forgetless_trainer.forecast): the base model's loss on a sample of the task and
 of the general data, the task's distance from what the model knows and the mitigation strength it
@@ -66,22 +66,19 @@ def run(job: FineTuneJob, workdir: Path) -> dict[str, Any]:
             loaded.extend((model, tokenizer))
         return loaded[0], loaded[1]
 
-    rehearsal_ready = True
-    if general_data(spec).kind == "selfRehearsal":
+    if self_rehearsal.rehearsal_choice(spec) is not None:
         try:
             summary["selfRehearsal"] = self_rehearsal.prepare(spec, workdir, load_model=load_model, log=log)
         except StageError as exc:
-            if trains_on_general_data(spec):
+            if general_data(spec).kind == "selfRehearsal" and trains_on_general_data(spec):
                 raise
-            log(f"self-rehearsal skipped (this job does not train on general data): {exc}")
-            rehearsal_ready = False
-    if rehearsal_ready:
-        from forgetless_trainer.forecast import run_forecast
+            log(f"self-rehearsal skipped (this job does not train on it, only the forecast would use it): {exc}")
+    from forgetless_trainer.forecast import run_forecast
 
-        model, tokenizer = (loaded[0], loaded[1]) if loaded else (None, None)
-        forecast = run_forecast(spec, workdir=workdir, model=model, tokenizer=tokenizer, log=log)
-        if forecast is not None:
-            summary["forecast"] = forecast
+    model, tokenizer = (loaded[0], loaded[1]) if loaded else (None, None)
+    forecast = run_forecast(spec, workdir=workdir, model=model, tokenizer=tokenizer, log=log)
+    if forecast is not None:
+        summary["forecast"] = forecast
     return summary
 
 
