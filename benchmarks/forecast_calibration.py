@@ -89,6 +89,8 @@ def from_kl_forecast(path: Path) -> list[dict[str, Any]]:
         if document is None:
             print(f"skipped kl_forecast row {row['policy']!r}: no such policy", file=sys.stderr)
             continue
+        if not (document["spec"].get("mitigation", {}).get("dataMixing") or {}).get("generalFraction", 0.2):
+            document["spec"]["mitigation"].pop("selfDistillation", None)  # (allowed without mixing then; not now)
         spec = _spec(document)
         out.append({"name": row["policy"], "model": spec.model.name, "task": spec.dataset.task.path,
                     "policy": policy_of(spec), "verdict": row["verdict"],
