@@ -202,6 +202,21 @@ def test_validate_cli_reports_each_document_and_exits_1(tmp_path, manifest):
     assert "Traceback" not in proc.stderr
 
 
+def test_validate_cli_says_which_general_data_each_job_uses(tmp_path, manifest):
+    world = manifest(metadata={"name": "world"})
+    chat = _apply(manifest(metadata={"name": "chat"}), {"spec": {"model": {"name": "bundled:smollm2-135m-instruct"}}})
+    named = _apply(manifest(metadata={"name": "named"}), {"spec": {"dataset": {"general": {"path": "mine.jsonl"}}}})
+    path = tmp_path / "jobs.yaml"
+    path.write_text(yaml.safe_dump_all([world, chat, named]))
+    proc = subprocess.run(
+        [sys.executable, "-m", "forgetless_cli", "validate", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "  world: general data: bundled:general (the tiny world's own sentences" in proc.stdout
+    assert "  chat: general data: self-rehearsal: the base model's own answers to the first 256 prompts" in proc.stdout
+    assert "  named: general data: mine.jsonl (dataset.general)" in proc.stdout
+
+
 @pytest.mark.parametrize(
     "content,expected",
     [

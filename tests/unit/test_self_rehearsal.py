@@ -128,3 +128,16 @@ def test_the_forecast_measures_against_the_models_own_answers_whatever_general_d
     world = forecast_reference(job("bundled:tiny-world", general={"path": "mine.jsonl"}).spec)
     assert world.kind == "world" and world.source.path == "bundled:general"
     assert forecast_reference(job("bundled:tiny-world", selfRehearsal={"size": 32}).spec).kind == "selfRehearsal"
+
+
+def test_jobs_that_render_prompts_alike_share_the_cache_key(tmp_path):
+    """dataset.format decides the template only for a model without one of its own; the key follows the template."""
+    from forgetless_trainer.self_rehearsal import prompt_format
+    from tests.support.tiny_models import word_level_llama
+
+    model = word_level_llama(tmp_path / "m")  # no chat template of its own
+    spec = lambda **d: job(str(model), **d).spec  # noqa: E731
+    raw, chat = prompt_format(spec()), prompt_format(spec(format="chat"))
+    assert raw == {"chatTemplate": None} and chat["chatTemplate"] is not None  # ChatML for chat data
+    assert prompt_format(spec(format="text")) == raw  # rendered alike: one entry
+    assert prompt_format(spec(format="chat", chatTemplate="{{ messages }}")) != chat

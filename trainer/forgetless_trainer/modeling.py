@@ -99,6 +99,12 @@ def load_tokenizer(location: str, **kwargs: Any):
     return tokenizer
 
 
+def load_base_tokenizer(model_spec: ModelSpec, base_dir: Path | None = None):
+    """The base model's tokenizer alone (no weights): cheap, for what depends on the prompt format only."""
+    location = resolve_model_location(model_spec, base_dir)
+    return load_tokenizer(location, **_hub_kwargs(model_spec, location))
+
+
 def load_model_and_tokenizer(
     model_spec: ModelSpec,
     *,

@@ -18,7 +18,8 @@ Where
     self_rehearsal.json beside it (how they were made). Cached across jobs as
     `<cache>/rehearsal/r-<key>.jsonl` (+ `.json`), `<cache>` being the parent of the baseline cache
     directory (FORGETLESS_CACHE_DIR; on the output volume in a cluster), keyed by (model id and
-    version, the prompts answered, maxNewTokens, the prompt format, REHEARSAL_VERSION). Generated
+    version, the prompts answered, maxNewTokens, the chat template the prompts are rendered with,
+    REHEARSAL_VERSION). Generated
     once, by the baseline stage; train pods (every rank) read the work-dir file.
 """
 
@@ -82,6 +83,18 @@ def rehearsal_key(model_id: str, model_version: str, prompts: list[str], max_new
     return "r-" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:40]
 
 
+def prompt_format(spec: FineTuneJobSpec, base_dir: Path | None = None) -> dict[str, Any]:
+    """What decides how the prompts are rendered: the chat template the job resolves (the model's own,
+    dataset.chatTemplate, or ChatML for `format: chat`), or none (the raw format). Read from the
+    tokenizer alone, so jobs that render the same way share one cache entry whatever dataset.format says."""
+    from forgetless_trainer.chat import resolve_template
+    from forgetless_trainer.modeling import load_base_tokenizer
+
+    template = resolve_template(load_base_tokenizer(spec.model, base_dir), spec.dataset, base_dir)
+    digest = hashlib.sha256(template.encode("utf-8")).hexdigest()[:16] if template else None
+    return {"chatTemplate": digest}
+
+
 def kept_records(prompts: list[str], answers: list[Any]) -> list[dict[str, Any]]:
     """Chat records of the answers that ended on their own and say something."""
     return [{"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": a.text}]}
@@ -130,7 +143,6 @@ def prepare(spec: FineTuneJobSpec, workdir: Path, *, base_dir: Path | None = Non
     """Write the job's self-rehearsal data (`rehearsal_choice`) into WORKDIR (from the cache, or generated
     with the model that `load_model()` returns, then cached); return how it was made (also
     WORKDIR/baseline/self_rehearsal.json)."""
-    from forgetless.baseline_cache import prompt_identity
     from forgetless_trainer.evaluation.runner import model_identity
     from forgetless_trainer.progress import StageProgress
 
@@ -139,7 +151,7 @@ def prepare(spec: FineTuneJobSpec, workdir: Path, *, base_dir: Path | None = Non
     settings = choice.rehearsal
     prompts = read_prompts(choice.prompts, settings.size, base_dir)
     model_id, version = model_identity(spec.model, base_dir)
-    key = rehearsal_key(model_id, version, prompts, settings.max_new_tokens, prompt_identity(spec))
+    key = rehearsal_key(model_id, version, prompts, settings.max_new_tokens, prompt_format(spec, base_dir))
     cached_data, cached_meta = cache_root() / f"{key}.jsonl", cache_root() / f"{key}.json"
     meta: dict[str, Any]
     if cached_data.is_file() and cached_meta.is_file():
