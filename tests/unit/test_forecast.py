@@ -10,7 +10,12 @@ from forgetless_trainer import forecast
 @pytest.mark.parametrize("distance, band", [(-0.5, "near"), (0.0, "near"), (0.99, "near"), (1.0, "moderate"),
                                             (2.9, "moderate"), (3.0, "far"), (11.2, "far")])
 def test_bands(distance, band):
-    assert forecast.band(distance) == band
+    assert forecast.band(distance, near=1.0, far=3.0) == band
+
+
+def test_the_default_bands_are_the_fitted_edges():
+    assert forecast.band(forecast.NEAR - 1e-6) == "near" and forecast.band(forecast.NEAR) == "moderate"
+    assert forecast.band(forecast.FAR - 1e-6) == "moderate" and forecast.band(forecast.FAR) == "far"
 
 
 def policy(method: str = "lora", share: float = 0.0, budget: bool = False) -> dict:
@@ -64,3 +69,24 @@ def test_the_line_names_the_distance_band_and_suggestion():
     line = forecast.line(result)
     assert line.startswith("forecast: task loss 11.22 vs general 0.01 nats/token, distance +11.21 (far)")
     assert "LoRA + at least 50 % general data" in line and "expect forgetting" in line
+
+
+def test_the_line_says_when_the_reference_is_the_models_own_answers():
+    result = {"taskLoss": 3.0067, "generalLoss": 0.6755, "distance": 2.3313, "band": "moderate", "reference": "selfRehearsal",
+              "suggestion": forecast.SUGGESTIONS["moderate"], "policyMeetsSuggestion": True}
+    assert forecast.line(result).startswith("forecast: task loss 3.01 vs its own answers 0.68 nats/token, distance +2.33")
+
+
+
+def test_the_bands_are_the_fit_of_the_committed_outcomes():
+    """forecast.NEAR / FAR are what benchmarks/forecast_calibration.py fitted on the measured outcomes."""
+    import json
+    from pathlib import Path
+
+    data = json.loads((Path(__file__).resolve().parents[2] / "benchmarks/results/forecast_calibration.json").read_text())
+    observations = [{**o, "distance": data["distances"][f"{o['model']}|{o['task']}"]["distance"]}
+                    for o in data["observations"]]
+    assert len({o["model"] for o in observations}) == 2 and len(data["distances"]) >= 6  # both models, three tasks each
+    near, far, right = forecast.fit_bands(observations)
+    assert (forecast.NEAR, forecast.FAR) == (near, far)
+    assert (right, len(observations)) == (data["fit"]["right"], data["fit"]["total"])

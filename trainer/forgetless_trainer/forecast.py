@@ -42,8 +42,10 @@ from pathlib import Path
 from typing import Any
 
 SAMPLE = 64
-NEAR = 1.0
-FAR = 3.0
+NEAR = 1.1495
+FAR = 7.2463
+"""Fitted by benchmarks/forecast_calibration.py on 40 measured outcomes (2026-12-07): each edge midway between two
+measured task distances (0.03 | 2.27 and 3.28 | 11.21 nats/token); benchmarks/results/forecast_calibration.json."""
 BATCH = 16
 
 SUGGESTIONS: dict[str, dict[str, Any]] = {
@@ -166,7 +168,8 @@ def line(result: dict[str, Any]) -> str:
     """The one forecast line the baseline stage prints."""
     verdict = ("this job's policy is at least that gentle" if result["policyMeetsSuggestion"]
                else "this job's policy is harsher than that: expect forgetting")
-    return (f"forecast: task loss {result['taskLoss']:.2f} vs general {result['generalLoss']:.2f} nats/token, "
+    reference = "its own answers" if result.get("reference") == "selfRehearsal" else "general"
+    return (f"forecast: task loss {result['taskLoss']:.2f} vs {reference} {result['generalLoss']:.2f} nats/token, "
             f"distance {result['distance']:+.2f} ({result['band']}); suggests {result['suggestion']['text']}; "
             f"{verdict}")
 
