@@ -9,7 +9,8 @@ Cases (issue "The cluster path, proven on a real API server"):
 - `workers: 2` succeeds and both ranks end with the same weights;
 - rank 1 killed mid-training: the whole group restarts from the checkpoint, the job succeeds;
 - the operator SIGKILLed mid-stage and restarted: no duplicate child, no lost result;
-- a 60-task suite through the termination-message channel: the operator's verdict is the gate's.
+- a 60-task suite through the termination-message channel: the operator's verdict is the gate's;
+- self-rehearsal: made in the baseline pod, read by both train ranks, cached for the next job.
 """
 
 from __future__ import annotations
