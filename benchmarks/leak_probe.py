@@ -31,7 +31,7 @@ def main() -> None:
     import torch
 
     from forgetless.api.schema import FineTuneJob
-    from forgetless.suites import load_suite
+    from forgetless.suites import Suite, load_suite
     from forgetless_trainer.chat import install_template
     from forgetless_trainer.evaluation.evaluator import evaluate_suite
     from forgetless_trainer.evaluation.format_detector import FormatDetector
@@ -40,9 +40,8 @@ def main() -> None:
     torch.set_num_threads(1)
     suite = load_suite(args.suite)
     probe = next(t for t in suite.tasks if t.scorer == "format_leak")
-    from dataclasses import replace
-
-    only = replace(suite, tasks=(probe,))
+    only = Suite(suite.name, suite.version, (probe,))
+    prompts = {item["id"]: item["prompt"] for item in probe.items}
     base_counted: set[str] = set()
     for run in args.runs:
         job = FineTuneJob.model_validate(json.loads((run / "job.json").read_text()))
@@ -69,8 +68,7 @@ def main() -> None:
                   f"[{time.perf_counter() - began:.0f} s]")
             for item, flag in zip(result.items, flags):
                 if flag:
-                    prompt = next(x["prompt"] for x in probe.items if x["id"] == item.id)
-                    print(f"    {prompt[:70]!r} -> {item.answer[:70]!r}")
+                    print(f"    {prompts[item.id][:70]!r} -> {item.answer[:70]!r}")
 
 
 if __name__ == "__main__":

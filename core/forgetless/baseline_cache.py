@@ -58,7 +58,8 @@ def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_DIR_ENV) or DEFAULT_CACHE_DIR).expanduser()
 
 
-def _digest(document: Mapping[str, Any]) -> str:
+def document_digest(document: Mapping[str, Any]) -> str:
+    """40 hex digits of sha256 over the canonical JSON of `document`: the body of every cache key."""
     text = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:40]
 
@@ -87,7 +88,7 @@ def weights_cache_key(
         document["prompt"] = prompt
     if task_digest is not None:
         document["taskAnswers"] = task_digest
-    return "w-" + _digest(document)
+    return "w-" + document_digest(document)
 
 
 def spec_cache_key(spec: FineTuneJobSpec, evaluator_version: str = EVALUATOR_VERSION) -> str:
@@ -116,7 +117,7 @@ def spec_cache_key(spec: FineTuneJobSpec, evaluator_version: str = EVALUATOR_VER
         document["suite"]["pvc"].pop("readOnly", None)
     if model.pvc is not None:
         document["model"]["pvc"].pop("readOnly", None)
-    return "s-" + _digest(document)
+    return "s-" + document_digest(document)
 
 
 def directory_digest(path: Path, patterns: Iterable[str] = ("*",)) -> str:

@@ -45,22 +45,24 @@ class GeneralData:
         """One line for `forgetless validate` / `forgetless run` and the docs."""
         if self.kind == "selfRehearsal":
             r = self.rehearsal
-            where = self.prompts.path or f"configMap {self.prompts.config_map.name}"
-            return (f"self-rehearsal: the base model's own answers to the first {r.size} prompts of {where} "
-                    f"(up to {r.max_new_tokens} tokens, only answers that end on their own), generated at baseline")
-        where = self.source.path or f"configMap {self.source.config_map.name}"
+            return (f"self-rehearsal: the base model's own answers to the first {r.size} prompts of "
+                    f"{_where(self.prompts)} (up to {r.max_new_tokens} tokens, only answers that end on their own), "
+                    "generated at baseline")
+        where = _where(self.source)
         if self.kind == "world":
             return f"{where} (the tiny world's own sentences, the default for {TINY_WORLD})"
         return f"{where} (dataset.general)"
 
 
+def _where(source: DataSource) -> str:
+    return source.path or f"configMap {source.config_map.name}"
+
+
 def general_data(spec: FineTuneJobSpec) -> GeneralData:
-    dataset = spec.dataset
-    if dataset.general is not None:
-        return GeneralData("named", source=dataset.general)
-    if dataset.self_rehearsal is not None or spec.model.name != TINY_WORLD:
-        return GeneralData("selfRehearsal", rehearsal=dataset.self_rehearsal or SelfRehearsalSpec())
-    return GeneralData("world", source=DataSource(path=WORLD_GENERAL))
+    """The job's general data: `dataset.general` when named, else what the model already says."""
+    if spec.dataset.general is not None:
+        return GeneralData("named", source=spec.dataset.general)
+    return forecast_reference(spec)
 
 
 def forecast_reference(spec: FineTuneJobSpec) -> GeneralData:

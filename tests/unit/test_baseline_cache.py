@@ -113,3 +113,20 @@ def test_cache_dir_from_env(monkeypatch, tmp_path):
 def test_keys_are_validated():
     with pytest.raises(ValueError, match="not a baseline cache key"):
         BaselineCache(Path("/tmp")).path("../../etc/passwd")
+
+
+def test_a_model_directory_is_hashed_once_per_process_until_its_files_change(tmp_path, monkeypatch):
+    """The baseline stage keys the baseline and the self-rehearsal caches on the same model version."""
+    from forgetless.api.schema import ModelSpec
+    from forgetless_trainer.evaluation import runner
+
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "model.safetensors").write_bytes(b"weights")
+    calls = []
+    real = runner.directory_digest
+    monkeypatch.setattr(runner, "directory_digest", lambda path: calls.append(path) or real(path))
+    spec = ModelSpec(name=str(tmp_path))
+    first = runner.model_identity(spec)
+    assert runner.model_identity(spec) == first and len(calls) == 1
+    (tmp_path / "model.safetensors").write_bytes(b"other weights")
+    assert runner.model_identity(spec) != first and len(calls) == 2

@@ -25,7 +25,6 @@ Where
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -77,10 +76,9 @@ def read_prompts(source: DataSource, size: int, base_dir: Path | None = None) ->
 
 def rehearsal_key(model_id: str, model_version: str, prompts: list[str], max_new_tokens: int,
                   prompt_format: dict[str, Any] | None) -> str:
-    document = {"model": model_id, "version": model_version, "prompts": prompts, "maxNewTokens": max_new_tokens,
-                "format": prompt_format, "rehearsalVersion": REHEARSAL_VERSION}
-    text = json.dumps(document, sort_keys=True, ensure_ascii=False)
-    return "r-" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:40]
+    return "r-" + baseline_cache.document_digest({
+        "model": model_id, "version": model_version, "prompts": prompts, "maxNewTokens": max_new_tokens,
+        "format": prompt_format, "rehearsalVersion": REHEARSAL_VERSION})
 
 
 def prompt_format(spec: FineTuneJobSpec, base_dir: Path | None = None) -> dict[str, Any]:
@@ -90,9 +88,7 @@ def prompt_format(spec: FineTuneJobSpec, base_dir: Path | None = None) -> dict[s
     from forgetless_trainer.chat import resolve_template
     from forgetless_trainer.modeling import load_base_tokenizer
 
-    template = resolve_template(load_base_tokenizer(spec.model, base_dir), spec.dataset, base_dir)
-    digest = hashlib.sha256(template.encode("utf-8")).hexdigest()[:16] if template else None
-    return {"chatTemplate": digest}
+    return {"chatTemplate": resolve_template(load_base_tokenizer(spec.model, base_dir), spec.dataset, base_dir)}
 
 
 def kept_records(prompts: list[str], answers: list[Any]) -> list[dict[str, Any]]:
@@ -126,16 +122,11 @@ def _write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
     atomic.write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
 def rehearsal_choice(spec: FineTuneJobSpec) -> GeneralData | None:
-    """The self-rehearsal the job needs, for training or as the forecast's reference; None if neither."""
-    for choice in (general_data(spec), forecast_reference(spec)):
-        if choice.kind == "selfRehearsal":
-            return choice
-    return None
+    """The self-rehearsal the job needs, for training or as the forecast's reference (the reference is
+    self-rehearsal whenever the general data is); None if neither."""
+    choice = forecast_reference(spec)
+    return choice if choice.kind == "selfRehearsal" else None
 
 
 def prepare(spec: FineTuneJobSpec, workdir: Path, *, base_dir: Path | None = None,
@@ -155,7 +146,10 @@ def prepare(spec: FineTuneJobSpec, workdir: Path, *, base_dir: Path | None = Non
     cached_data, cached_meta = cache_root() / f"{key}.jsonl", cache_root() / f"{key}.json"
     meta: dict[str, Any]
     if cached_data.is_file() and cached_meta.is_file():
-        records, meta = _read_jsonl(cached_data), json.loads(cached_meta.read_text(encoding="utf-8"))
+        from forgetless_trainer.data import jsonl_records
+
+        records = [record for _, record in jsonl_records(cached_data)]
+        meta = json.loads(cached_meta.read_text(encoding="utf-8"))
         meta["cached"] = True
     else:
         model, tokenizer = load_model()

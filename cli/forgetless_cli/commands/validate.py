@@ -20,6 +20,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from forgetless.api.documents import load_manifests
     from forgetless.api.manifests import ManifestError
+    from forgetless.api.schema import FineTuneJob
+    from forgetless.general_data import general_data
 
     status = exit_codes.OK
     for path in args.files:
@@ -39,11 +41,8 @@ def main(args: argparse.Namespace) -> int:
             names = ", ".join(job.metadata.name for job in jobs)
             print(f"{path}: ok ({names})")
             for job in jobs:
-                spec = getattr(job, "spec", None)
-                if getattr(spec, "dataset", None) is not None:
-                    from forgetless.general_data import general_data
-
-                    print(f"  {job.metadata.name}: general data: {general_data(spec).describe()}")
+                if isinstance(job, FineTuneJob):  # a FineTuneSweep's trials say it in their own runs
+                    print(f"  {job.metadata.name}: general data: {general_data(job.spec).describe()}")
     return status
 
 

@@ -170,6 +170,20 @@ def evaluation_basis(target: EvalTarget, calibration: Any = None) -> dict[str, A
     return out
 
 
+_DIRECTORY_VERSIONS: dict[tuple[Any, ...], str] = {}
+
+
+def _directory_version(path: Path) -> str:
+    """directory_digest of a model directory, hashed once per process while its files (names, sizes,
+    mtimes) stay as they are: the baseline stage keys both the baseline and the self-rehearsal caches
+    on it, and hashing a large model's weights takes seconds to minutes."""
+    files = sorted(p for p in path.rglob("*") if p.is_file())
+    signature = (str(path.resolve()), tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files))
+    if signature not in _DIRECTORY_VERSIONS:
+        _DIRECTORY_VERSIONS[signature] = directory_digest(path)
+    return _DIRECTORY_VERSIONS[signature]
+
+
 def model_identity(model_spec: ModelSpec, base_dir: Path | None = None) -> tuple[str, str]:
     """(model id, model version) for the weights cache key: a digest of a local model directory,
     the commit of a cached hub snapshot, else the requested revision."""
@@ -178,7 +192,7 @@ def model_identity(model_spec: ModelSpec, base_dir: Path | None = None) -> tuple
     location = resolve_model_location(model_spec, base_dir)
     path = Path(location)
     if path.is_dir():
-        return model_spec.name, directory_digest(path)
+        return model_spec.name, _directory_version(path)
     revision = model_spec.revision or "main"
     if _COMMIT.match(revision):
         return location, revision
